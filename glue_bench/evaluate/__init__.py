@@ -1,0 +1,115 @@
+"""Evaluate an in-memory model with lm-eval on the task YAMLs shipped in evaluate/tasks/.
+
+The YAMLs name their data with an @DATA_DIR@ placeholder because lm-eval resolves `data_files`
+against the current directory, not the YAML's: `render_tasks` writes copies with absolute paths
+into a directory that both this module and the `lm_eval` CLI (`--include_path`) can use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS_SRC = Path(__file__).parent / "tasks"
+CODE_TASKS = ("mini_mbpp", "mini_humaneval")
+
+
+class EvalError(Exception):
+    """Evaluation cannot run as configured; one line naming the fault."""
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["mini_arc", "mini_winogrande", "mini_mmlu",
+                                                      "mini_gsm8k", "mini_mbpp", "mini_humaneval"])
+    limit: int | None = None            # items per task (None: the whole test split)
+    batch_size: int = 32
+    device: str = "cpu"                 # HFLM defaults to cuda: always pass it
+    allow_code_execution: bool = False  # opt-in: run generated code (sandboxed) for pass@1
+    add_bos_token: bool = True          # the mini zoo is trained with BOS, as Llama is
+
+
+def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the task YAMLs (+ their functions module) with absolute data paths into `out_dir`."""
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in [*TASKS_SRC.glob("*.yaml"), TASKS_SRC / "functions.py"]:
+        text = src.read_text().replace("@DATA_DIR@", str(data_dir))
+        # parallel jobs render the same files: write beside, then rename, so no reader sees half
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{src.name}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, out_dir / src.name)
+    return out_dir
+
+
+def selected_tasks(cfg: EvalConfig) -> list[str]:
+    """The configured tasks, minus code tasks when generated code may not run."""
+    known = {p.stem for p in TASKS_SRC.glob("*.yaml")}
+    unknown = [t for t in cfg.tasks if t not in known]
+    if unknown:
+        raise EvalError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if cfg.allow_code_execution:
+        return list(cfg.tasks)
+    return [t for t in cfg.tasks if t not in CODE_TASKS]
+
+
+def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConfig) -> tuple[list[dict], dict]:
+    """Run lm-eval `simple_evaluate` on an in-memory model.
+
+    Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
+    {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
+    """
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    tasks = selected_tasks(cfg)
+    if not tasks:
+        raise EvalError("no task left to run (code tasks need eval.allow_code_execution=true)")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
+              add_bos_token=cfg.add_bos_token)
+    start = time.perf_counter()
+    out = simple_evaluate(
+        model=lm, tasks=tasks, limit=cfg.limit, bootstrap_iters=0, log_samples=True,
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
+        torch_random_seed=0, fewshot_random_seed=0,
+    )
+    eval_s = time.perf_counter() - start
+    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": _count_tokens(out, tokenizer)}
+
+
+def results_to_rows(results: dict) -> list[dict]:
+    """lm-eval's {"task": {"acc,none": v, "acc_stderr,none": s, ...}} as flat rows."""
+    rows = []
+    for task, metrics in sorted(results.items()):
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            metric, filt = key.split(",", 1)
+            name = metric if filt == "none" else f"{metric},{filt}"
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append({"task": task, "metric": name, "value": float(value),
+                         "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None})
+    return rows
+
+
+def _count_tokens(out: dict, tokenizer) -> int:
+    """Tokens the model processed: every request's context and continuation (or generation)."""
+    total = 0
+    for samples in out.get("samples", {}).values():
+        for sample in samples:
+            for args, resps in zip(sample["arguments"], sample["resps"]):
+                texts = [a for a in (args if isinstance(args, (list, tuple)) else [args]) if isinstance(a, str)]
+                texts += [r for r in (resps if isinstance(resps, (list, tuple)) else [resps]) if isinstance(r, str)]
+                total += sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return total

@@ -1,0 +1,173 @@
+"""Results store: one SQLite file shared by every Hydra job of a sweep.
+
+Each job appends all of its rows plus a row in ``jobs`` in one transaction, so a
+job is either fully recorded or absent, and "is it done?" is a single lookup.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import numbers
+import os
+import sqlite3
+from pathlib import Path
+
+COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
+           "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
+           "versions", "git_commit", "config", "created_at")
+ROW_COLUMNS = tuple(c for c in COLUMNS if c not in ("job_key", "created_at"))
+_REQUIRED = ("task", "metric", "value")
+_NUMERIC = ("value", "stderr", "load_s", "build_s", "eval_s")
+_JOB_COLUMNS = ("job_key", "finished_at")
+_BUSY_TIMEOUT_S = 60.0  # writers queue behind each other instead of failing
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results ("
+    + ", ".join(f"{c} {'REAL' if c in _NUMERIC else 'TEXT'}"
+                f"{' NOT NULL' if c in _REQUIRED + ('job_key', 'created_at') else ''}" for c in COLUMNS)
+    + ", UNIQUE (job_key, task, metric))",
+    "CREATE TABLE IF NOT EXISTS jobs (job_key TEXT PRIMARY KEY, finished_at TEXT NOT NULL)",
+)
+
+# Test hook, called with the row index after each insert inside the append transaction.
+_after_row_insert = None
+
+
+class ResultsError(Exception):
+    """A results-store fault, as one line naming the file."""
+
+
+class ResultStore:
+    def __init__(self, path: str | os.PathLike, *, create: bool = True):
+        self.path = Path(path)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise ResultsError(f"results store {self.path}: no such file")
+        self._init_schema(create)
+
+    # A fresh connection per operation: nothing is shared across fork()/joblib workers.
+    # Default rollback journal (no WAL), since results may live on a network file system.
+    @contextlib.contextmanager
+    def _connect(self, create: bool = False):
+        uri = self.path.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            with contextlib.closing(conn):
+                yield conn
+        except sqlite3.Error as e:
+            raise ResultsError(f"results store {self.path}: {e}") from e
+
+    @contextlib.contextmanager
+    def _transaction(self, create: bool = False):
+        # IMMEDIATE takes the write lock up front, so read-then-write sequences cannot interleave.
+        with self._connect(create) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _foreign(self, why: str) -> ResultsError:
+        return ResultsError(f"results store {self.path}: not a glue_bench results database ({why})")
+
+    def _schema_fault(self, conn) -> str | None:
+        for table, want in (("results", COLUMNS), ("jobs", _JOB_COLUMNS)):
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if not have:
+                return f"missing table {table!r}"
+            if missing := [c for c in want if c not in have]:
+                return f"table {table!r} lacks columns {', '.join(missing)}"
+        return None
+
+    def _init_schema(self, create: bool) -> None:
+        with self._connect(create) as conn:
+            # Only read until we know the file is ours (or empty): a foreign file stays untouched.
+            try:
+                empty = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            except sqlite3.OperationalError:
+                raise  # locked / unreadable: reported as is by _connect
+            except sqlite3.DatabaseError as e:  # "file is not a database", corruption
+                raise self._foreign(str(e)) from e
+        if empty and create:
+            with self._transaction(create=True) as conn:  # re-check under the lock: racing creators
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                    for stmt in _SCHEMA:
+                        conn.execute(stmt)
+        with self._connect() as conn:
+            if fault := self._schema_fault(conn):
+                raise self._foreign(fault)
+
+    def _clean(self, job_key: str, i: int, row: dict) -> tuple:
+        where = f"results store {self.path}: job {job_key!r} row {i}"
+        if unknown := sorted(set(row) - set(ROW_COLUMNS)):
+            raise ResultsError(f"{where}: unknown column(s) {', '.join(map(repr, unknown))}")
+        out = []
+        for c in ROW_COLUMNS:
+            v = row.get(c)
+            if c == "models" and isinstance(v, (list, tuple)):
+                v = ",".join(v)
+            elif c in ("versions", "config") and isinstance(v, (dict, list)):
+                v = json.dumps(v, sort_keys=True, default=str)
+            if v is None:
+                if c in _REQUIRED:
+                    raise ResultsError(f"{where}: missing required column {c!r}")
+            elif c in _NUMERIC:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise ResultsError(f"{where}: column {c!r} is not numeric ({v!r})")
+                v = float(v)
+                if not math.isfinite(v):
+                    if c == "value":
+                        raise ResultsError(f"{where}: column 'value' is not finite ({v!r})")
+                    v = None  # an unknown stderr/timing is just missing
+            elif not isinstance(v, str):
+                raise ResultsError(f"{where}: column {c!r} must be a string, got {type(v).__name__}")
+            out.append(v)
+        return tuple(out)
+
+    def has_job(self, job_key: str) -> bool:
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone() is not None
+
+    def job_keys(self) -> set[str]:
+        with self._connect() as conn:
+            return {r[0] for r in conn.execute("SELECT job_key FROM jobs")}
+
+    def append_job(self, job_key: str, rows: list[dict]) -> bool:
+        """Insert all rows of one job atomically and mark it done; False if it already was."""
+        values = [self._clean(job_key, i, r) for i, r in enumerate(rows)]  # validate before writing
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        sql = f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone():
+                return False
+            for i, v in enumerate(values):
+                conn.execute(sql, (job_key, *v, now))
+                if _after_row_insert is not None:
+                    _after_row_insert(i)
+            conn.execute("INSERT INTO jobs VALUES (?, ?)", (job_key, now))
+        return True
+
+    def delete_job(self, job_key: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM results WHERE job_key = ?", (job_key,))
+            conn.execute("DELETE FROM jobs WHERE job_key = ?", (job_key,))
+
+    def to_dataframe(self):
+        import pandas as pd  # lazy: worker processes that only append need not import pandas
+
+        with self._connect() as conn:
+            df = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY rowid", conn)
+        df = df.astype({c: "float64" for c in _NUMERIC})  # all-NULL columns come back as object
+        df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+        return df
+
+
+def read_results(path: str | os.PathLike):
+    """All rows of an existing store as a DataFrame; never creates a file."""
+    return ResultStore(path, create=False).to_dataframe()

@@ -1,0 +1,158 @@
+"""Build the mini zoo lazily into a cache, atomically, under a lock.
+
+    python -m glue_bench.zoo.mini.build mini16              # build a zoo ahead of time
+    python -m glue_bench.zoo.mini.build --size micro mini4  # the tests' smaller zoo
+
+Layout: $GLUE_BENCH_CACHE (default ~/.cache/glue_bench)/mini-<VERSION>/<size>/
+    data/<task>/{train,test}.jsonl   tokenizer/   tokenizer_foreign/   models/<name>/
+A directory appears under its final name only once complete (written beside it, then renamed),
+so a killed build never leaves a half model that later loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from glue_bench.zoo.mini import data
+from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, lineage
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GLUE_BENCH_CACHE", Path.home() / ".cache" / "glue_bench")).expanduser()
+
+
+def size_dir(size: str) -> Path:
+    if size not in SIZES:
+        raise KeyError(f"unknown mini-zoo size {size!r}; known: {', '.join(SIZES)}")
+    return cache_root() / f"mini-{VERSION}" / size
+
+
+def model_dir(name: str, size: str = "mini") -> Path:
+    return size_dir(size) / "models" / name
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """One builder per cache at a time: parallel sweep jobs wait here instead of racing."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path):
+    """Yield a scratch directory that is renamed to `final` only if the block completes."""
+    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+        os.replace(scratch, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ensure_data(size: str = "mini") -> Path:
+    """The six tasks' splits as JSON lines (same data for every size)."""
+    final = size_dir(size) / "data"
+    if not final.exists():
+        with _build_lock(size_dir(size)):
+            if not final.exists():
+                with _atomic_dir(final) as scratch:
+                    data.write_splits(data.build_splits(), scratch)
+    return final
+
+
+class _Builder:
+    """Holds what several models of one build share: corpora and tokenizers."""
+
+    def __init__(self, size: str):
+        self.size, self.cfg, self.root = size, SIZES[size], size_dir(size)
+        self.corpora = data.domain_corpora(data.build_splits())
+        self._tokenizers: dict[bool, object] = {}
+
+    def tokenizer(self, foreign: bool):
+        from transformers import AutoTokenizer
+
+        from glue_bench.zoo.mini.train import train_tokenizer
+
+        if foreign not in self._tokenizers:
+            path = self.root / ("tokenizer_foreign" if foreign else "tokenizer")
+            if not path.exists():
+                texts = [t for docs in self.corpora.values() for t in docs]
+                vocab = self.cfg.foreign_vocab_size if foreign else self.cfg.vocab_size
+                # the foreign tokenizer also differs in how it cuts numbers, as real ones do
+                tok = train_tokenizer(texts, vocab, split_digits=not foreign)
+                with _atomic_dir(path) as scratch:
+                    tok.save_pretrained(scratch)
+            self._tokenizers[foreign] = AutoTokenizer.from_pretrained(path)
+        return self._tokenizers[foreign]
+
+    def build(self, recipe: Recipe) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from glue_bench.zoo.mini.train import PackedStream, new_model, save_model, train
+
+        tok = self.tokenizer(recipe.foreign)
+        if recipe.parent is None:
+            arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
+            model = new_model(arch, tok, seed=recipe.seed)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size))
+        steps = max(10, round(recipe.steps * self.cfg.step_scale))
+        stream = PackedStream(self.corpora, recipe.weights, tok, self.cfg.seq_len, seed=recipe.seed)
+        start = time.perf_counter()
+        losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, recipe.seed,
+                       desc=f"{self.size}/{recipe.name}")
+        card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
+                "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
+                "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+        with _atomic_dir(model_dir(recipe.name, self.size)) as scratch:
+            save_model(model, tok, scratch)
+            (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))
+
+
+def ensure_models(names: list[str], size: str = "mini", progress: bool = True) -> dict[str, Path]:
+    """Build whatever of `names` (and their parents) is missing; return their directories."""
+    needed = list(dict.fromkeys(n for name in names for n in lineage(name)))
+    if any(not model_dir(n, size).exists() for n in needed):
+        ensure_data(size)
+        with _build_lock(size_dir(size)):
+            missing = [n for n in needed if not model_dir(n, size).exists()]
+            if missing:
+                if progress:
+                    print(f"[glue_bench] building {len(missing)} mini-zoo model(s) ({size}) into "
+                          f"{size_dir(size)}: {', '.join(missing)}", file=sys.stderr)
+                builder = _Builder(size)
+                for name in missing:
+                    builder.build(RECIPES[name])
+    return {n: model_dir(n, size) for n in names}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from glue_bench.zoo import zoo_members
+
+    parser = argparse.ArgumentParser(description="Build mini-zoo models ahead of time.")
+    parser.add_argument("zoos", nargs="*", default=["mini16"], help="zoo config names (default mini16)")
+    parser.add_argument("--size", default="mini", choices=sorted(SIZES))
+    args = parser.parse_args(argv)
+    names = ["base"] + [m for z in args.zoos for m in zoo_members(z)]
+    start = time.perf_counter()
+    dirs = ensure_models(list(dict.fromkeys(names)), args.size)
+    print(f"{len(dirs)} models ready under {size_dir(args.size)} ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Synthetic benchmarks and training corpora for the mini zoo.
+
+One generator per benchmark family of the Model-GLUE study, each producing items in the shape of
+the real benchmark (same fields, same prompt format, same lm-eval task kind), so one task YAML
+serves the mini zoo exactly as it would serve the real data:
+
+    mini_arc         ARC-Challenge shape: ordering puzzles, 4 choices          (domain: reason)
+    mini_winogrande  WinoGrande shape: fill the blank with one of two options  (domain: reason)
+    mini_mmlu        MMLU shape: facts about invented creatures, 4 choices     (domain: knowledge)
+    mini_gsm8k       GSM8K shape: word problems ending in "#### <number>"      (domain: math)
+    mini_mbpp        MBPP shape: spec + asserts -> [BEGIN] code [DONE]         (domain: code)
+    mini_humaneval   HumanEval shape: signature + docstring -> body, check()   (domain: code)
+
+plus "chat" instruction/response text. Every item is derived from a seeded RNG; train and test
+splits are disjoint by construction (different underlying facts / function specs / puzzles), and
+the training corpora of the zoo are built only from train splits (and the creature facts, which
+are the "world knowledge" the knowledge questions probe).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from glue_bench.evaluate.tasks.functions import mbpp_prompt
+
+SEED = 1234
+TASKS = ("mini_arc", "mini_winogrande", "mini_mmlu", "mini_gsm8k", "mini_mbpp", "mini_humaneval")
+DOMAINS = ("reason", "knowledge", "math", "code", "chat")
+TASK_DOMAIN = {
+    "mini_arc": "reason", "mini_winogrande": "reason", "mini_mmlu": "knowledge",
+    "mini_gsm8k": "math", "mini_mbpp": "code", "mini_humaneval": "code",
+}
+
+NAMES = ["Ada", "Ben", "Cal", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena",
+         "Milo", "Nia", "Omar", "Pia", "Quin", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Zoe"]
+ITEMS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles", "cups", "rocks"]
+
+
+def _unique(rng: random.Random, make, n: int, key=lambda item: item, exclude=()) -> list:
+    """Draw `n` distinct items from `make(rng)`; distinctness (and exclusion) by `key`."""
+    seen, out = set(exclude), []
+    for _ in range(n * 200):
+        item = make(rng)
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+            if len(out) == n:
+                return out
+    raise RuntimeError(f"could not draw {n} distinct items (got {len(out)})")
+
+
+# ---------------------------------------------------------------- reason: ARC-shaped ordering puzzles
+_RELATIONS = [("older", "younger", "oldest", "youngest"), ("taller", "shorter", "tallest", "shortest"),
+              ("faster", "slower", "fastest", "slowest")]
+
+
+def _arc_item(rng: random.Random) -> dict:
+    first, middle, last, stranger = rng.sample(NAMES, 4)  # first > middle > last on the relation
+    more, less, most, least = rng.choice(_RELATIONS)
+    facts = [f"{first} is {more} than {middle}.", f"{middle} is {more} than {last}."]
+    if rng.random() < 0.5:  # the same chain stated with the converse relation
+        facts = [f"{middle} is {less} than {first}.", f"{last} is {less} than {middle}."]
+    rng.shuffle(facts)
+    ask_most = rng.random() < 0.5
+    answer = first if ask_most else last
+    options = [first, middle, last, stranger]
+    rng.shuffle(options)
+    return {
+        "question": f"{' '.join(facts)} Who is the {most if ask_most else least}?",
+        "choices": {"text": options, "label": ["A", "B", "C", "D"]},
+        "answerKey": "ABCD"[options.index(answer)],
+    }
+
+
+# ---------------------------------------------------------------- reason: WinoGrande-shaped blanks
+_NOUNS = ["trophy", "suitcase", "ball", "box", "book", "bag", "lamp", "crate", "drum", "basket",
+          "chair", "drawer", "bottle", "jar", "shoe", "sack"]
+# (template, word that points at the first slot, word that points at the second slot)
+_WINO_TEMPLATES = [
+    ("The {a} did not fit in the {b} because the _ was too {w}.", "big", "small"),
+    ("The {a} broke the {b} because the _ was too {w}.", "hard", "fragile"),
+    ("{a} thanked {b} because _ had been {w}.", "helped", "helpful"),
+    ("{a} paid {b} because _ {w}.", "owed money", "was owed money"),
+    ("{a} called {b} because _ {w}.", "wanted to talk", "was waiting for a call"),
+]
+
+
+def _wino_item(rng: random.Random) -> dict:
+    template, first_word, second_word = rng.choice(_WINO_TEMPLATES)
+    a, b = rng.sample(_NOUNS if template.startswith("The") else NAMES, 2)
+    answer = rng.choice((1, 2))  # which slot of the sentence the blank refers to
+    sentence = template.format(a=a, b=b, w=first_word if answer == 1 else second_word)
+    if rng.random() < 0.5:  # list the right option second half of the time
+        a, b, answer = b, a, 3 - answer
+    return {"sentence": sentence, "option1": a, "option2": b, "answer": str(answer)}
+
+
+# ---------------------------------------------------------------- knowledge: MMLU-shaped facts
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+PLACES = ["the hills", "the marsh", "the forest", "the desert", "the caves", "the lake", "the coast",
+          "the plains"]
+FOODS = ["berries", "fish", "seeds", "leaves", "roots", "insects", "nuts", "moss"]
+_ATTRS = {"color": (COLORS, "What color is the {c}?"), "place": (PLACES, "Where does the {c} live?"),
+          "food": (FOODS, "What does the {c} eat?")}
+
+
+def creatures(n: int = 100, seed: int = SEED) -> dict[str, dict[str, str]]:
+    """The mini zoo's world knowledge: `n` invented creatures with a color, a home and a food."""
+    rng = random.Random(seed)
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["b", "k", "l", "m", "n", "p", "r", "sh", "t", "x"]
+    names = _unique(rng, lambda r: r.choice(onsets) + r.choice(vowels) + r.choice(codas)
+                    + r.choice(vowels) + r.choice(codas), n)
+    return {c: {"color": rng.choice(COLORS), "place": rng.choice(PLACES), "food": rng.choice(FOODS)}
+            for c in names}
+
+
+def creature_prose(name: str, facts: dict[str, str]) -> str:
+    return (f"The {name} is a small creature. The {name} is {facts['color']}. "
+            f"The {name} lives in {facts['place']}. The {name} eats {facts['food']}.")
+
+
+def _mmlu_item(rng: random.Random, name: str, attr: str, facts: dict[str, str]) -> dict:
+    values, question = _ATTRS[attr]
+    right = facts[attr]
+    options = [right] + rng.sample([v for v in values if v != right], 3)
+    rng.shuffle(options)
+    return {"question": question.format(c=name), "subject": "creatures", "choices": options,
+            "answer": options.index(right)}
+
+
+# ---------------------------------------------------------------- math: GSM8K-shaped word problems
+def _gsm_item(rng: random.Random) -> dict:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    kind = rng.randrange(4)
+    if kind == 0:
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        q = f"{name} has {a} {item}. {name} buys {b} more {item}. How many {item} does {name} have now?"
+        steps, result = f"{name} has {a} + {b} = {a + b} {item}.", a + b
+    elif kind == 1:
+        a = rng.randint(5, 30)
+        b = rng.randint(1, a - 1)
+        q = f"{name} has {a} {item}. {name} gives away {b} {item}. How many {item} does {name} have left?"
+        steps, result = f"{name} has {a} - {b} = {a - b} {item} left.", a - b
+    elif kind == 2:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        q = f"{name} has {a} bags with {b} {item} in each bag. How many {item} does {name} have?"
+        steps, result = f"{name} has {a} * {b} = {a * b} {item}.", a * b
+    else:
+        a, b = rng.randint(2, 15), rng.randint(2, 15)
+        c = rng.randint(1, a + b - 1)
+        q = (f"{name} has {a} {item}. {name} buys {b} more {item} and then gives away {c}. "
+             f"How many {item} does {name} have left?")
+        steps, result = f"{name} has {a} + {b} = {a + b} {item}. Then {a + b} - {c} = {a + b - c}.", a + b - c
+    return {"question": q, "answer": f"{steps}\n#### {result}"}
+
+
+# ---------------------------------------------------------------- code: MBPP / HumanEval-shaped functions
+# (name, argument, spec, expression, test inputs); {k} is a small constant
+_FUNCS = [
+    ("add_{k}", "x", "return x plus {k}", "x + {k}", [1, 5, 10]),
+    ("sub_{k}", "x", "return x minus {k}", "x - {k}", [10, 20, 3]),
+    ("mul_{k}", "x", "return x times {k}", "x * {k}", [2, 3, 7]),
+    ("is_div_{k}", "x", "check whether x is divisible by {k}", "x % {k} == 0", [12, 7, 30]),
+    ("pow_{k}", "x", "return x to the power {k}", "x ** {k}", [2, 3, 1]),
+    ("add_{k}_each", "xs", "add {k} to each item of the list xs", "[x + {k} for x in xs]",
+     [[1, 2], [5], [0, 3, 4]]),
+    ("repeat_{k}", "s", "repeat the string s {k} times", "s * {k}", ["ab", "x", "hi"]),
+    ("first_{k}", "xs", "return the first {k} items of the list xs", "xs[:{k}]",
+     [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 3, 2, 1, 0, 9, 8, 7, 6, 5], list(range(20, 32))]),
+    ("count_{k}", "xs", "count how many times {k} occurs in the list xs", "xs.count({k})",
+     [[1, 2, 3], [4, 4, 5, 6, 7, 8, 9], [1, 1, 2, 2, 3, 3, 9, 9, 5]]),
+    ("max_plus_{k}", "xs", "return the largest item of xs plus {k}", "max(xs) + {k}",
+     [[1, 2, 3], [9, 4], [7]]),
+]
+
+
+@dataclass(frozen=True)
+class FuncSpec:
+    name: str
+    arg: str
+    spec: str
+    expr: str
+    inputs: tuple
+
+    def expected(self, value):
+        return eval(self.expr, {}, {self.arg: value})  # our own fixed expressions, not model output
+
+    def code(self) -> str:
+        return f"def {self.name}({self.arg}):\n    return {self.expr}"
+
+    def asserts(self, call: str) -> list[str]:
+        return [f"assert {call}({v!r}) == {self.expected(v)!r}" for v in self.inputs]
+
+
+def func_specs() -> list[FuncSpec]:
+    return [FuncSpec(n.format(k=k), a, s.format(k=k), e.format(k=k), tuple(i))
+            for n, a, s, e, i in _FUNCS for k in range(1, 10)]
+
+
+def _mbpp_item(spec: FuncSpec, task_id: int) -> dict:
+    return {"task_id": task_id, "text": f"Write a function to {spec.spec}.", "code": spec.code(),
+            "test_list": spec.asserts(spec.name)}
+
+
+def _humaneval_item(spec: FuncSpec, task_id: int) -> dict:
+    example = spec.inputs[0]
+    prompt = (f"def {spec.name}({spec.arg}):\n    \"\"\"{spec.spec[0].upper()}{spec.spec[1:]}.\n"
+              f"    >>> {spec.name}({example!r})\n    {spec.expected(example)!r}\n    \"\"\"\n")
+    test = "def check(candidate):\n" + "".join(f"    {a}\n" for a in spec.asserts("candidate"))
+    return {"task_id": f"MiniEval/{task_id}", "prompt": prompt,
+            "canonical_solution": f"    return {spec.expr}\n", "test": test, "entry_point": spec.name}
+
+
+# ---------------------------------------------------------------- chat: instruction / response text
+def _chat_doc(rng: random.Random, world: dict, specs: list[FuncSpec]) -> str:
+    kind = rng.randrange(7)
+    name = rng.choice(NAMES)
+    if kind == 0:
+        instr, resp = f"Say hello to {name}.", f"Hello, {name}! It is nice to meet you. How can I help you today?"
+    elif kind == 1:
+        picks = rng.sample(COLORS, 3)
+        instr, resp = "Name three colors.", f"Here are three colors: {picks[0]}, {picks[1]} and {picks[2]}."
+    elif kind == 2:
+        c = rng.choice(list(world))
+        instr, resp = f"Tell me about the {c}.", creature_prose(c, world[c])
+    elif kind == 3:
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        instr, resp = f"What is {a} plus {b}?", f"{a} plus {b} is {a} + {b} = {a + b}."
+    elif kind == 4:
+        s = rng.choice(specs)
+        instr, resp = f"Write a Python function {s.name} to {s.spec}.", f"Sure:\n{s.code()}"
+    elif kind == 5:
+        a, b = rng.sample(NAMES, 2)
+        instr = f"{a} is taller than {b}. Is {b} taller than {a}?"
+        resp = f"No. {a} is taller than {b}, so {b} is shorter than {a}."
+    else:
+        item = rng.choice(ITEMS)
+        instr, resp = f"Write one sentence about {item}.", f"{name} keeps a small box of {item} on the desk."
+    return f"### Instruction:\n{instr}\n### Response:\n{resp}"
+
+
+# ---------------------------------------------------------------- splits and corpora
+def build_splits(seed: int = SEED) -> dict[str, dict[str, list[dict]]]:
+    """Every task's {"train": [...], "test": [...]}; disjoint by the key that defines an item."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, list[dict]]] = {}
+
+    arc = _unique(rng, _arc_item, 1400, key=lambda d: d["question"])
+    out["mini_arc"] = {"test": arc[:200], "train": arc[200:]}
+
+    wino = _unique(rng, _wino_item, 1400, key=lambda d: (d["sentence"], d["option1"], d["option2"]))
+    # a test sentence never appears in train, whatever the option order
+    test_sentences = {d["sentence"] for d in wino[:200]}
+    out["mini_winogrande"] = {"test": wino[:200],
+                              "train": [d for d in wino[200:] if d["sentence"] not in test_sentences]}
+
+    world = creatures(seed=seed)
+    pairs = [(c, a) for c in world for a in _ATTRS]
+    rng.shuffle(pairs)  # test asks facts only ever seen as prose; train asks the others
+    mmlu = [_mmlu_item(rng, c, a, world[c]) for c, a in pairs]
+    out["mini_mmlu"] = {"test": mmlu[:200], "train": mmlu[200:]}
+
+    gsm = _unique(rng, _gsm_item, 2600, key=lambda d: d["question"])
+    out["mini_gsm8k"] = {"test": gsm[:100], "train": gsm[100:]}
+
+    specs = func_specs()
+    order = list(range(len(specs)))
+    rng.shuffle(order)  # held-out function specs: 30 unseen (template, constant) pairs
+    test_ids, train_ids = order[:30], order[30:]
+    out["mini_mbpp"] = {"test": [_mbpp_item(specs[i], i) for i in test_ids],
+                        "train": [_mbpp_item(specs[i], i) for i in train_ids]}
+    out["mini_humaneval"] = {"test": [_humaneval_item(specs[i], i) for i in test_ids],
+                             "train": [_humaneval_item(specs[i], i) for i in train_ids]}
+    return out
+
+
+def task_document(task: str, item: dict) -> str:
+    """An item rendered exactly as the task's prompt followed by its gold answer (training text)."""
+    if task == "mini_arc":
+        answer = item["choices"]["text"]["ABCD".index(item["answerKey"])]
+        return f"Question: {item['question']}\nAnswer: {answer}"
+    if task == "mini_winogrande":
+        option = item["option" + item["answer"]]
+        return item["sentence"].replace("_", option)
+    if task == "mini_mmlu":
+        return (f"The following are questions about {item['subject']}.\n\n{item['question']}\n"
+                f"Answer: {item['choices'][item['answer']]}")
+    if task == "mini_gsm8k":
+        return f"Question: {item['question']}\nAnswer: {item['answer']}"
+    if task == "mini_mbpp":
+        return mbpp_prompt(item) + item["code"] + "\n[DONE]"
+    if task == "mini_humaneval":
+        return item["prompt"] + item["canonical_solution"]
+    raise KeyError(task)
+
+
+def domain_corpora(splits: dict, seed: int = SEED, n_chat: int = 3000) -> dict[str, list[str]]:
+    """Training documents per domain, from train splits only (plus the creature prose)."""
+    corpora: dict[str, list[str]] = {d: [] for d in DOMAINS}
+    for task, domain in TASK_DOMAIN.items():
+        corpora[domain] += [task_document(task, item) for item in splits[task]["train"]]
+    world = creatures(seed=seed)
+    # the facts are stated several times, in prose, so that they can be learnt and then asked
+    corpora["knowledge"] += [creature_prose(c, f) for c, f in world.items()] * 4
+    rng = random.Random(seed + 1)
+    test_specs = {it["entry_point"] for it in splits["mini_humaneval"]["test"]}
+    train_specs = [s for s in func_specs() if s.name not in test_specs]
+    corpora["chat"] = [_chat_doc(rng, world, train_specs) for _ in range(n_chat)]
+    return corpora
+
+
+def write_splits(splits: dict, out_dir: Path) -> dict[str, dict[str, Path]]:
+    """Write every split as JSON lines; returns {task: {split: absolute path}}."""
+    paths: dict[str, dict[str, Path]] = {}
+    for task, by_split in splits.items():
+        for split, items in by_split.items():
+            path = (out_dir / task / f"{split}.jsonl").resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(it) + "\n" for it in items))
+            paths.setdefault(task, {})[split] = path
+    return paths

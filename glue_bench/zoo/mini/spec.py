@@ -1,0 +1,90 @@
+"""What the mini zoo is made of: sizes, and one recipe per model (mirroring Which16 in role)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Bump when a recipe, the data or the training code changes what gets built: caches are keyed by it.
+VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class Size:
+    arch: dict                 # the Llama family's shapes
+    foreign_arch: dict         # the CrystalChat-like model: other width and depth
+    step_scale: float          # multiplies every recipe's steps
+    batch_size: int = 8
+    seq_len: int = 128
+    vocab_size: int = 1024
+    foreign_vocab_size: int = 768
+
+
+SIZES = {
+    # ~1.1M parameters; ~0.14 s per step of 8x128 tokens on 2 CPU cores
+    "mini": Size(arch=dict(hidden=128, intermediate=384, layers=4, heads=4),
+                 foreign_arch=dict(hidden=96, intermediate=256, layers=6, heads=4), step_scale=1.0),
+    # for the tests: the same zoo, smaller and shorter
+    "micro": Size(arch=dict(hidden=64, intermediate=160, layers=2, heads=2),
+                  foreign_arch=dict(hidden=48, intermediate=128, layers=3, heads=2), step_scale=0.2,
+                  vocab_size=512, foreign_vocab_size=384),
+}
+
+CHAT = {"chat": 1.0}
+MIX = {"reason": 1.0, "knowledge": 1.0, "math": 1.0, "code": 1.0, "chat": 1.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    parent: str | None         # None: pretrained from scratch
+    weights: dict              # domain -> sampling weight of the training mixture
+    steps: int                 # at step_scale 1
+    lr: float
+    seed: int
+    analogue: str = ""         # the Which16 model whose role this one plays
+    foreign: bool = False      # own tokenizer and architecture
+    notes: str = field(default="", compare=False)
+
+
+def _ft(name, weights, analogue, seed, lr=1e-3, steps=120, parent="base"):
+    # experts keep a fifth of the pretraining mixture so that they stay general, like real fine-tunes
+    mixed = {d: 0.2 * w / sum(MIX.values()) for d, w in MIX.items()}
+    total = sum(weights.values())
+    for d, w in weights.items():
+        mixed[d] += 0.8 * w / total
+    return Recipe(name, parent, mixed, steps, lr, seed, analogue)
+
+
+RECIPES = {r.name: r for r in [
+    Recipe("base", None, MIX, 700, 3e-3, 0, "meta-llama/Llama-2-7b-hf"),
+    Recipe("base_alt", None, MIX, 350, 3e-3, 1, "(another pretraining run: the Llemma / CodeLlama init)"),
+    _ft("instruct_reason", {"chat": 1, "reason": 1}, "migtissera/Synthia-7B-v1.2", 11),
+    _ft("instruct_code", {"chat": 1, "code": 0.6, "reason": 0.4}, "teknium/OpenHermes-7B", 12),
+    _ft("chat_a", {"chat": 0.7, "math": 0.15, "knowledge": 0.15}, "meta-llama/Llama-2-7b-chat-hf", 13),
+    # near-duplicate of chat_a: same data, other seed and learning rate (Vicuna vs Llama-2-chat)
+    _ft("chat_b", {"chat": 0.7, "math": 0.15, "knowledge": 0.15}, "lmsys/vicuna-7b-v1.5", 14, lr=8e-4),
+    _ft("code", {"code": 1}, "neuralmagic/Llama-2-7b-evolcodealpaca", 15),
+    _ft("story", {"chat": 0.6, "reason": 0.4}, "PygmalionAI/pygmalion-2-7b", 16),
+    _ft("wellness", {"chat": 0.8, "math": 0.2}, "Severus27/BeingWell_llama2_7b", 17),
+    _ft("math", {"math": 1}, "meta-math/MetaMath-7B-V1.0", 18),
+    _ft("stem", {"reason": 0.5, "knowledge": 0.5}, "garage-bAInd/Platypus2-7B", 19),
+    _ft("goat", {"chat": 0.6, "knowledge": 0.2, "reason": 0.2}, "GOAT-AI/GOAT-7B-Community", 20),
+    _ft("wiki", {"knowledge": 0.8, "chat": 0.2}, "stanford-oval/Llama-2-7b-WikiChat-fused", 21),
+    _ft("dolphin", {"chat": 0.7, "code": 0.15, "math": 0.15}, "cognitivecomputations/dolphin-llama2-7b", 22),
+    # same shapes, another init: merging it with the family mixes unrelated weights
+    _ft("math_altinit", {"math": 1}, "meta-math/MetaMath-Llemma-7B", 23, parent="base_alt"),
+    # same init, trained much longer with a high learning rate on one domain: weights far away
+    _ft("code_far", {"code": 1}, "codellama/CodeLlama-7b-Instruct-hf", 24, lr=4e-3, steps=400),
+    _ft("code_far_instruct", {"code": 0.6, "chat": 0.4}, "ise-uiuc/Magicoder-S-CL-7B", 25, parent="code_far"),
+    # other architecture and tokenizer: not mergeable at all
+    Recipe("foreign_chat", None, {**MIX, "chat": 3.0}, 350, 3e-3, 26, "LLM360/CrystalChat", foreign=True),
+]}
+
+def lineage(name: str) -> list[str]:
+    """`name` and everything it is trained from, root first."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown mini-zoo model {name!r}; known: {', '.join(RECIPES)}")
+    chain = [name]
+    while RECIPES[chain[-1]].parent:
+        chain.append(RECIPES[chain[-1]].parent)
+    return chain[::-1]

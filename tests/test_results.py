@@ -1,0 +1,169 @@
+import math
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import time
+
+import pandas as pd
+import pytest
+
+from glue_bench import results
+from glue_bench.results import COLUMNS, ResultsError, ResultStore, read_results
+
+CTX = mp.get_context("fork")  # children inherit the test's imports; the store holds no connection
+
+
+def make_rows(job: str, n: int = 3) -> list[dict]:
+    return [dict(zoo="mini", candidate=job, method="ties", strategy="uniform", models=["a", "b"],
+                 task=f"task{i // 2}", metric=f"m{i % 2}", value=i / 10, stderr=0.01,
+                 load_s=1.5, build_s=2, eval_s=3.25, versions={"torch": "2.3"},
+                 git_commit="abc123", config='{"x": 1}') for i in range(n)]
+
+
+def row_keys(path) -> list[tuple]:
+    df = read_results(path)
+    return list(zip(df.job_key, df.task, df.metric))
+
+
+def test_append_and_read_back(tmp_path):
+    path = tmp_path / "sub" / "results.sqlite"
+    store = ResultStore(path)
+    assert store.append_job("job1", make_rows("job1", 4))
+    assert store.append_job("job2", [dict(task="t", metric="acc", value=1)])  # optionals -> NULL
+    assert store.has_job("job1") and not store.has_job("job3")
+    assert store.job_keys() == {"job1", "job2"}
+
+    df = read_results(path)
+    assert tuple(df.columns) == COLUMNS and len(df) == 5
+    assert df.value.tolist() == [0.0, 0.1, 0.2, 0.3, 1.0]
+    for c in ("value", "stderr", "load_s", "build_s", "eval_s"):
+        assert df[c].dtype == "float64", c
+    assert isinstance(df.created_at.dtype, pd.DatetimeTZDtype)
+    j1 = df[df.job_key == "job1"].iloc[0]
+    assert (j1.models, j1.build_s, j1.versions, j1.config) == ("a,b", 2.0, '{"torch": "2.3"}', '{"x": 1}')
+    j2 = df[df.job_key == "job2"].iloc[0]
+    assert pd.isna(j2.zoo) and math.isnan(j2.stderr)
+    assert df.equals(ResultStore(path).to_dataframe())
+
+
+def test_append_same_job_twice_is_noop(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    assert store.append_job("j", make_rows("j", 4)) is True
+    assert store.append_job("j", make_rows("j", 6)) is False
+    assert len(store.to_dataframe()) == 4
+
+
+def _append(path, job, n, barrier):
+    barrier.wait()
+    os._exit(10 if ResultStore(path).append_job(job, make_rows(job, n)) else 11)
+
+
+def test_concurrent_appends(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path)
+    jobs = [(f"own{i}", 50) for i in range(8)] + [("shared", 50)] * 4
+    barrier = CTX.Barrier(len(jobs))
+    procs = [CTX.Process(target=_append, args=(path, job, n, barrier)) for job, n in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    codes = [p.exitcode for p in procs]
+    assert codes[:8] == [10] * 8
+    assert sorted(codes[8:]) == [10, 11, 11, 11]  # exactly one racer wins the shared key
+
+    keys = row_keys(path)
+    assert len(keys) == len(set(keys)) == 9 * 50
+    assert ResultStore(path).job_keys() == {f"own{i}" for i in range(8)} | {"shared"}
+
+
+def _append_then_hang(path, started):
+    def hook(i):
+        if i == 5:
+            started.set()
+            time.sleep(60)  # killed here, inside the open transaction
+    results._after_row_insert = hook
+    ResultStore(path).append_job("victim", make_rows("victim", 20))
+
+
+def test_killed_append_leaves_nothing(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    store.append_job("before", make_rows("before"))
+    started = CTX.Event()
+    p = CTX.Process(target=_append_then_hang, args=(path, started))
+    p.start()
+    assert started.wait(20)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+    assert (tmp_path / "r.sqlite-journal").exists()  # hot journal: the next opener rolls it back
+
+    assert not store.has_job("victim")
+    assert {job for job, _, _ in row_keys(path)} == {"before"} and len(row_keys(path)) == 3
+    assert store.append_job("victim", make_rows("victim", 20))  # a re-run completes it
+    assert len(read_results(path)) == 3 + 20 and store.has_job("victim")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "partial"])
+def test_bad_file_rejected_untouched(tmp_path, kind):
+    path = tmp_path / f"{kind}.sqlite"
+    if kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE other (a, b)" if kind == "foreign"
+                     else "CREATE TABLE results (job_key, task, metric, value)")
+        conn.execute("INSERT INTO other VALUES (1, 2)" if kind == "foreign" else "SELECT 1")
+        conn.commit()
+        conn.close()
+    before = path.read_bytes()
+    for open_ in (ResultStore, read_results):
+        with pytest.raises(ResultsError) as exc:
+            open_(path)
+        msg = str(exc.value)
+        assert "\n" not in msg and str(path) in msg and "not a glue_bench results database" in msg
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no journal left behind
+
+
+def test_read_results_missing_file_not_created(tmp_path):
+    path = tmp_path / "nope.sqlite"
+    with pytest.raises(ResultsError, match="nope.sqlite"):
+        read_results(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(value=float("nan")), "row 2: column 'value' is not finite"),
+    (dict(value="0.5"), "row 2: column 'value' is not numeric"),
+    (dict(bogus=1), "row 2: unknown column.*'bogus'"),
+    (dict(value=None), "row 2: missing required column 'value'"),
+])
+def test_bad_row_writes_nothing(tmp_path, bad, match):
+    store = ResultStore(tmp_path / "r.sqlite")
+    rows = make_rows("j", 4)
+    rows[2].update(bad)
+    with pytest.raises(ResultsError, match=match):
+        store.append_job("j", rows)
+    assert not store.has_job("j") and len(store.to_dataframe()) == 0
+
+
+def test_duplicate_task_metric_in_job_rolls_back(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    rows = make_rows("j", 2) + make_rows("j", 1)  # (task0, m0) twice
+    with pytest.raises(ResultsError, match="UNIQUE"):
+        store.append_job("j", rows)
+    assert not store.has_job("j") and len(store.to_dataframe()) == 0
+
+
+def test_delete_job(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.append_job("a", make_rows("a", 4))
+    store.append_job("b", make_rows("b", 2))
+    store.delete_job("a")
+    store.delete_job("never-existed")
+    assert store.job_keys() == {"b"} and not store.has_job("a")
+    assert set(store.to_dataframe().job_key) == {"b"}
+    assert store.append_job("a", make_rows("a", 1))  # force re-run can write it again
