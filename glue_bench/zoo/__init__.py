@@ -25,6 +25,7 @@ class ModelRef:
     source: str               # "mini" | "local" | "hub" | "gguf"
     location: str             # directory, hub id, or directory holding the GGUF file
     gguf_file: str | None = None
+    key: str = ""             # identity in result keys (not the cache path, which varies by machine)
 
 
 def zoo_config(zoo: str) -> dict:
@@ -44,15 +45,17 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
     if isinstance(entry, dict):
         path = os.path.expanduser(str(entry["path"]))
         if entry.get("gguf_file"):
-            return ModelRef(entry["name"], "gguf", path, entry["gguf_file"])
-        return ModelRef(entry["name"], "local", path)
+            return ModelRef(entry["name"], "gguf", path, entry["gguf_file"], key=f"{path}/{entry['gguf_file']}")
+        return ModelRef(entry["name"], "local", path, key=path)
     if source == "mini":
         from glue_bench.zoo.mini.build import model_dir
 
-        return ModelRef(entry, "mini", str(model_dir(entry, mini_size)))
+        from glue_bench.zoo.mini.spec import VERSION
+
+        return ModelRef(entry, "mini", str(model_dir(entry, mini_size)), key=f"mini-{VERSION}/{mini_size}/{entry}")
     if source == "local" or os.path.isdir(os.path.expanduser(entry)):
-        return ModelRef(Path(entry).name, "local", os.path.expanduser(entry))
-    return ModelRef(entry, "hub", entry)
+        return ModelRef(Path(entry).name, "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
+    return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
 
 
 def ensure_available(refs: list[ModelRef], mini_size: str = "mini") -> None:
@@ -69,3 +72,38 @@ def ensure_available(refs: list[ModelRef], mini_size: str = "mini") -> None:
             raise ZooError(f"model {ref.name!r}: {ref.location} has no config.json (not a HF model directory)")
         if ref.source == "gguf" and not os.path.exists(os.path.join(ref.location, ref.gguf_file)):
             raise ZooError(f"model {ref.name!r}: GGUF file {ref.gguf_file} not found in {ref.location}")
+
+
+def local_dir(ref: ModelRef) -> Path:
+    """A directory holding the model's safetensors; hub ids resolve through the HF cache."""
+    if ref.source == "gguf":
+        raise ZooError(f"model {ref.name!r}: a GGUF file cannot be streamed tensor by tensor; "
+                       "convert it to safetensors first (load_model + save_pretrained)")
+    if ref.source != "hub":
+        return Path(ref.location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.location, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                                    "tokenizer*"]))
+    except Exception as exc:  # offline, gated, missing: all end the same way for the user
+        raise ZooError(f"model {ref.name!r}: cannot get {ref.location} from the Hugging Face hub "
+                       f"({type(exc).__name__}); this needs hub access, or a local copy in HF_HOME") from None
+
+
+def load_model(ref: ModelRef, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    if ref.source == "gguf":
+        model = AutoModelForCausalLM.from_pretrained(ref.location, gguf_file=ref.gguf_file)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(local_dir(ref), dtype="auto")
+    return model.to(device).eval()
+
+
+def load_tokenizer(ref: ModelRef):
+    from transformers import AutoTokenizer
+
+    if ref.source == "gguf":
+        return AutoTokenizer.from_pretrained(ref.location, gguf_file=ref.gguf_file)
+    return AutoTokenizer.from_pretrained(local_dir(ref))

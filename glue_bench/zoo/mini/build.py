@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from glue_bench.zoo import ZooError
 from glue_bench.zoo.mini import data
 from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, lineage
 
@@ -31,7 +32,7 @@ def cache_root() -> Path:
 
 def size_dir(size: str) -> Path:
     if size not in SIZES:
-        raise KeyError(f"unknown mini-zoo size {size!r}; known: {', '.join(SIZES)}")
+        raise ZooError(f"unknown mini-zoo size {size!r}; known: {', '.join(SIZES)}")
     return cache_root() / f"mini-{VERSION}" / size
 
 

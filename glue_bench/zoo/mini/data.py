@@ -61,13 +61,16 @@ _RELATIONS = [("older", "younger", "oldest", "youngest"), ("taller", "shorter", 
 def _arc_item(rng: random.Random) -> dict:
     first, middle, last, stranger = rng.sample(NAMES, 4)  # first > middle > last on the relation
     more, less, most, least = rng.choice(_RELATIONS)
-    facts = [f"{first} is {more} than {middle}.", f"{middle} is {more} than {last}."]
-    if rng.random() < 0.5:  # the same chain stated with the converse relation
-        facts = [f"{middle} is {less} than {first}.", f"{last} is {less} than {middle}."]
-    rng.shuffle(facts)
+    if rng.random() < 0.5:  # one fact about two people, two strangers among the options
+        facts = [rng.choice([f"{first} is {more} than {last}.", f"{last} is {less} than {first}."])]
+        options = [first, last, middle, stranger]
+    else:  # a chain of two facts, stated with either relation
+        facts = ([f"{first} is {more} than {middle}.", f"{middle} is {more} than {last}."]
+                 if rng.random() < 0.5 else [f"{middle} is {less} than {first}.", f"{last} is {less} than {middle}."])
+        rng.shuffle(facts)
+        options = [first, middle, last, stranger]
     ask_most = rng.random() < 0.5
     answer = first if ask_most else last
-    options = [first, middle, last, stranger]
     rng.shuffle(options)
     return {
         "question": f"{' '.join(facts)} Who is the {most if ask_most else least}?",
@@ -137,21 +140,21 @@ def _gsm_item(rng: random.Random) -> dict:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     kind = rng.randrange(4)
     if kind == 0:
-        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
         q = f"{name} has {a} {item}. {name} buys {b} more {item}. How many {item} does {name} have now?"
         steps, result = f"{name} has {a} + {b} = {a + b} {item}.", a + b
     elif kind == 1:
-        a = rng.randint(5, 30)
-        b = rng.randint(1, a - 1)
+        a = rng.randint(5, 18)
+        b = rng.randint(1, min(9, a - 1))
         q = f"{name} has {a} {item}. {name} gives away {b} {item}. How many {item} does {name} have left?"
         steps, result = f"{name} has {a} - {b} = {a - b} {item} left.", a - b
     elif kind == 2:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
         q = f"{name} has {a} bags with {b} {item} in each bag. How many {item} does {name} have?"
         steps, result = f"{name} has {a} * {b} = {a * b} {item}.", a * b
     else:
-        a, b = rng.randint(2, 15), rng.randint(2, 15)
-        c = rng.randint(1, a + b - 1)
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        c = rng.randint(1, min(9, a + b - 1))
         q = (f"{name} has {a} {item}. {name} buys {b} more {item} and then gives away {c}. "
              f"How many {item} does {name} have left?")
         steps, result = f"{name} has {a} + {b} = {a + b} {item}. Then {a + b} - {c} = {a + b - c}.", a + b - c

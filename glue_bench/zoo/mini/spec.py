@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from glue_bench.zoo import ZooError
+
 # Bump when a recipe, the data or the training code changes what gets built: caches are keyed by it.
 VERSION = "v1"
 
@@ -30,7 +32,8 @@ SIZES = {
 }
 
 CHAT = {"chat": 1.0}
-MIX = {"reason": 1.0, "knowledge": 1.0, "math": 1.0, "code": 1.0, "chat": 1.0}
+# pretraining is mostly general text, as for real LLMs: domain skill comes mainly from fine-tuning
+MIX = {"reason": 0.5, "knowledge": 0.5, "math": 0.5, "code": 0.5, "chat": 2.0}
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Recipe:
     notes: str = field(default="", compare=False)
 
 
-def _ft(name, weights, analogue, seed, lr=1e-3, steps=120, parent="base"):
+def _ft(name, weights, analogue, seed, lr=2e-3, steps=160, parent="base"):
     # experts keep a fifth of the pretraining mixture so that they stay general, like real fine-tunes
     mixed = {d: 0.2 * w / sum(MIX.values()) for d, w in MIX.items()}
     total = sum(weights.values())
@@ -56,13 +59,13 @@ def _ft(name, weights, analogue, seed, lr=1e-3, steps=120, parent="base"):
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("base", None, MIX, 700, 3e-3, 0, "meta-llama/Llama-2-7b-hf"),
-    Recipe("base_alt", None, MIX, 350, 3e-3, 1, "(another pretraining run: the Llemma / CodeLlama init)"),
+    Recipe("base", None, MIX, 600, 3e-3, 0, "meta-llama/Llama-2-7b-hf"),
+    Recipe("base_alt", None, MIX, 300, 3e-3, 1, "(another pretraining run: the Llemma / CodeLlama init)"),
     _ft("instruct_reason", {"chat": 1, "reason": 1}, "migtissera/Synthia-7B-v1.2", 11),
     _ft("instruct_code", {"chat": 1, "code": 0.6, "reason": 0.4}, "teknium/OpenHermes-7B", 12),
     _ft("chat_a", {"chat": 0.7, "math": 0.15, "knowledge": 0.15}, "meta-llama/Llama-2-7b-chat-hf", 13),
     # near-duplicate of chat_a: same data, other seed and learning rate (Vicuna vs Llama-2-chat)
-    _ft("chat_b", {"chat": 0.7, "math": 0.15, "knowledge": 0.15}, "lmsys/vicuna-7b-v1.5", 14, lr=8e-4),
+    _ft("chat_b", {"chat": 0.7, "math": 0.15, "knowledge": 0.15}, "lmsys/vicuna-7b-v1.5", 14, lr=1.6e-3),
     _ft("code", {"code": 1}, "neuralmagic/Llama-2-7b-evolcodealpaca", 15),
     _ft("story", {"chat": 0.6, "reason": 0.4}, "PygmalionAI/pygmalion-2-7b", 16),
     _ft("wellness", {"chat": 0.8, "math": 0.2}, "Severus27/BeingWell_llama2_7b", 17),
@@ -74,16 +77,16 @@ RECIPES = {r.name: r for r in [
     # same shapes, another init: merging it with the family mixes unrelated weights
     _ft("math_altinit", {"math": 1}, "meta-math/MetaMath-Llemma-7B", 23, parent="base_alt"),
     # same init, trained much longer with a high learning rate on one domain: weights far away
-    _ft("code_far", {"code": 1}, "codellama/CodeLlama-7b-Instruct-hf", 24, lr=4e-3, steps=400),
+    _ft("code_far", {"code": 1}, "codellama/CodeLlama-7b-Instruct-hf", 24, lr=5e-3, steps=400),
     _ft("code_far_instruct", {"code": 0.6, "chat": 0.4}, "ise-uiuc/Magicoder-S-CL-7B", 25, parent="code_far"),
     # other architecture and tokenizer: not mergeable at all
-    Recipe("foreign_chat", None, {**MIX, "chat": 3.0}, 350, 3e-3, 26, "LLM360/CrystalChat", foreign=True),
+    Recipe("foreign_chat", None, {**MIX, "chat": 3.0}, 300, 3e-3, 26, "LLM360/CrystalChat", foreign=True),
 ]}
 
 def lineage(name: str) -> list[str]:
     """`name` and everything it is trained from, root first."""
     if name not in RECIPES:
-        raise KeyError(f"unknown mini-zoo model {name!r}; known: {', '.join(RECIPES)}")
+        raise ZooError(f"unknown mini-zoo model {name!r}; known: {', '.join(RECIPES)}")
     chain = [name]
     while RECIPES[chain[-1]].parent:
         chain.append(RECIPES[chain[-1]].parent)

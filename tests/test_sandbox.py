@@ -1,0 +1,251 @@
+"""The sandbox for model-generated code: outcomes, limits, and what it refuses to do."""
+import os
+import resource
+import subprocess
+import tempfile
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from glue_bench.evaluate import sandbox
+from glue_bench.evaluate.sandbox import SandboxLimits, SandboxResult, run_untrusted
+
+FAST = SandboxLimits(timeout_s=1)
+MARGIN_S = 1.5   # interpreter start-up, group kill and temp dir cleanup on a loaded machine
+
+
+def run(program: str, limits: SandboxLimits = FAST) -> SandboxResult:
+    return run_untrusted(textwrap.dedent(program), limits)
+
+
+def assert_blocked(result: SandboxResult, *needles: str) -> None:
+    assert (result.passed, result.status) == (False, "blocked"), result
+    for needle in needles:
+        assert needle in result.detail, result
+
+
+@pytest.fixture
+def child_pids(monkeypatch):
+    """Pids of the sandboxed interpreters started during the test."""
+    pids = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pids.append(self.pid)
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", RecordingPopen)
+    return pids
+
+
+def live_processes_in_session(sid: int, grace_s: float = 2.0) -> list[int]:
+    """Processes of session `sid` (forked grandchildren keep their parent's session) that are
+    still alive after a grace period; zombies waiting for init to reap them are dead already."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):   # not a process, or gone meanwhile
+                continue
+            state, session = fields[0], int(fields[3])
+            if session == sid and state not in ("Z", "X"):
+                alive.append(int(entry))
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def test_correct_solution_passes():
+    result = run("""
+        def add(a, b):
+            return a + b
+
+        assert add(1, 2) == 3
+        assert add(-1, 1) == 0
+    """)
+    assert result == SandboxResult(True, "passed", "")
+
+
+def test_wrong_solution_fails_with_the_assert_line():
+    result = run("""
+        def add(a, b):
+            return a - b
+
+        assert add(0, 0) == 0
+        assert add(1, 2) == 3, "add(1, 2)"
+    """)
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.detail == "AssertionError: add(1, 2) (line 6)"
+
+
+def test_other_exceptions_and_early_exit_are_errors():
+    result = run("raise ValueError('bad\\nvalue')")
+    assert (result.status, result.detail) == ("error", "ValueError: bad value (line 1)")
+    assert run("def f(:\n    pass").status == "error"
+    # Exiting before the asserts run must not count as a pass, however the program exits.
+    assert run("import sys; sys.exit(0)\nassert False").status == "error"
+    result = run("import os; os._exit(0)\nassert False")
+    assert (result.status, result.detail) == ("error", "exited with code 0 without a report")
+
+
+def test_infinite_loop_times_out():
+    start = time.monotonic()
+    result = run("while True:\n    pass")
+    elapsed = time.monotonic() - start
+    assert (result.passed, result.status) == (False, "timeout")
+    assert 1.0 <= elapsed < 1.0 + MARGIN_S
+
+
+def test_fork_is_blocked():
+    result = run("""
+        import os
+        if os.fork() == 0:
+            os._exit(0)
+    """)
+    assert_blocked(result, "os.fork")
+
+
+def test_fork_bomb_is_blocked_and_leaves_no_processes(child_pids):
+    # Catching the refusal does not help: the run still counts as blocked. Children would only
+    # sleep (no real bomb if the hook ever regressed); they must all be gone afterwards.
+    result = run("""
+        import os, time
+        refused = 0
+        for _ in range(200):
+            try:
+                pid = os.fork()
+            except PermissionError:
+                refused += 1
+                continue
+            if pid == 0:
+                time.sleep(60)
+        assert refused == 200
+    """)
+    assert_blocked(result, "os.fork")
+    assert len(child_pids) == 1
+    assert live_processes_in_session(child_pids[0]) == []
+
+
+@pytest.mark.parametrize("program", [
+    "import subprocess\nsubprocess.run(['echo', 'x'])",
+    "import os\nos.system('echo x')",
+    "import os\nos.execv('/bin/echo', ['echo', 'x'])",
+    "import os\nos.posix_spawn('/bin/echo', ['echo', 'x'], {})",
+], ids=["subprocess.run", "os.system", "os.execv", "os.posix_spawn"])
+def test_running_commands_is_blocked(program):
+    assert_blocked(run(program))
+
+
+def test_os_system_never_runs_the_command(tmp_path):
+    marker = tmp_path / "ran"
+    assert_blocked(run(f"import os\nos.system('touch {marker}')"), "os.system")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["tmp", "tmp_path"])
+def test_write_outside_its_dir_is_blocked(where, tmp_path):
+    target = (f"{tempfile.gettempdir()}/glue_sandbox_test_{uuid.uuid4().hex}.txt" if where == "tmp"
+              else str(tmp_path / "evil.txt"))
+    assert_blocked(run(f"open({target!r}, 'w').write('pwned')"), target)
+    assert not os.path.exists(target)
+
+
+def test_caught_write_outside_still_counts_as_blocked(tmp_path):
+    target = tmp_path / "evil.txt"
+    result = run(f"""
+        try:
+            open({str(target)!r}, "a").write("pwned")
+        except PermissionError:
+            pass
+        assert True
+    """)
+    assert_blocked(result, str(target))
+    assert not target.exists()
+
+
+def test_deleting_outside_its_dir_is_blocked(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep me")
+    for program in (f"import shutil\nshutil.rmtree({str(victim)!r})",
+                    f"import os\nos.remove({str(victim / 'data.txt')!r})",
+                    f"import os\nos.rename({str(victim / 'data.txt')!r}, 'mine.txt')",
+                    f"import os\nos.chmod({str(victim)!r}, 0o777)",
+                    "import os\nos.chdir('/')"):
+        assert_blocked(run(program), "outside the sandbox dir")
+    assert (victim / "data.txt").read_text() == "keep me"
+
+
+def test_writing_inside_its_own_dir_is_allowed():
+    result = run("""
+        import os, pathlib, shutil, tempfile
+        with open("out.txt", "w") as f:
+            f.write("hello")
+        assert open("out.txt").read() == "hello"
+        os.makedirs("a/b")
+        pathlib.Path("a/b/c.txt").write_text("x")
+        shutil.copytree("a", "copy")
+        shutil.rmtree("a")
+        with tempfile.NamedTemporaryFile() as t:   # TMPDIR is the sandbox dir
+            t.write(b"x")
+        with open(os.devnull, "w") as f:
+            f.write("silenced")
+    """)
+    assert result == SandboxResult(True, "passed", "")
+
+
+def test_environment_is_minimal_and_its_dir_is_removed(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    made = []
+
+    class RecordingTemporaryDirectory(tempfile.TemporaryDirectory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.name)
+
+    monkeypatch.setattr(sandbox.tempfile, "TemporaryDirectory", RecordingTemporaryDirectory)
+    result = run(f"""
+        import os
+        assert os.getcwd() == os.environ["HOME"] == os.environ["TMPDIR"]
+        assert os.getcwd() != {os.getcwd()!r}
+        assert "http_proxy" not in os.environ and "SECRET_TOKEN" not in os.environ
+    """)
+    assert result == SandboxResult(True, "passed", "")
+    assert len(made) == 1 and not os.path.exists(made[0])
+
+
+@pytest.mark.parametrize("program", [
+    "import socket",
+    "import importlib\nimportlib.import_module('_socket')",
+    "import urllib.request\nurllib.request.urlopen('http://example.com')",
+    "import ctypes",
+], ids=["socket", "_socket", "urllib", "ctypes"])
+def test_network_and_ffi_are_blocked(program):
+    assert_blocked(run(program))
+
+
+def test_import_socket_is_blocked():
+    assert_blocked(run("import socket\nsocket.create_connection(('example.com', 80))"),
+                   "import of socket")
+
+
+def test_memory_hog_fails_with_memory_error():
+    result = run("x = bytearray(2 * 1024**3)", SandboxLimits(timeout_s=5, memory_mb=256))
+    assert (result.passed, result.status) == (False, "error")
+    assert result.detail.startswith("MemoryError"), result
+
+
+def test_output_flood_neither_hangs_nor_fills_memory():
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    result = run("while True:\n    print('x' * 1000)")
+    assert time.monotonic() - start < 1.0 + MARGIN_S
+    assert result.status == "timeout"
+    # A second of printing is hundreds of MB; the parent keeps at most 64 KiB of it.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kib < 64 * 1024
