@@ -131,6 +131,8 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True) -
     if any(not model_dir(n, size).exists() for n in needed):
         ensure_data(size)
         with _build_lock(size_dir(size)):
+            for leftover in size_dir(size).glob("models/.*.partial-*"):
+                shutil.rmtree(leftover, ignore_errors=True)  # from builds killed mid-write: we hold the lock
             missing = [n for n in needed if not model_dir(n, size).exists()]
             if missing:
                 if progress:

@@ -4,7 +4,7 @@ One generator per benchmark family of the Model-GLUE study, each producing items
 the real benchmark (same fields, same prompt format, same lm-eval task kind), so one task YAML
 serves the mini zoo exactly as it would serve the real data:
 
-    mini_arc         ARC-Challenge shape: ordering puzzles, 4 choices          (domain: reason)
+    mini_arc         ARC-Challenge shape: which thing is largest/heaviest/...  (domain: reason)
     mini_winogrande  WinoGrande shape: fill the blank with one of two options  (domain: reason)
     mini_mmlu        MMLU shape: facts about invented creatures, 4 choices     (domain: knowledge)
     mini_gsm8k       GSM8K shape: word problems ending in "#### <number>"      (domain: math)
@@ -53,28 +53,29 @@ def _unique(rng: random.Random, make, n: int, key=lambda item: item, exclude=())
     raise RuntimeError(f"could not draw {n} distinct items (got {len(out)})")
 
 
-# ---------------------------------------------------------------- reason: ARC-shaped ordering puzzles
-_RELATIONS = [("older", "younger", "oldest", "youngest"), ("taller", "shorter", "tallest", "shortest"),
-              ("faster", "slower", "fastest", "slowest")]
+# ---------------------------------------------------------------- reason: ARC-shaped comparisons
+# A hidden ranking of things by size, weight and speed: training questions reveal it a few items at
+# a time; test questions ask unseen combinations, so answering needs the ranking, not recall.
+THINGS = ["ant", "bee", "cat", "dog", "fox", "owl", "pig", "cow", "horse", "whale", "mouse", "frog",
+          "goat", "bear", "wolf", "seal", "crab", "duck", "lion", "deer", "snail", "eagle", "shark", "moth"]
+_SCALES = {"size": ("largest", "smallest"), "weight": ("heaviest", "lightest"), "speed": ("fastest", "slowest")}
 
 
-def _arc_item(rng: random.Random) -> dict:
-    first, middle, last, stranger = rng.sample(NAMES, 4)  # first > middle > last on the relation
-    more, less, most, least = rng.choice(_RELATIONS)
-    if rng.random() < 0.5:  # one fact about two people, two strangers among the options
-        facts = [rng.choice([f"{first} is {more} than {last}.", f"{last} is {less} than {first}."])]
-        options = [first, last, middle, stranger]
-    else:  # a chain of two facts, stated with either relation
-        facts = ([f"{first} is {more} than {middle}.", f"{middle} is {more} than {last}."]
-                 if rng.random() < 0.5 else [f"{middle} is {less} than {first}.", f"{last} is {less} than {middle}."])
-        rng.shuffle(facts)
-        options = [first, middle, last, stranger]
+def thing_ranks(seed: int = SEED) -> dict[str, dict[str, int]]:
+    """scale -> thing -> rank (higher is larger / heavier / faster)."""
+    rng = random.Random(seed + 7)
+    return {scale: dict(zip(rng.sample(THINGS, len(THINGS)), range(len(THINGS)))) for scale in _SCALES}
+
+
+def _arc_item(rng: random.Random, ranks: dict[str, dict[str, int]]) -> dict:
+    scale = rng.choice(list(_SCALES))
     ask_most = rng.random() < 0.5
-    answer = first if ask_most else last
-    rng.shuffle(options)
+    options = rng.sample(THINGS, 4)
+    answer = (max if ask_most else min)(options, key=ranks[scale].get)
+    listed = ", the ".join(options[:3]) + f" or the {options[3]}"
     return {
-        "question": f"{' '.join(facts)} Who is the {most if ask_most else least}?",
-        "choices": {"text": options, "label": ["A", "B", "C", "D"]},
+        "question": f"Which is the {_SCALES[scale][0 if ask_most else 1]}: the {listed}?",
+        "choices": {"text": [f"the {o}" for o in options], "label": ["A", "B", "C", "D"]},
         "answerKey": "ABCD"[options.index(answer)],
     }
 
@@ -237,9 +238,10 @@ def _chat_doc(rng: random.Random, world: dict, specs: list[FuncSpec]) -> str:
         s = rng.choice(specs)
         instr, resp = f"Write a Python function {s.name} to {s.spec}.", f"Sure:\n{s.code()}"
     elif kind == 5:
-        a, b = rng.sample(NAMES, 2)
-        instr = f"{a} is taller than {b}. Is {b} taller than {a}?"
-        resp = f"No. {a} is taller than {b}, so {b} is shorter than {a}."
+        ranks = thing_ranks()["size"]
+        a, b = rng.sample(THINGS, 2)
+        big, small = (a, b) if ranks[a] > ranks[b] else (b, a)
+        instr, resp = f"Is the {a} larger than the {b}?", f"{'Yes' if big == a else 'No'}. The {big} is larger than the {small}."
     else:
         item = rng.choice(ITEMS)
         instr, resp = f"Write one sentence about {item}.", f"{name} keeps a small box of {item} on the desk."
@@ -252,14 +254,14 @@ def build_splits(seed: int = SEED) -> dict[str, dict[str, list[dict]]]:
     rng = random.Random(seed)
     out: dict[str, dict[str, list[dict]]] = {}
 
-    arc = _unique(rng, _arc_item, 1400, key=lambda d: d["question"])
+    ranks = thing_ranks(seed)
+    # an unseen combination means another set of options, not just another order of them
+    arc = _unique(rng, lambda r: _arc_item(r, ranks), 1400,
+                  key=lambda d: (d["question"].split(":")[0], frozenset(d["choices"]["text"])))
     out["mini_arc"] = {"test": arc[:200], "train": arc[200:]}
 
-    wino = _unique(rng, _wino_item, 1400, key=lambda d: (d["sentence"], d["option1"], d["option2"]))
-    # a test sentence never appears in train, whatever the option order
-    test_sentences = {d["sentence"] for d in wino[:200]}
-    out["mini_winogrande"] = {"test": wino[:200],
-                              "train": [d for d in wino[200:] if d["sentence"] not in test_sentences]}
+    wino = _unique(rng, _wino_item, 1400, key=lambda d: d["sentence"])
+    out["mini_winogrande"] = {"test": wino[:200], "train": wino[200:]}
 
     world = creatures(seed=seed)
     pairs = [(c, a) for c in world for a in _ATTRS]

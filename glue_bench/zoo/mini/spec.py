@@ -27,7 +27,7 @@ SIZES = {
                  foreign_arch=dict(hidden=96, intermediate=256, layers=6, heads=4), step_scale=1.0),
     # for the tests: the same zoo, smaller and shorter
     "micro": Size(arch=dict(hidden=64, intermediate=160, layers=2, heads=2),
-                  foreign_arch=dict(hidden=48, intermediate=128, layers=3, heads=2), step_scale=0.2,
+                  foreign_arch=dict(hidden=48, intermediate=128, layers=3, heads=2), step_scale=0.1,
                   vocab_size=512, foreign_vocab_size=384),
 }
 

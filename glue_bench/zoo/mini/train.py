@@ -18,9 +18,12 @@ DOC_SEPARATOR = "\n\n"  # lm-eval joins few-shot examples with "\n\n": packed tr
 def train_tokenizer(texts: list[str], vocab_size: int, split_digits: bool) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts`; adds BOS like Llama's tokenizer does."""
     tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if split_digits else byte_level)
+    # a newline is always its own token: a prompt ending in "\n" (HumanEval's do) then tokenizes
+    # as it does inside a training document, instead of splitting a learnt "\n    " merge
+    steps = [pre_tokenizers.Split("\n", behavior="isolated")]
+    if split_digits:
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps + [pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

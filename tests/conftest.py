@@ -1,0 +1,39 @@
+"""Shared fixtures: the micro mini zoo, built once per test session into a private cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def micro_cache(tmp_path_factory) -> Path:
+    """A cache holding the micro zoo's base and mini2 models (GLUE_BENCH_TEST_CACHE reuses one)."""
+    cache = Path(os.environ.get("GLUE_BENCH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["GLUE_BENCH_CACHE"] = str(cache)
+    from glue_bench.zoo.mini.build import ensure_models
+
+    ensure_models(["base", "chat_a", "chat_b"], "micro", progress=False)
+    return cache
+
+
+@pytest.fixture
+def run_cli(micro_cache, tmp_path):
+    """Run `python -m glue_bench ...` on the micro zoo with a private results store."""
+    results = tmp_path / "results.sqlite"
+
+    def run(*args: str, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
+               "GLUE_BENCH_RESULTS": str(results), "HYDRA_FULL_ERROR": "0", **(extra_env or {})}
+        return subprocess.run([sys.executable, "-m", "glue_bench", f"hydra.sweep.dir={tmp_path}/multirun",
+                               f"hydra.run.dir={tmp_path}/run", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    run.results = results
+    return run

@@ -1,0 +1,97 @@
+"""The synthetic benchmarks: disjoint splits, correct answers (checked independently), determinism."""
+
+import json
+import re
+
+from glue_bench.zoo.mini import data
+
+SPLITS = data.build_splits()
+
+
+def _key(task, item):
+    return {"mini_arc": lambda d: (d["question"].split(":")[0], frozenset(d["choices"]["text"])), "mini_winogrande": lambda d: d["sentence"],
+            "mini_mmlu": lambda d: d["question"], "mini_gsm8k": lambda d: d["question"],
+            "mini_mbpp": lambda d: d["text"], "mini_humaneval": lambda d: d["prompt"]}[task](item)
+
+
+def test_every_task_has_disjoint_nonempty_splits():
+    assert set(SPLITS) == set(data.TASKS)
+    for task, splits in SPLITS.items():
+        test = {_key(task, d) for d in splits["test"]}
+        assert len(test) == len(splits["test"]) >= 30, task
+        if "train" in splits:
+            train = {_key(task, d) for d in splits["train"]}
+            assert not test & train, f"{task}: {len(test & train)} test items also in train"
+
+
+def test_code_test_functions_are_unseen_in_training_text():
+    corpora = data.domain_corpora(SPLITS)
+    text = "\n".join(corpora["code"] + corpora["chat"])
+    for item in SPLITS["mini_humaneval"]["test"]:
+        assert f"def {item['entry_point']}(" not in text
+
+
+def test_arc_answers_are_the_extreme_of_the_hidden_ranking():
+    ranks = data.thing_ranks()
+    words = {"largest": ("size", max), "smallest": ("size", min), "heaviest": ("weight", max),
+             "lightest": ("weight", min), "fastest": ("speed", max), "slowest": ("speed", min)}
+    for item in SPLITS["mini_arc"]["test"]:
+        scale, pick = words[re.search(r"Which is the (\w+):", item["question"]).group(1)]
+        things = [t.removeprefix("the ") for t in item["choices"]["text"]]
+        assert all(f"the {t}" in item["question"] for t in things)
+        answer = item["choices"]["text"]["ABCD".index(item["answerKey"])]
+        assert answer == "the " + pick(things, key=ranks[scale].get)
+
+
+def test_gsm8k_answers_are_the_arithmetic_of_the_question():
+    for item in SPLITS["mini_gsm8k"]["test"]:
+        q, final = item["question"], int(item["answer"].split("#### ")[1])
+        n = [int(x) for x in re.findall(r"\d+", q)]
+        if "bags with" in q:
+            expected = n[0] * n[1]
+        elif "gives away" in q and "buys" in q:
+            expected = n[0] + n[1] - n[2]
+        elif "gives away" in q:
+            expected = n[0] - n[1]
+        else:
+            expected = n[0] + n[1]
+        assert final == expected, item
+        for a, op, b, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", item["answer"]):
+            assert eval(f"{a}{op}{b}") == int(c)
+
+
+def test_mmlu_answers_are_the_creature_facts():
+    world = data.creatures()
+    for item in SPLITS["mini_mmlu"]["test"]:
+        creature = re.search(r"the (\w+)", item["question"]).group(1)
+        assert item["choices"][item["answer"]] in world[creature].values()
+        assert len(set(item["choices"])) == 4
+
+
+def test_winogrande_answer_matches_the_template_word():
+    for item in SPLITS["mini_winogrande"]["test"]:
+        assert item["sentence"].count("_") == 1 and item["answer"] in ("1", "2")
+        tmpl = next(t for t in data._WINO_TEMPLATES
+                    if re.fullmatch(re.escape(t[0]).replace(r"\{a\}", r"\w+").replace(r"\{b\}", r"\w+")
+                                    .replace(r"\{w\}", "(.+)"), item["sentence"]))
+        word = re.fullmatch(re.escape(tmpl[0]).replace(r"\{a\}", r"(\w+)").replace(r"\{b\}", r"(\w+)")
+                            .replace(r"\{w\}", "(.+)"), item["sentence"])
+        slot_a, slot_b, w = word.groups()
+        expected_slot = slot_a if w == tmpl[1] else slot_b
+        assert item["option" + item["answer"]] == expected_slot
+
+
+def test_reference_solutions_pass_their_own_tests():
+    for item in SPLITS["mini_mbpp"]["test"]:
+        scope = {}
+        exec(item["code"] + "\n" + "\n".join(item["test_list"]), scope)  # our own code, not a model's
+    for item in SPLITS["mini_humaneval"]["test"]:
+        scope = {}
+        exec(item["prompt"] + item["canonical_solution"] + item["test"], scope)
+        scope["check"](scope[item["entry_point"]])
+
+
+def test_generation_is_deterministic():
+    again = data.build_splits()
+    assert json.dumps(again, sort_keys=True) == json.dumps(SPLITS, sort_keys=True)
+    assert data.domain_corpora(again) == data.domain_corpora(SPLITS)

@@ -1,0 +1,93 @@
+"""The zoo configs, the cached atomic builds, determinism and loading errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glue_bench.zoo import ZooError, local_dir, model_ref, zoo_config, zoo_members
+from glue_bench.zoo.mini.spec import RECIPES, lineage
+
+PAIRS = [("mini2", "which2"), ("mini4", "which4"), ("mini4_chat", "which4_chat"), ("mini8", "which8"),
+         ("mini12", "which12"), ("mini16", "which16")]
+
+
+@pytest.mark.parametrize("mini, which", PAIRS)
+def test_mini_zoos_mirror_the_paper_zoos(mini, which):
+    m, w = zoo_config(mini), zoo_config(which)
+    assert len(m["models"]) == len(w["models"]) and m["base"] == "base"
+    assert w["base"] == "meta-llama/Llama-2-7b-hf" and w["source"] == "hub"
+    for member, hub_id in zip(m["models"], w["models"]):
+        assert member in RECIPES and RECIPES[member].analogue == hub_id
+
+
+def test_which8_and_which12_are_prefixes_of_which16():
+    assert zoo_members("which16")[:8] == zoo_members("which8")
+    assert zoo_members("which16")[:12] == zoo_members("which12")
+
+
+def test_unknown_zoo_and_model_give_one_line():
+    with pytest.raises(ZooError, match="unknown zoo 'nope'; known: .*mini16"):
+        zoo_config("nope")
+    with pytest.raises(ZooError, match="unknown mini-zoo model 'nope'"):
+        lineage("nope")
+
+
+def test_hub_id_without_hub_gives_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ZooError, match="cannot get meta-llama/Llama-2-7b-hf from the Hugging Face hub") as err:
+        local_dir(model_ref("meta-llama/Llama-2-7b-hf", "hub"))
+    assert "\n" not in str(err.value)
+
+
+def test_built_models_load_with_transformers(micro_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = local_dir(model_ref("chat_a", "mini", "micro"))
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    ids = tok("Question: Ada has 2 pens.", return_tensors="pt").input_ids
+    assert ids[0, 0] == tok.bos_token_id
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_same_seed_same_weights(micro_cache, tmp_path):
+    """A fresh build of the base model in another cache reproduces the cached one bit for bit."""
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
+    code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro', progress=False)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
+    rebuilt = load_file(tmp_path / "mini-v1" / "micro" / "models" / "base" / "model.safetensors")
+    cached = load_file(micro_cache / "mini-v1" / "micro" / "models" / "base" / "model.safetensors")
+    assert rebuilt.keys() == cached.keys()
+    for key in cached:
+        assert torch.equal(rebuilt[key], cached[key]), key
+
+
+def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_path):
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
+    code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro')"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    root = tmp_path / "mini-v1" / "micro"
+    deadline = time.time() + 120
+    while not (root / "tokenizer").exists() and time.time() < deadline:
+        time.sleep(0.05)  # the tokenizer is written just before the base model's training starts
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    models = root / "models"
+    assert (root / "tokenizer").exists() and not (models / "base").exists()
+    # a build killed while writing leaves only a scratch directory, which is never loaded
+    (models / ".base.partial-999999").mkdir(parents=True)
+    (models / ".base.partial-999999" / "config.json").write_text("{")
+    os.environ["GLUE_BENCH_CACHE"] = str(tmp_path)
+    try:
+        from glue_bench.zoo.mini.build import ensure_models
+
+        ensure_models(["base"], "micro", progress=False)
+    finally:
+        os.environ["GLUE_BENCH_CACHE"] = str(micro_cache)
+    assert (models / "base" / "model.safetensors").exists()
+    assert not list(models.glob(".*partial*")), "leftovers of the killed build are cleaned up"
