@@ -37,7 +37,7 @@ def candidate_payload(cfg: DictConfig) -> dict:
     full = OmegaConf.to_container(cfg, resolve=True)
     payload = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
     payload["eval"] = _eval_payload(cfg)
-    payload["models"] = [model_ref(m, cfg.zoo.source, cfg.mini_size).key for m in cfg.zoo.models]
+    payload["models"] = [r.key for r in zoo_refs(cfg)[0]]
     return payload
 
 
@@ -64,8 +64,9 @@ def _log(message: str) -> None:
 
 def zoo_refs(cfg: DictConfig) -> tuple[list[ModelRef], ModelRef]:
     zoo = cfg.zoo
-    refs = [model_ref(m, zoo.source, cfg.mini_size) for m in zoo.models]
-    return refs, model_ref(zoo.base, zoo.source, cfg.mini_size)
+    refs = [model_ref(m, zoo.source, cfg.mini_size) for m in OmegaConf.to_container(zoo.models, resolve=True)]
+    base = OmegaConf.to_container(zoo.base, resolve=True) if OmegaConf.is_config(zoo.base) else zoo.base
+    return refs, model_ref(base, zoo.source, cfg.mini_size)
 
 
 def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:
@@ -99,8 +100,9 @@ def run_job(cfg: DictConfig) -> dict:
     common = {"zoo": cfg.zoo.name, "strategy": cfg.strategy.name, "mixture": cfg.mixture.name,
               "router": cfg.router.name, **provenance}
 
-    # single models: one job each, keyed by model + eval settings, so every zoo and sweep shares them
-    for ref in refs:
+    # single models (and the base, for reference): one job each, keyed by model + eval settings,
+    # so every zoo and sweep shares them
+    for ref in [base] + [r for r in refs if r.key != base.key]:
         key = job_key({"single": ref.key, "eval": _eval_payload(cfg)})
         if store.has_job(key):
             continue

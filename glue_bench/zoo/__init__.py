@@ -43,7 +43,7 @@ def zoo_members(zoo: str) -> list[str]:
 def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelRef:
     """Resolve one zoo entry (a name/id string, or a dict with name/path/gguf_file)."""
     if isinstance(entry, dict):
-        path = os.path.expanduser(str(entry["path"]))
+        path = _resolve_path(str(entry["path"]))
         if entry.get("gguf_file"):
             return ModelRef(entry["name"], "gguf", path, entry["gguf_file"], key=f"{path}/{entry['gguf_file']}")
         return ModelRef(entry["name"], "local", path, key=path)
@@ -56,6 +56,18 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
     if source == "local" or os.path.isdir(os.path.expanduser(entry)):
         return ModelRef(Path(entry).name, "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
+
+
+def _resolve_path(path: str) -> str:
+    """`pkg://name` is the directory of an installed Python package (e.g. one shipping a GGUF)."""
+    if not path.startswith("pkg://"):
+        return os.path.expanduser(path)
+    import importlib.util
+
+    spec = importlib.util.find_spec(path.removeprefix("pkg://"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ZooError(f"package {path.removeprefix('pkg://')!r} is not installed (needed for {path})")
+    return list(spec.submodule_search_locations)[0]
 
 
 def ensure_available(refs: list[ModelRef], mini_size: str = "mini") -> None:

@@ -1,0 +1,178 @@
+"""`python -m glue_bench` end to end on the micro zoo: sweeps, launchers, skip/kill/re-run, bad input."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from glue_bench.results import read_results
+
+FAST = ["eval.tasks=[mini_arc,mini_winogrande]", "eval.limit=8"]
+pytestmark = pytest.mark.slow
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower() or "could not" in ln.lower()]
+    assert lines, proc.stderr[-2000:]
+    assert any(all(n in ln for n in needles) for ln in lines), lines
+    assert "Traceback" not in proc.stderr
+
+
+def _assert_each_row_once(df):
+    assert not df.duplicated(["job_key", "task", "metric"]).any()
+
+
+def test_single_run_stores_single_models_and_candidate_and_prints_table(run_cli):
+    proc = run_cli("zoo=mini2", "method=linear", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    assert set(df[df.method == "none"].candidate) == {"base", "chat_a", "chat_b"}
+    assert set(df[df.method == "linear"].candidate) == {"linear(mini2)"}
+    assert set(df.task) == {"mini_arc", "mini_winogrande"}
+    assert "== mini2" in proc.stdout and "linear(mini2)" in proc.stdout and "Δ best single" in proc.stdout
+    # a re-run skips the finished job and keeps the store as it was
+    again = run_cli("zoo=mini2", "method=linear", *FAST)
+    assert again.returncode == 0 and "already in the store; skipping" in again.stderr
+    pd.testing.assert_frame_equal(read_results(run_cli.results), df)
+
+
+def test_multirun_over_two_zoos(run_cli):
+    proc = run_cli("-m", "zoo=mini2,mini4_chat", "method=linear", *FAST, "eval.tasks=[mini_arc]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    assert set(df[df.method == "linear"].zoo) == {"mini2", "mini4_chat"}
+    # single models are shared: chat_a/chat_b evaluated once although both zoos hold them
+    singles = df[df.method == "none"]
+    assert sorted(set(singles.candidate)) == ["base", "chat_a", "chat_b", "instruct_code", "instruct_reason"]
+    assert singles.groupby("candidate").job_key.nunique().max() == 1
+    _assert_each_row_once(df)
+    assert "== mini2" in proc.stdout and "== mini4_chat" in proc.stdout
+
+
+def test_eight_parallel_jobs_with_joblib_land_every_row_once(run_cli):
+    limits = ",".join(str(n) for n in range(3, 11))
+    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "zoo=mini2",
+                   "eval.tasks=[mini_arc]", f"eval.limit={limits}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    _assert_each_row_once(df)
+    assert df[df.method == "linear"].job_key.nunique() == 8
+    assert df[df.method == "none"].job_key.nunique() == 24  # (base + 2 models) x 8 eval settings
+    with sqlite3.connect(run_cli.results) as con:
+        assert con.execute("select count(*) from jobs").fetchone()[0] == 32
+
+
+def test_submitit_local_lands_the_same_rows_as_the_basic_launcher(run_cli, tmp_path):
+    args = ["-m", "zoo=mini2", "eval.tasks=[mini_arc]", "eval.limit=4,6"]
+    basic = run_cli(*args)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    via_submitit = run_cli(*args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                           extra_env={"GLUE_BENCH_RESULTS": str(tmp_path / "submitit.sqlite")})
+    assert via_submitit.returncode == 0, via_submitit.stderr[-3000:]
+    cols = ["job_key", "candidate", "task", "metric", "value"]
+    a = read_results(run_cli.results)[cols].sort_values(cols).reset_index(drop=True)
+    b = read_results(tmp_path / "submitit.sqlite")[cols].sort_values(cols).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_killed_job_leaves_no_partial_rows_and_rerun_completes(run_cli, micro_cache):
+    import os
+
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
+           "GLUE_BENCH_RESULTS": str(run_cli.results)}
+    slow_eval = ["eval.tasks=[mini_arc,mini_winogrande]", "eval.limit=200"]
+    args = [sys.executable, "-m", "glue_bench", "zoo=mini2", *slow_eval,
+            f"hydra.run.dir={run_cli.results.parent}/killed"]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill it while the merged candidate is being evaluated
+        if "merging" in line:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    df = read_results(run_cli.results)
+    assert (df.method == "linear").sum() == 0 and set(df.candidate) == {"base", "chat_a", "chat_b"}
+    rerun = run_cli("zoo=mini2", *slow_eval)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    df = read_results(run_cli.results)
+    _assert_each_row_once(df)
+    assert (df.method == "linear").sum() == 4  # 2 tasks x (acc, acc_norm)
+
+
+def test_force_replaces_a_job_without_duplicates(run_cli):
+    assert run_cli("zoo=mini2", *FAST).returncode == 0
+    before = read_results(run_cli.results)
+    proc = run_cli("zoo=mini2", *FAST, "force=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = read_results(run_cli.results)
+    _assert_each_row_once(after)
+    assert len(after) == len(before)
+
+
+def test_unknown_zoo_and_method_list_the_valid_options(run_cli):
+    proc = run_cli("zoo=nope")
+    assert proc.returncode != 0 and "Could not find 'zoo/nope'" in proc.stderr
+    assert "mini4" in proc.stderr and "which16" in proc.stderr
+    proc = run_cli("method=nope")
+    assert proc.returncode != 0 and "Could not find 'method/nope'" in proc.stderr and "linear" in proc.stderr
+
+
+@pytest.mark.parametrize("weights, needle", [("[-1,1]", "weights[0] = -1"), ("[0,0]", "all zero")])
+def test_bad_weights_fail_in_one_line_and_leave_the_store(run_cli, weights, needle):
+    assert run_cli("zoo=mini2", "method=none", *FAST).returncode == 0
+    before = run_cli.results.read_bytes()
+    proc = run_cli("zoo=mini2", *FAST, f"method.params.weights={weights}")
+    _one_line_error(proc, needle)
+    assert run_cli.results.read_bytes() == before
+
+
+def _extra_zoo(tmp_path, models):
+    conf = tmp_path / "extra_conf" / "zoo"
+    conf.mkdir(parents=True)
+    (conf / "custom.yaml").write_text("name: custom\nsource: mini\nbase: base\nmodels:\n" +
+                                      "".join(f"  - {m}\n" for m in models))
+    return f"hydra.searchpath=[file://{conf.parent}]"
+
+
+def test_missing_model_directory_is_named(run_cli, tmp_path):
+    searchpath = _extra_zoo(tmp_path, ["chat_a", "{name: gone, path: /nonexistent/model}"])
+    proc = run_cli("zoo=custom", searchpath, *FAST)
+    _one_line_error(proc, "'gone'", "/nonexistent/model does not exist")
+
+
+def test_models_of_different_shapes_are_refused(run_cli, tmp_path, micro_cache):
+    from glue_bench.zoo.mini.build import ensure_models
+
+    ensure_models(["foreign_chat"], "micro", progress=False)
+    proc = run_cli("zoo=custom", _extra_zoo(tmp_path, ["chat_a", "foreign_chat"]), "method=linear",
+                   *FAST, "eval.tasks=[mini_arc]", "eval.limit=2")
+    _one_line_error(proc, "'chat_a' and 'foreign_chat'")
+
+
+def test_corrupt_results_file_is_reported_and_left_as_is(run_cli):
+    run_cli.results.write_bytes(b"not a database, just bytes" * 100)
+    before = run_cli.results.read_bytes()
+    proc = run_cli("zoo=mini2", *FAST)
+    _one_line_error(proc, str(run_cli.results), "not a glue_bench results database")
+    assert run_cli.results.read_bytes() == before
+
+
+def test_save_writes_a_loadable_checkpoint_with_a_model_card(run_cli, tmp_path):
+    proc = run_cli("zoo=mini2", *FAST, "eval.tasks=[mini_arc]", "save=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run" / "candidate"
+    card = (out / "README.md").read_text()
+    assert "linear merge of zoo mini2" in card and "name: mini2" in card
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers > 0
+
+
+def test_cfg_job_prints_the_composed_config(run_cli):
+    proc = run_cli("zoo=mini8", "--cfg", "job")
+    assert proc.returncode == 0 and "name: mini8" in proc.stdout and "name: linear" in proc.stdout

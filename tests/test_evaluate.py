@@ -1,0 +1,86 @@
+"""lm-eval on the in-memory model equals `lm_eval --model hf` on the saved directory; code opt-in."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from glue_bench.evaluate import EvalConfig, EvalError, evaluate_model, render_tasks, selected_tasks
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(micro_cache, tmp_path_factory):
+    from glue_bench.zoo.mini.build import ensure_data
+
+    return render_tasks(ensure_data("micro"), tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def chat_a(micro_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glue_bench.zoo.mini.build import model_dir
+
+    path = model_dir("chat_a", "micro")
+    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_in_memory_scores_equal_the_lm_eval_cli_on_the_saved_directory(chat_a, tasks_dir, tmp_path):
+    path, model, tok = chat_a
+    cfg = EvalConfig(tasks=["mini_arc", "mini_winogrande", "mini_gsm8k"], limit=12, batch_size=8)
+    rows, stats = evaluate_model(model, tok, tasks_dir, cfg)
+    assert stats["tokens"] > 0 and stats["eval_s"] > 0
+    cli = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+           "--model_args", f"pretrained={path},add_bos_token=True,dtype=float32",
+           "--tasks", ",".join(cfg.tasks), "--include_path", str(tasks_dir), "--device", "cpu",
+           "--batch_size", "8", "--limit", "12", "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result_file = next(Path(tmp_path / "out").rglob("results_*.json"))
+    cli_results = json.loads(result_file.read_text())["results"]
+    for row in rows:
+        metric, _, filt = row["metric"].partition(",")
+        assert cli_results[row["task"]][f"{metric},{filt or 'none'}"] == row["value"], row
+    assert {r["task"] for r in rows} == set(cfg.tasks)
+
+
+def test_code_tasks_need_the_opt_in():
+    assert selected_tasks(EvalConfig(tasks=["mini_arc", "mini_mbpp", "mini_humaneval"])) == ["mini_arc"]
+    assert selected_tasks(EvalConfig(tasks=["mini_mbpp"], allow_code_execution=True)) == ["mini_mbpp"]
+    with pytest.raises(EvalError, match="unknown task"):
+        selected_tasks(EvalConfig(tasks=["mini_nope"]))
+
+
+def test_lm_eval_itself_refuses_code_tasks_without_confirmation(chat_a, tasks_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    _, model, tok = chat_a
+    with pytest.raises(ValueError, match="unsafe"):
+        simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, device="cpu"), tasks=["mini_mbpp"],
+                        limit=1, task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
+
+
+def test_code_tasks_score_pass_at_1_in_the_sandbox(chat_a, tasks_dir):
+    _, model, tok = chat_a
+    cfg = EvalConfig(tasks=["mini_mbpp", "mini_humaneval"], limit=3, allow_code_execution=True)
+    rows, _ = evaluate_model(model, tok, tasks_dir, cfg)
+    assert {(r["task"], r["metric"]) for r in rows} == {("mini_mbpp", "pass_at_1"), ("mini_humaneval", "pass_at_1")}
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows)
+
+
+def test_reference_solutions_score_one_and_wrong_ones_zero():
+    from glue_bench.evaluate.tasks import functions
+    from glue_bench.zoo.mini import data
+
+    splits = data.build_splits()
+    he, mb = splits["mini_humaneval"]["test"][0], splits["mini_mbpp"]["test"][0]
+    assert functions.humaneval_pass_at_1(he, [he["canonical_solution"]]) == {"pass_at_1": 1.0}
+    assert functions.humaneval_pass_at_1(he, ["    return None\n"]) == {"pass_at_1": 0.0}
+    assert functions.mbpp_pass_at_1(mb, [mb["code"] + "\n"]) == {"pass_at_1": 1.0}
+    assert functions.mbpp_pass_at_1(mb, ["import os\nos.system('true')\n" + mb["code"]]) == {"pass_at_1": 0.0}
