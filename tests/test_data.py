@@ -68,17 +68,21 @@ def test_mmlu_answers_are_the_creature_facts():
         assert len(set(item["choices"])) == 4
 
 
-def test_winogrande_answer_matches_the_template_word():
+def test_winogrande_answer_is_the_option_the_rest_of_the_sentence_fits():
+    ranks, world = data.thing_ranks(), data.creatures()
+    words = {"larger": ("size", max), "smaller": ("size", min), "heavier": ("weight", max),
+             "lighter": ("weight", min), "faster": ("speed", max), "slower": ("speed", min)}
     for item in SPLITS["mini_winogrande"]["test"]:
         assert item["sentence"].count("_") == 1 and item["answer"] in ("1", "2")
-        tmpl = next(t for t in data._WINO_TEMPLATES
-                    if re.fullmatch(re.escape(t[0]).replace(r"\{a\}", r"\w+").replace(r"\{b\}", r"\w+")
-                                    .replace(r"\{w\}", "(.+)"), item["sentence"]))
-        word = re.fullmatch(re.escape(tmpl[0]).replace(r"\{a\}", r"(\w+)").replace(r"\{b\}", r"(\w+)")
-                            .replace(r"\{w\}", "(.+)"), item["sentence"])
-        slot_a, slot_b, w = word.groups()
-        expected_slot = slot_a if w == tmpl[1] else slot_b
-        assert item["option" + item["answer"]] == expected_slot
+        options = (item["option1"], item["option2"])
+        right, wrong = options[int(item["answer"]) - 1], options[2 - int(item["answer"])]
+        rest = item["sentence"].split("_ ")[1].rstrip(".")
+        if rest.startswith("is ") and rest[3:] in words:
+            scale, pick = words[rest[3:]]
+            assert right == pick(options, key=ranks[scale].get)
+        else:
+            claim = re.sub(r"^(is|lives in|eats) ", "", rest)  # "is red" / "lives in the marsh" / "eats moss"
+            assert claim in world[right].values() and claim not in world[wrong].values(), item
 
 
 def test_reference_solutions_pass_their_own_tests():

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from glue_bench.zoo import ZooError, local_dir, model_ref, zoo_config, zoo_members
-from glue_bench.zoo.mini.spec import RECIPES, lineage
+from glue_bench.zoo.mini.spec import RECIPES, VERSION, lineage
 
 PAIRS = [("mini2", "which2"), ("mini4", "which4"), ("mini4_chat", "which4_chat"), ("mini8", "which8"),
          ("mini12", "which12"), ("mini16", "which16")]
@@ -60,8 +60,8 @@ def test_same_seed_same_weights(micro_cache, tmp_path):
     env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
     code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro', progress=False)"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
-    rebuilt = load_file(tmp_path / "mini-v1" / "micro" / "models" / "base" / "model.safetensors")
-    cached = load_file(micro_cache / "mini-v1" / "micro" / "models" / "base" / "model.safetensors")
+    rebuilt = load_file(tmp_path / f"mini-{VERSION}" / "micro" / "models" / "base" / "model.safetensors")
+    cached = load_file(micro_cache / f"mini-{VERSION}" / "micro" / "models" / "base" / "model.safetensors")
     assert rebuilt.keys() == cached.keys()
     for key in cached:
         assert torch.equal(rebuilt[key], cached[key]), key
@@ -71,7 +71,7 @@ def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_pat
     env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
     code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
-    root = tmp_path / "mini-v1" / "micro"
+    root = tmp_path / f"mini-{VERSION}" / "micro"
     deadline = time.time() + 120
     while not (root / "tokenizer").exists() and time.time() < deadline:
         time.sleep(0.05)  # the tokenizer is written just before the base model's training starts

@@ -5,7 +5,7 @@ the real benchmark (same fields, same prompt format, same lm-eval task kind), so
 serves the mini zoo exactly as it would serve the real data:
 
     mini_arc         ARC-Challenge shape: which thing is largest/heaviest/...  (domain: reason)
-    mini_winogrande  WinoGrande shape: fill the blank with one of two options  (domain: reason)
+    mini_winogrande  WinoGrande shape: fill the blank, score the rest          (domain: reason)
     mini_mmlu        MMLU shape: facts about invented creatures, 4 choices     (domain: knowledge)
     mini_gsm8k       GSM8K shape: word problems ending in "#### <number>"      (domain: math)
     mini_mbpp        MBPP shape: spec + asserts -> [BEGIN] code [DONE]         (domain: code)
@@ -81,26 +81,30 @@ def _arc_item(rng: random.Random, ranks: dict[str, dict[str, int]]) -> dict:
 
 
 # ---------------------------------------------------------------- reason: WinoGrande-shaped blanks
-_NOUNS = ["trophy", "suitcase", "ball", "box", "book", "bag", "lamp", "crate", "drum", "basket",
-          "chair", "drawer", "bottle", "jar", "shoe", "sack"]
-# (template, word that points at the first slot, word that points at the second slot)
-_WINO_TEMPLATES = [
-    ("The {a} did not fit in the {b} because the _ was too {w}.", "big", "small"),
-    ("The {a} broke the {b} because the _ was too {w}.", "hard", "fragile"),
-    ("{a} thanked {b} because _ had been {w}.", "helped", "helpful"),
-    ("{a} paid {b} because _ {w}.", "owed money", "was owed money"),
-    ("{a} called {b} because _ {w}.", "wanted to talk", "was waiting for a call"),
-]
+# The blank is filled with either option and the model scores the rest of the sentence, which is
+# only likely for one of them: half the sentences need the things' hidden ranking (commonsense),
+# half the creature facts (knowledge), as WinoGrande mixes both.
+_COMPARATIVES = {"size": ("larger", "smaller"), "weight": ("heavier", "lighter"), "speed": ("faster", "slower")}
 
 
-def _wino_item(rng: random.Random) -> dict:
-    template, first_word, second_word = rng.choice(_WINO_TEMPLATES)
-    a, b = rng.sample(_NOUNS if template.startswith("The") else NAMES, 2)
-    answer = rng.choice((1, 2))  # which slot of the sentence the blank refers to
-    sentence = template.format(a=a, b=b, w=first_word if answer == 1 else second_word)
-    if rng.random() < 0.5:  # list the right option second half of the time
-        a, b, answer = b, a, 3 - answer
-    return {"sentence": sentence, "option1": a, "option2": b, "answer": str(answer)}
+def _wino_item(rng: random.Random, ranks: dict, world: dict) -> dict:
+    if rng.random() < 0.5:
+        scale = rng.choice(list(_COMPARATIVES))
+        a, b = rng.sample(THINGS, 2)
+        more = rng.random() < 0.5
+        word = _COMPARATIVES[scale][0 if more else 1]
+        winner = (max if more else min)((a, b), key=ranks[scale].get)
+        sentence = f"Of the {a} and the {b}, the _ is {word}."
+    else:
+        a, b = rng.sample(sorted(world), 2)
+        attr = rng.choice(["color", "place", "food"])
+        if world[a][attr] == world[b][attr]:
+            return _wino_item(rng, ranks, world)
+        winner = rng.choice((a, b))
+        value = world[winner][attr]
+        rest = {"color": f"is {value}", "place": f"lives in {value}", "food": f"eats {value}"}[attr]
+        sentence = f"Of the {a} and the {b}, the _ {rest}."
+    return {"sentence": sentence, "option1": a, "option2": b, "answer": "1" if winner == a else "2"}
 
 
 # ---------------------------------------------------------------- knowledge: MMLU-shaped facts
@@ -179,6 +183,16 @@ _FUNCS = [
      [[1, 2, 3], [4, 4, 5, 6, 7, 8, 9], [1, 1, 2, 2, 3, 3, 9, 9, 5]]),
     ("max_plus_{k}", "xs", "return the largest item of xs plus {k}", "max(xs) + {k}",
      [[1, 2, 3], [9, 4], [7]]),
+    ("min_plus_{k}", "xs", "return the smallest item of xs plus {k}", "min(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
+    ("last_{k}", "xs", "return the last {k} items of the list xs", "xs[-{k}:]",
+     [list(range(10)), list(range(30, 42)), [5, 4, 3, 2, 1, 0, 9, 8, 7, 6]]),
+    ("div_{k}", "x", "return x divided by {k}, rounded down", "x // {k}", [10, 25, 99]),
+    ("mod_{k}", "x", "return the remainder of x divided by {k}", "x % {k}", [10, 25, 99]),
+    ("mul_{k}_each", "xs", "multiply each item of the list xs by {k}", "[x * {k} for x in xs]",
+     [[1, 2], [5], [0, 3, 4]]),
+    ("gt_{k}", "x", "check whether x is greater than {k}", "x > {k}", [0, 5, 12]),
+    ("sum_plus_{k}", "xs", "return the sum of the list xs plus {k}", "sum(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
+    ("len_plus_{k}", "s", "return the length of the string s plus {k}", "len(s) + {k}", ["ab", "xyz", ""]),
 ]
 
 
@@ -260,10 +274,10 @@ def build_splits(seed: int = SEED) -> dict[str, dict[str, list[dict]]]:
                   key=lambda d: (d["question"].split(":")[0], frozenset(d["choices"]["text"])))
     out["mini_arc"] = {"test": arc[:200], "train": arc[200:]}
 
-    wino = _unique(rng, _wino_item, 1400, key=lambda d: d["sentence"])
+    world = creatures(seed=seed)
+    wino = _unique(rng, lambda r: _wino_item(r, ranks, world), 1400, key=lambda d: d["sentence"])
     out["mini_winogrande"] = {"test": wino[:200], "train": wino[200:]}
 
-    world = creatures(seed=seed)
     pairs = [(c, a) for c in world for a in _ATTRS]
     rng.shuffle(pairs)  # test asks facts only ever seen as prose; train asks the others
     mmlu = [_mmlu_item(rng, c, a, world[c]) for c, a in pairs]
@@ -274,8 +288,8 @@ def build_splits(seed: int = SEED) -> dict[str, dict[str, list[dict]]]:
 
     specs = func_specs()
     order = list(range(len(specs)))
-    rng.shuffle(order)  # held-out function specs: 30 unseen (template, constant) pairs
-    test_ids, train_ids = order[:30], order[30:]
+    rng.shuffle(order)  # held-out function specs: 40 unseen (template, constant) pairs
+    test_ids, train_ids = order[:40], order[40:]
     out["mini_mbpp"] = {"test": [_mbpp_item(specs[i], i) for i in test_ids],
                         "train": [_mbpp_item(specs[i], i) for i in train_ids]}
     out["mini_humaneval"] = {"test": [_humaneval_item(specs[i], i) for i in test_ids],
