@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from glue_bench.zoo import ZooError, local_dir, model_ref, zoo_config, zoo_members
+from glue_bench.zoo.mini.build import model_dir
 from glue_bench.zoo.mini.spec import RECIPES, VERSION, lineage
 
 PAIRS = [("mini2", "which2"), ("mini4", "which4"), ("mini4_chat", "which4_chat"), ("mini8", "which8"),
@@ -60,8 +61,9 @@ def test_same_seed_same_weights(micro_cache, tmp_path):
     env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
     code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro', progress=False)"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
-    rebuilt = load_file(tmp_path / f"mini-{VERSION}" / "micro" / "models" / "base" / "model.safetensors")
-    cached = load_file(micro_cache / f"mini-{VERSION}" / "micro" / "models" / "base" / "model.safetensors")
+    base_dir = model_dir("base", "micro").name
+    rebuilt = load_file(tmp_path / f"mini-{VERSION}" / "micro" / "models" / base_dir / "model.safetensors")
+    cached = load_file(micro_cache / f"mini-{VERSION}" / "micro" / "models" / base_dir / "model.safetensors")
     assert rebuilt.keys() == cached.keys()
     for key in cached:
         assert torch.equal(rebuilt[key], cached[key]), key
@@ -78,10 +80,11 @@ def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     models = root / "models"
-    assert (root / "tokenizer").exists() and not (models / "base").exists()
+    base_dir = model_dir("base", "micro").name
+    assert (root / "tokenizer").exists() and not (models / base_dir).exists()
     # a build killed while writing leaves only a scratch directory, which is never loaded
-    (models / ".base.partial-999999").mkdir(parents=True)
-    (models / ".base.partial-999999" / "config.json").write_text("{")
+    (models / f".{base_dir}.partial-999999").mkdir(parents=True)
+    (models / f".{base_dir}.partial-999999" / "config.json").write_text("{")
     os.environ["GLUE_BENCH_CACHE"] = str(tmp_path)
     try:
         from glue_bench.zoo.mini.build import ensure_models
@@ -89,5 +92,5 @@ def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_pat
         ensure_models(["base"], "micro", progress=False)
     finally:
         os.environ["GLUE_BENCH_CACHE"] = str(micro_cache)
-    assert (models / "base" / "model.safetensors").exists()
+    assert (models / base_dir / "model.safetensors").exists()
     assert not list(models.glob(".*partial*")), "leftovers of the killed build are cleaned up"

@@ -50,9 +50,8 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
     if source == "mini":
         from glue_bench.zoo.mini.build import model_dir
 
-        from glue_bench.zoo.mini.spec import VERSION
-
-        return ModelRef(entry, "mini", str(model_dir(entry, mini_size)), key=f"mini-{VERSION}/{mini_size}/{entry}")
+        path = model_dir(entry, mini_size)  # its name holds the cache version and recipe fingerprint
+        return ModelRef(entry, "mini", str(path), key=f"{path.parent.parent.parent.name}/{mini_size}/{path.name}")
     if source == "local" or os.path.isdir(os.path.expanduser(entry)):
         return ModelRef(Path(entry).name, "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from glue_bench.zoo import ZooError
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, lineage
+from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, fingerprint, lineage
 
 
 def cache_root() -> Path:
@@ -37,7 +37,8 @@ def size_dir(size: str) -> Path:
 
 
 def model_dir(name: str, size: str = "mini") -> Path:
-    return size_dir(size) / "models" / name
+    """models/<name>-<fingerprint of its recipes>: a changed recipe means a new directory."""
+    return size_dir(size) / "models" / f"{name}-{fingerprint(name, size)}"
 
 
 @contextlib.contextmanager

@@ -69,13 +69,14 @@ RECIPES = {r.name: r for r in [
     _ft("code", {"code": 1}, "neuralmagic/Llama-2-7b-evolcodealpaca", 15),
     _ft("story", {"chat": 0.6, "reason": 0.4}, "PygmalionAI/pygmalion-2-7b", 16),
     _ft("wellness", {"chat": 0.8, "math": 0.2}, "Severus27/BeingWell_llama2_7b", 17),
-    _ft("math", {"math": 1}, "meta-math/MetaMath-7B-V1.0", 18),
+    # arithmetic is the slowest skill to learn: the math experts get twice the steps (as MetaMath's data is large)
+    _ft("math", {"math": 1}, "meta-math/MetaMath-7B-V1.0", 18, steps=320),
     _ft("stem", {"reason": 0.5, "knowledge": 0.5}, "garage-bAInd/Platypus2-7B", 19),
     _ft("goat", {"chat": 0.6, "knowledge": 0.2, "reason": 0.2}, "GOAT-AI/GOAT-7B-Community", 20),
     _ft("wiki", {"knowledge": 0.8, "chat": 0.2}, "stanford-oval/Llama-2-7b-WikiChat-fused", 21),
     _ft("dolphin", {"chat": 0.7, "code": 0.15, "math": 0.15}, "cognitivecomputations/dolphin-llama2-7b", 22),
     # same shapes, another init: merging it with the family mixes unrelated weights
-    _ft("math_altinit", {"math": 1}, "meta-math/MetaMath-Llemma-7B", 23, parent="base_alt"),
+    _ft("math_altinit", {"math": 1}, "meta-math/MetaMath-Llemma-7B", 23, steps=320, parent="base_alt"),
     # same init, trained much longer with a high learning rate on one domain: weights far away
     _ft("code_far", {"code": 1}, "codellama/CodeLlama-7b-Instruct-hf", 24, lr=5e-3, steps=400),
     _ft("code_far_instruct", {"code": 0.6, "chat": 0.4}, "ise-uiuc/Magicoder-S-CL-7B", 25, parent="code_far"),
@@ -91,3 +92,15 @@ def lineage(name: str) -> list[str]:
     while RECIPES[chain[-1]].parent:
         chain.append(RECIPES[chain[-1]].parent)
     return chain[::-1]
+
+
+def fingerprint(name: str, size: str) -> str:
+    """Short hash of everything `name` is built from (its lineage's recipes and the size), so a
+    changed recipe rebuilds that model and its descendants instead of reusing a stale cache."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    payload = [VERSION, asdict(SIZES[size])] + [
+        {k: v for k, v in asdict(RECIPES[n]).items() if k != "notes"} for n in lineage(name)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
