@@ -12,6 +12,7 @@ import pytest
 from glue_bench.results import read_results
 
 FAST = ["eval.tasks=[mini_arc,mini_winogrande]", "eval.limit=8"]
+ARC_ONLY = ["eval.tasks=[mini_arc]", "eval.limit=8"]
 pytestmark = pytest.mark.slow
 
 
@@ -42,7 +43,7 @@ def test_single_run_stores_single_models_and_candidate_and_prints_table(run_cli)
 
 
 def test_multirun_over_two_zoos(run_cli):
-    proc = run_cli("-m", "zoo=mini2,mini4_chat", "method=linear", *FAST, "eval.tasks=[mini_arc]")
+    proc = run_cli("-m", "zoo=mini2,mini4_chat", "method=linear", *ARC_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = read_results(run_cli.results)
     assert set(df[df.method == "linear"].zoo) == {"mini2", "mini4_chat"}
@@ -149,8 +150,7 @@ def test_models_of_different_shapes_are_refused(run_cli, tmp_path, micro_cache):
     from glue_bench.zoo.mini.build import ensure_models
 
     ensure_models(["foreign_chat"], "micro", progress=False)
-    proc = run_cli("zoo=custom", _extra_zoo(tmp_path, ["chat_a", "foreign_chat"]), "method=linear",
-                   *FAST, "eval.tasks=[mini_arc]", "eval.limit=2")
+    proc = run_cli("zoo=custom", _extra_zoo(tmp_path, ["chat_a", "foreign_chat"]), "method=linear", *ARC_ONLY)
     _one_line_error(proc, "'chat_a' and 'foreign_chat'")
 
 
@@ -163,7 +163,7 @@ def test_corrupt_results_file_is_reported_and_left_as_is(run_cli):
 
 
 def test_save_writes_a_loadable_checkpoint_with_a_model_card(run_cli, tmp_path):
-    proc = run_cli("zoo=mini2", *FAST, "eval.tasks=[mini_arc]", "save=true")
+    proc = run_cli("zoo=mini2", *ARC_ONLY, "save=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "run" / "candidate"
     card = (out / "README.md").read_text()
@@ -174,5 +174,5 @@ def test_save_writes_a_loadable_checkpoint_with_a_model_card(run_cli, tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config(run_cli):
-    proc = run_cli("zoo=mini8", "--cfg", "job")
+    proc = run_cli("--cfg", "job", "zoo=mini8")
     assert proc.returncode == 0 and "name: mini8" in proc.stdout and "name: linear" in proc.stdout
