@@ -30,14 +30,18 @@ def assert_blocked(result: SandboxResult, *needles: str) -> None:
 def child_pids(monkeypatch):
     """Pids of the sandboxed interpreters started during the test."""
     pids = []
+    monkeypatch.setattr(sandbox.subprocess, "Popen", recording_subclass(subprocess.Popen, "pid", pids))
+    return pids
 
-    class RecordingPopen(subprocess.Popen):
+
+def recording_subclass(base: type, attribute: str, into: list) -> type:
+    """A subclass of `base` whose every new instance appends its `attribute` to `into`."""
+    class Recording(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            pids.append(self.pid)
+            into.append(getattr(self, attribute))
 
-    monkeypatch.setattr(sandbox.subprocess, "Popen", RecordingPopen)
-    return pids
+    return Recording
 
 
 def live_processes_in_session(sid: int, grace_s: float = 2.0) -> list[int]:
@@ -203,13 +207,8 @@ def test_environment_is_minimal_and_its_dir_is_removed(monkeypatch):
     monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     made = []
-
-    class RecordingTemporaryDirectory(tempfile.TemporaryDirectory):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self.name)
-
-    monkeypatch.setattr(sandbox.tempfile, "TemporaryDirectory", RecordingTemporaryDirectory)
+    monkeypatch.setattr(sandbox.tempfile, "TemporaryDirectory",
+                        recording_subclass(tempfile.TemporaryDirectory, "name", made))
     result = run(f"""
         import os
         assert os.getcwd() == os.environ["HOME"] == os.environ["TMPDIR"]
