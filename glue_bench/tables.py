@@ -14,7 +14,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from glue_bench.results import read_results
-from glue_bench.zoo import ZooError, zoo_config
+from glue_bench.zoo import ZooError, entry_name, zoo_config
 
 # the metric each task is ranked by (as the study and the Open LLM leaderboard report them)
 PRIMARY_METRIC = {
@@ -28,8 +28,8 @@ DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
 def zoo_table(df: pd.DataFrame, zoo: str) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo."""
     config = zoo_config(zoo)
-    members = [m if isinstance(m, str) else m["name"] for m in config["models"]]
-    base = config["base"] if isinstance(config["base"], str) else config["base"]["name"]
+    members = [entry_name(m, config["source"]) for m in config["models"]]
+    base = entry_name(config["base"], config["source"])
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
     singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members + [base])]
     built = primary[(primary["method"] != "none") & (primary["zoo"] == zoo)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from glue_bench.zoo import ZooError, local_dir, model_ref, zoo_config, zoo_members
+from glue_bench.zoo import ZooError, entry_name, local_dir, model_ref, zoo_config, zoo_members
 from glue_bench.zoo.mini.build import model_dir
 from glue_bench.zoo.mini.spec import RECIPES, VERSION, lineage
 
@@ -30,6 +30,16 @@ def test_mini_zoos_mirror_the_paper_zoos(mini, which):
 def test_which8_and_which12_are_prefixes_of_which16():
     assert zoo_members("which16")[:8] == zoo_members("which8")
     assert zoo_members("which16")[:12] == zoo_members("which12")
+
+
+@pytest.mark.parametrize("entry, source, name", [
+    ("/models/chat-7b", "local", "chat-7b"),
+    ("meta-llama/Llama-2-7b-hf", "hub", "meta-llama/Llama-2-7b-hf"),
+    ({"name": "mine", "path": "/models/x"}, "hub", "mine"),
+])
+def test_tables_name_entries_as_results_do(entry, source, name):
+    # the tables find a zoo's single models in the store by the name model_ref stored them under
+    assert entry_name(entry, source) == model_ref(entry, source).name == name
 
 
 def test_unknown_zoo_and_model_give_one_line():

@@ -37,7 +37,17 @@ def zoo_config(zoo: str) -> dict:
 
 
 def zoo_members(zoo: str) -> list[str]:
-    return [m if isinstance(m, str) else m["name"] for m in zoo_config(zoo)["models"]]
+    config = zoo_config(zoo)
+    return [entry_name(m, config["source"]) for m in config["models"]]
+
+
+def entry_name(entry: str | dict, source: str) -> str:
+    """The short name a zoo entry goes by in results and tables (the same as `model_ref(...).name`)."""
+    if isinstance(entry, dict):
+        return entry["name"]
+    if source != "mini" and (source == "local" or os.path.isdir(os.path.expanduser(entry))):
+        return Path(entry).name
+    return entry
 
 
 def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelRef:
@@ -53,7 +63,7 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
         path = model_dir(entry, mini_size)  # its name holds the cache version and recipe fingerprint
         return ModelRef(entry, "mini", str(path), key=f"{path.parent.parent.parent.name}/{mini_size}/{path.name}")
     if source == "local" or os.path.isdir(os.path.expanduser(entry)):
-        return ModelRef(Path(entry).name, "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
+        return ModelRef(entry_name(entry, source), "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
 
 
