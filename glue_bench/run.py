@@ -92,8 +92,10 @@ def run_job(cfg: DictConfig) -> dict:
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     refs, base = zoo_refs(cfg)
     members = selected_members(cfg, refs)
-    if cfg.method.name != "none" and len(members) < 2:
-        raise JobError(f"method {cfg.method.name}: needs at least 2 models, strategy selected {len(members)}")
+    if cfg.method.name != "none":
+        from glue_bench.merge import get_method
+
+        get_method(cfg.method.name).validate(_method_params(cfg), len(members))  # bad input fails early
     ensure_available(refs + [base], cfg.mini_size)
     tasks_dir = _tasks_dir(cfg)
     provenance = _provenance()
@@ -128,19 +130,20 @@ def run_job(cfg: DictConfig) -> dict:
             return {"status": "skipped", "job_key": key}
         store.delete_job(key)
 
-    from glue_bench.merge.engine import TensorSource, merge_models
+    from glue_bench.merge.engine import Merger, TensorSource
 
     names = [m.name for m in members]
     _log(f"merging {', '.join(names)} with {cfg.method.name}")
     sources = [TensorSource(m.name, local_dir(m)) for m in members]
     base_source = TensorSource(base.name, local_dir(base))
-    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
     start = time.perf_counter()
-    model, timings = merge_models(sources, cfg.method.name, params, base=base_source,
-                                  device=eval_cfg.device)
+    merger = Merger(sources, cfg.method.name, base_source, device=eval_cfg.device)
+    model = merger.to_model(_method_params(cfg))
+    timings = merger.timings
     build_s = time.perf_counter() - start - timings["load_s"] - timings["read_s"]
     load_s = timings["load_s"] + timings["read_s"]
-    tok = load_tokenizer(members[0])
+    # the tokenizer goes with the model whose architecture the merge took (the largest vocabulary)
+    tok = load_tokenizer(members[sources.index(merger.template)])
     rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg)
     candidate = f"{cfg.method.name}({'+'.join(names)})" if cfg.strategy.get("models") else \
         f"{cfg.method.name}({cfg.zoo.name})"
@@ -151,6 +154,10 @@ def run_job(cfg: DictConfig) -> dict:
     if cfg.save:
         _save_candidate(model, tok, cfg, payload)
     return {"status": "done", "job_key": key, "load_s": load_s, "build_s": build_s, **stats}
+
+
+def _method_params(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.method.params, resolve=True) or {}
 
 
 def _tasks_dir(cfg: DictConfig) -> Path:

@@ -1,8 +1,11 @@
 """Merge methods: one small function each, registered by name with its parameters declared once.
 
-A method receives, for one tensor name, the list of that tensor from every input model (and the
-base model's, for task-vector methods) plus its validated parameters, and returns the merged
-tensor. `engine.merge_models` streams every tensor of the models through it.
+A method receives, for one tensor name, that tensor from every input model (float32, on the merge
+device), the base model's tensor when it uses one, and its parameters resolved for that tensor
+(see params.py). It returns the merged tensor and never modifies its inputs. Randomised methods
+also receive `generator(i)`, a seeded torch.Generator for model i and this tensor, so a merge is
+reproducible whatever the order tensors are visited in. `engine.Merger` streams every tensor of
+the models through it.
 """
 
 from __future__ import annotations
@@ -12,25 +15,45 @@ from typing import Callable
 
 import torch
 
+from glue_bench.merge.params import MergeError, Param, validate_params
 
-class MergeError(Exception):
-    """A merge cannot be done as asked; one line naming the model, tensor or parameter at fault."""
+__all__ = ["MergeError", "MergeMethod", "Param", "get_method", "register", "METHODS"]
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
     fn: Callable[..., torch.Tensor]
-    validate: Callable[[dict, int], dict]   # (params, number of models) -> checked params
-    needs_base: bool = False
+    params: tuple[Param, ...]
+    base: str = "none"            # "required", "optional" (when params use_base is true) or "none"
+    min_models: int = 2
+    max_models: int | None = None
+    randomized: bool = False
+    check: Callable[[dict], None] | None = None   # checks of resolved values across parameters
+    doc: str = ""
+
+    def validate(self, params: dict, n_models: int) -> dict:
+        """Check the parameters and the number of models; defaults filled in."""
+        if n_models < self.min_models:
+            raise MergeError(f"{self.name}: needs at least {self.min_models} model(s), got {n_models}")
+        if self.max_models is not None and n_models > self.max_models:
+            raise MergeError(f"{self.name}: takes at most {self.max_models} model(s), got {n_models}")
+        return validate_params(self.name, self.params, dict(params or {}), n_models)
+
+    def uses_base(self, checked: dict) -> bool:
+        return self.base == "required" or (self.base == "optional" and bool(checked.get("use_base")))
 
 
 METHODS: dict[str, MergeMethod] = {}
 
 
-def register(name: str, validate: Callable[[dict, int], dict], needs_base: bool = False):
+def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", min_models: int = 2,
+             max_models: int | None = None, randomized: bool = False,
+             check: Callable[[dict], None] | None = None):
     def wrap(fn):
-        METHODS[name] = MergeMethod(name, fn, validate, needs_base)
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        METHODS[name] = MergeMethod(name, fn, tuple(params), base, min_models, max_models, randomized,
+                                    check, doc)
         return fn
     return wrap
 

@@ -1,105 +1,421 @@
 """The streaming merge engine: tensor by tensor, never all input models in memory.
 
-Input models are read lazily from their safetensors files (memory-mapped); for each tensor name
-the engine reads that tensor from every input, applies the method, and writes the result into an
-in-memory output model. Peak memory is about one model plus one tensor per input model.
+`TensorSource` memory-maps a model's safetensors files and hands out tensors as zero-copy views;
+once a tensor has been merged its pages are dropped from the process (madvise), so reading N
+models costs no more resident memory than the tensors being merged at that moment.
+
+`Merger` merges one set of models with one method, as often as asked: for each tensor name it
+reads that tensor from every input (and the base, for methods that use it), moves it to the merge
+device in float32, applies the method and hands the result to the output: an in-memory model
+(`to_model`) or a sharded HF checkpoint (`save`). With `cache=True` the inputs stay on the device
+between calls, within a memory budget, so a search loop pays one pass of arithmetic per new
+parameter vector instead of a reload.
+
+Peak memory of one in-memory merge: the output model, plus one tensor per input model and the
+method's temporaries for that tensor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
+import re
+import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import safe_open
 
 from glue_bench.merge import MergeError, get_method
+from glue_bench.merge.params import resolve
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+           "U8": torch.uint8, "BOOL": torch.bool}
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+_PAGE = mmap.PAGESIZE
 
 
 class TensorSource:
-    """One model's tensors, read lazily from `model.safetensors` or a sharded index."""
+    """One model's tensors, memory-mapped from `model.safetensors` or a sharded index."""
 
     def __init__(self, name: str, directory: str | os.PathLike):
         self.name, self.directory = name, Path(directory)
         index = self.directory / "model.safetensors.index.json"
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.file_of = {k: self.directory / f for k, f in weight_map.items()}
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         elif (self.directory / "model.safetensors").exists():
-            single = self.directory / "model.safetensors"
-            with safe_open(single, framework="pt") as handle:
-                self.file_of = {k: single for k in handle.keys()}
+            files = ["model.safetensors"]
         else:
             raise MergeError(f"model {name!r}: no safetensors weights in {self.directory}")
-        self._handles: dict[Path, object] = {}
+        self._maps: list[mmap.mmap] = []
+        self.entries: dict[str, tuple[int, torch.dtype, tuple[int, ...], int, int]] = {}
+        for file in files:
+            self._open(self.directory / file)
+        self.config = _read_json(self.directory / "config.json")
 
-    def _handle(self, key: str):
-        path = self.file_of[key]
-        if path not in self._handles:
-            self._handles[path] = safe_open(path, framework="pt", device="cpu")
-        return self._handles[path]
+    def _open(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            try:
+                header = json.loads(handle.read(header_len))
+            except ValueError as err:
+                raise MergeError(f"model {self.name!r}: {path.name} is not a safetensors file ({err})")
+            # a private (copy-on-write) map: writable views without a warning, and nothing a view
+            # does can ever change the file
+            self._maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY))
+        data_start = 8 + header_len
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise MergeError(f"model {self.name!r}: tensor {key!r} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            self.entries[key] = (len(self._maps) - 1, _DTYPES[info["dtype"]], tuple(info["shape"]),
+                                 data_start + begin, data_start + end)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handle(key).get_slice(key).get_shape())
+        return self.entries[key][2]
+
+    def nbytes(self, key: str) -> int:
+        _, _, _, begin, end = self.entries[key]
+        return end - begin
 
     def get(self, key: str) -> torch.Tensor:
-        return self._handle(key).get_tensor(key)
+        """A zero-copy view of the tensor (valid while this source lives; copy it to keep it)."""
+        index, dtype, shape, begin, end = self.entries[key]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+        return torch.frombuffer(self._maps[index], dtype=dtype, count=count, offset=begin).view(shape)
+
+    def release(self, key: str) -> None:
+        """Drop the tensor's pages from this process (they stay in the OS page cache)."""
+        index, _, _, begin, end = self.entries[key]
+        start = begin - begin % _PAGE
+        if end > start:
+            self._maps[index].madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.get("vocab_size")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def check_compatible(sources: list[TensorSource]) -> list[str]:
-    """Same tensor names and shapes in every model, or one line naming the first difference."""
+    """Same tensor names and shapes in every model (embeddings may differ in vocab rows, see
+    `vocab_rows`), or one line naming the first difference. Returns the tensor names."""
     first = sources[0]
     for other in sources[1:]:
-        missing = sorted(set(first.file_of) ^ set(other.file_of))
+        missing = sorted(set(first.entries) ^ set(other.entries))
         if missing:
-            owner = first if missing[0] in first.file_of else other
+            owner = first if missing[0] in first.entries else other
             raise MergeError(f"models {first.name!r} and {other.name!r} differ in tensors: "
                              f"{missing[0]!r} only in {owner.name!r} ({len(missing)} differences)")
-        for key in first.file_of:
-            if first.shape(key) != other.shape(key):
+        for key in first.entries:
+            a, b = first.shape(key), other.shape(key)
+            if a != b and not (_is_vocab_tensor(first, key) and _is_vocab_tensor(other, key)
+                               and a[1:] == b[1:]):
                 raise MergeError(f"models {first.name!r} and {other.name!r} cannot be merged: tensor "
-                                 f"{key!r} has shape {list(first.shape(key))} vs {list(other.shape(key))}")
-    return sorted(first.file_of)
+                                 f"{key!r} has shape {list(a)} vs {list(b)}")
+    if len({s.shape(k)[0] for s in sources for k in s.entries if _is_vocab_tensor(s, k)}) > 1:
+        check_shared_vocab(sources)
+    return list(first.entries)
+
+
+def _is_vocab_tensor(source: TensorSource, key: str) -> bool:
+    shape = source.shape(key)
+    return len(shape) == 2 and source.vocab_size is not None and shape[0] == source.vocab_size
+
+
+def check_shared_vocab(sources: list[TensorSource]) -> None:
+    """Models with different vocab sizes merge only if every shared token id means the same token
+    (the usual case: a model that appended tokens, e.g. a pad token, to the base's vocabulary)."""
+    from transformers import AutoTokenizer
+
+    def tokens(source):
+        try:
+            tok = AutoTokenizer.from_pretrained(source.directory)
+        except (OSError, ValueError) as err:
+            raise MergeError(f"model {source.name!r} has vocab size {source.vocab_size}, unlike the "
+                             f"others, and no tokenizer to check their shared ids against ({err})")
+        vocab = tok.get_vocab()
+        return {i: t for t, i in vocab.items()}
+
+    first = sources[0]
+    first_tokens = tokens(first)
+    for other in sources[1:]:
+        other_tokens = tokens(other)
+        shared = min(first.vocab_size, other.vocab_size)
+        for i in range(shared):
+            if first_tokens.get(i) != other_tokens.get(i):
+                raise MergeError(f"models {first.name!r} and {other.name!r} have different tokenizers "
+                                 f"(token id {i} is {first_tokens.get(i)!r} vs {other_tokens.get(i)!r}): "
+                                 f"their embeddings cannot be merged")
+
+
+def _seed(seed: int, key: str, model_index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{key}\0{model_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Merger:
+    """Merge `sources` (and `base`, for methods that use it) with one registered method."""
+
+    def __init__(self, sources: list[TensorSource], method_name: str, base: TensorSource | None = None,
+                 *, device: str | torch.device = "cpu", cache: bool = False,
+                 cache_budget_bytes: int | None = None, progress: bool = False):
+        if not sources:
+            raise MergeError("no models to merge")
+        self.method = get_method(method_name)
+        self.sources, self.base = sources, base
+        self.device = torch.device(device)
+        self.keys = check_compatible(sources)
+        # the output's architecture: the model with the largest vocabulary (the first, usually)
+        self.template = max(sources, key=lambda s: s.vocab_size or 0)
+        self.num_layers = self.template.config.get("num_hidden_layers") or 1 + max(
+            [int(m.group(1)) for k in self.keys if (m := _LAYER.search(k))], default=0)
+        self.cache = cache
+        self.cache_budget = cache_budget_bytes if cache_budget_bytes is not None else _free_bytes(self.device) // 2
+        self._cached: dict[str, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
+        self._cached_bytes = 0
+        self._base_checked = False
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    # ---- parameters ------------------------------------------------------------------------
+    def _depth(self, key: str) -> float:
+        match = _LAYER.search(key)
+        if not match:
+            return 0.0  # embeddings, final norm, lm_head: the first value, as mergekit does
+        return int(match.group(1)) / (self.num_layers - 1) if self.num_layers > 1 else 1.0
+
+    def _prepare(self, params: dict) -> tuple[dict, bool]:
+        checked = self.method.validate(params, len(self.sources))
+        uses_base = self.method.uses_base(checked)
+        if uses_base:
+            if self.base is None:
+                raise MergeError(f"{self.method.name}: needs the zoo's base model")
+            if not self._base_checked:
+                check_compatible(self.sources + [self.base])
+                self._base_checked = True
+        if self.method.check:  # cross-parameter checks, before any tensor is read
+            for t in {self._depth(k) for k in self.keys}:
+                self.method.check(resolve(checked, self.method.params, t))
+        return checked, uses_base
+
+    # ---- the merge ---------------------------------------------------------------------------
+    def tensors(self, params: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        """Merged tensors one by one (float32, on the merge device), in checkpoint order."""
+        checked, uses_base = self._prepare(params)
+        by_depth: dict[float, dict] = {}
+        read_s = merge_s = 0.0
+        keys = self.keys
+        if self.progress:
+            from tqdm import tqdm
+            keys = tqdm(keys, desc=f"merging ({self.method.name})", unit="tensor")
+        for key in keys:
+            t0 = time.perf_counter()
+            inputs, base = self._inputs(key, uses_base)
+            t1 = time.perf_counter()
+            depth = self._depth(key)
+            if depth not in by_depth:
+                by_depth[depth] = resolve(checked, self.method.params, depth)
+            kwargs = dict(by_depth[depth])
+            if uses_base:
+                kwargs["base"] = base
+            if self.method.randomized:
+                kwargs["generator"] = self._generators(checked["seed"], key)
+            try:
+                merged = self._merge_rows(key, inputs, kwargs)
+            except MergeError as err:
+                raise MergeError(f"{err} (tensor {key!r})") from None
+            t2 = time.perf_counter()
+            read_s += t1 - t0
+            merge_s += t2 - t1
+            yield key, merged
+            for source in self.sources + ([self.base] if uses_base else []):
+                source.release(key)
+        self.timings = {"read_s": read_s, "merge_s": merge_s}
+
+    def _inputs(self, key: str, uses_base: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        inputs, base = self._cached.get(key, (None, None))
+        new_inputs, new_base = inputs is None, uses_base and base is None
+        if new_inputs:
+            inputs = [self._load(s, key) for s in self.sources]
+        if new_base:
+            base = self._load(self.base, key)
+        size = (sum(t.numel() for t in inputs) if new_inputs else 0) + (base.numel() if new_base else 0)
+        if self.cache and size and self._cached_bytes + 4 * size <= self.cache_budget:
+            # own copies: views of the files' pages are dropped once merged
+            if new_inputs:
+                inputs = [t.clone() if t.device.type == "cpu" else t for t in inputs]
+            if new_base and base.device.type == "cpu":
+                base = base.clone()
+            self._cached[key] = (inputs, base)
+            self._cached_bytes += 4 * size
+        return inputs, base if uses_base else None
+
+    def _load(self, source: TensorSource, key: str) -> torch.Tensor:
+        return source.get(key).to(self.device, torch.float32)
+
+    def _generators(self, seed: int, key: str):
+        def generator(model_index: int) -> torch.Generator:
+            return torch.Generator(device=self.device).manual_seed(_seed(seed, key, model_index))
+        return generator
+
+    def _merge_rows(self, key: str, inputs: list[torch.Tensor], kwargs: dict) -> torch.Tensor:
+        """The method over the rows every input has; rows only some models have (an extended
+        vocabulary) are the mean of the models that have them."""
+        rows = {t.shape[0] for t in inputs}
+        if kwargs.get("base") is not None:
+            rows.add(kwargs["base"].shape[0])
+        if len(rows) == 1:
+            return self.method.fn(inputs, **kwargs)
+        shared = min(rows)
+        trimmed = dict(kwargs)
+        if trimmed.get("base") is not None:
+            trimmed["base"] = trimmed["base"][:shared]
+        merged = self.method.fn([t[:shared] for t in inputs], **trimmed)
+        sizes = sorted({t.shape[0] for t in inputs} | {shared})
+        out = torch.empty((sizes[-1], *merged.shape[1:]), dtype=merged.dtype, device=merged.device)
+        out[:shared] = merged
+        for low, high in zip(sizes, sizes[1:]):
+            out[low:high] = torch.stack([t[low:high] for t in inputs if t.shape[0] >= high]).mean(0)
+        return out
+
+    # ---- outputs -----------------------------------------------------------------------------
+    def empty_model(self, dtype: torch.dtype | None = None):
+        """The template's architecture, allocated on the merge device but not initialised."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        config = AutoConfig.from_pretrained(self.template.directory)
+        with no_init_weights(), torch.device(self.device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
+        return model.eval()
+
+    def to_model(self, params: dict, model=None):
+        """Merge into `model` (reused between calls, e.g. in a search) or a new in-memory model."""
+        start = time.perf_counter()
+        if model is None:
+            model = self.empty_model()
+        load_s = time.perf_counter() - start
+        targets = dict(model.named_parameters())
+        filled = set()
+        with torch.no_grad():
+            for key, merged in self.tensors(params):
+                target = targets.get(key)
+                if target is None:
+                    continue  # e.g. a buffer saved by an older transformers
+                target.copy_(merged)
+                filled.add(key)
+        unfilled = sorted(set(targets) - filled)
+        if unfilled:
+            raise MergeError(f"the merged checkpoint has no tensor for {unfilled[0]!r} "
+                             f"({len(unfilled)} parameters missing)")
+        self.timings["load_s"] = load_s
+        return model
+
+    def save(self, params: dict, out_dir: str | os.PathLike, *, max_shard_bytes: int = 5 * 2**30,
+             dtype: torch.dtype | None = None) -> Path:
+        """Write the merge as a HF checkpoint (sharded above max_shard_bytes) with the template's
+        config and tokenizer. Written beside `out_dir` and renamed into place, so a failed merge
+        leaves nothing half-written."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise MergeError(f"output directory {out_dir} exists and is not empty")
+        config = dict(self.template.config)
+        out_dtype = dtype or _DTYPES_BY_NAME.get(config.get("dtype") or config.get("torch_dtype"),
+                                                 torch.float32)
+        shards = _plan_shards(self.template, self.keys, out_dtype, max_shard_bytes)
+        staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            pending: dict[str, torch.Tensor] = {}
+            shard_of = {key: i for i, keys in enumerate(shards) for key in keys}
+            names = (["model.safetensors"] if len(shards) == 1 else
+                     [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+            written = 0
+            for key, merged in self.tensors(params):
+                pending[key] = merged.to("cpu", out_dtype).contiguous()
+                if len(pending) == len(shards[shard_of[key]]):
+                    save_file(pending, staging / names[shard_of[key]], metadata={"format": "pt"})
+                    written += 1
+                    pending = {}
+            if len(shards) > 1:
+                index = {"metadata": {"total_size": sum(_nbytes(self.template, k, out_dtype) for k in self.keys)},
+                         "weight_map": {k: names[shard_of[k]] for k in self.keys}}
+                (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            config["dtype"] = str(out_dtype).removeprefix("torch.")
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            for extra in self.template.directory.iterdir():
+                if extra.is_file() and extra.name not in ("config.json", "model.safetensors.index.json") \
+                        and not extra.name.endswith(".safetensors"):
+                    shutil.copy2(extra, staging / extra.name)
+            if out_dir.exists():
+                out_dir.rmdir()
+            staging.rename(out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return out_dir
+
+
+_DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                   "float64": torch.float64}
+
+
+def _nbytes(source: TensorSource, key: str, dtype: torch.dtype) -> int:
+    numel = 1
+    for n in source.shape(key):
+        numel *= n
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def _plan_shards(source: TensorSource, keys: list[str], dtype: torch.dtype, limit: int) -> list[list[str]]:
+    """Consecutive tensors in shards of at most `limit` bytes (one tensor may exceed it alone)."""
+    shards, size = [[]], 0
+    for key in keys:
+        n = _nbytes(source, key, dtype)
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += n
+    return shards
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
 
 
 def merge_models(sources: list[TensorSource], method_name: str, params: dict,
-                 base: TensorSource | None = None, device: str = "cpu"):
-    """Merge `sources` with a registered method into an in-memory model (first model's config).
-
-    Returns (model, timings) where timings = {"read_s", "merge_s", "load_s"}.
-    """
-    from transformers import AutoModelForCausalLM
-
-    method = get_method(method_name)
-    if not sources:
-        raise MergeError("no models to merge")
-    if method.needs_base and base is None:
-        raise MergeError(f"{method_name}: needs the zoo's base model")
-    checked = method.validate(dict(params), len(sources))
-    keys = check_compatible(sources + ([base] if base is not None else []))
-
-    start = time.perf_counter()
-    # the first model gives the architecture and its non-weight buffers; its weights are overwritten
-    model = AutoModelForCausalLM.from_pretrained(sources[0].directory, dtype="auto")
-    model.to(device)
-    load_s = time.perf_counter() - start
-    params_by_name = dict(model.named_parameters())
-    read_s = merge_s = 0.0
-    with torch.no_grad():
-        for key in keys:
-            target = params_by_name.get(key)
-            if target is None:  # e.g. a buffer saved by an older transformers
-                continue
-            t0 = time.perf_counter()
-            tensors = [s.get(key).to(device) for s in sources]
-            base_tensor = base.get(key).to(device) if method.needs_base else None
-            t1 = time.perf_counter()
-            merged = (method.fn(tensors, base=base_tensor, **checked) if method.needs_base
-                      else method.fn(tensors, **checked))
-            target.copy_(merged.to(target.dtype))
-            read_s += t1 - t0
-            merge_s += time.perf_counter() - t1
-    model.eval()
-    return model, {"load_s": load_s, "read_s": read_s, "merge_s": merge_s}
+                 base: TensorSource | None = None, device: str = "cpu", progress: bool = False):
+    """One merge into a new in-memory model. Returns (model, timings: load_s, read_s, merge_s)."""
+    merger = Merger(sources, method_name, base, device=device, progress=progress)
+    model = merger.to_model(params)
+    return model, merger.timings

@@ -1,45 +1,294 @@
-"""The merge methods. Each validates its parameters where they enter, then does tensor math."""
+"""The merge methods, one function each. Inputs: one tensor per model (float32), the base's tensor
+for the methods that use one, and the parameters resolved for this tensor (see params.py).
+
+Definitions follow the papers and, where they agree, mergekit (the parity tests compare the two on
+the mini zoo). The one deliberate difference: DARE and DELLA rescale kept entries by 1/(keep
+probability) as their papers do; mergekit rescales to the same L1 norm. `rescale: l1` gives
+mergekit's behaviour (see sparsify.py).
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from glue_bench.merge import MergeError, register
+from glue_bench.merge.params import Param
+from glue_bench.merge.sparsify import RESCALES, magnitude_band, random_keep, rank_keep, top_magnitude
+
+# parameters several methods share, declared once
+WEIGHTS = Param("weights", 1.0, "one per model (or one for all)", per_model=True)
+POSITIVE_WEIGHTS = Param("weights", 1.0, "one per model (or one for all), >= 0", per_model=True, low=0)
+NORMALIZE = Param("normalize", True, "divide by the sum of the weights", kind=bool)
+LAMBDA = Param("lambda", 1.0, "scale of the combined task vector")
+DENSITY = Param("density", 0.5, "fraction of each task vector kept", per_model=True, low=0,
+                high=1, low_open=True)
+SEED = Param("seed", 0, "seed of the random masks (same seed, same merge)", kind=int, low=0)
+RESCALE = Param("rescale", "inverse_density", "rescaling of kept entries: " + ", ".join(RESCALES),
+                kind=str, choices=RESCALES)
+GAMMA = Param("gamma", 0.01, "fraction of largest-magnitude entries dropped as outliers",
+              per_model=True, low=0, high=1)
+EPSILON = Param("epsilon", 0.15, "keep probabilities span density +- epsilon by magnitude rank",
+                per_model=True, low=0, high=1)
+_NO_NORMALIZE = Param("normalize", False, "divide by the sum of the weights", kind=bool)
+USE_BASE = Param("use_base", False, "interpolate task vectors from the zoo's base instead of weights",
+                 kind=bool)
 
 
-def _weights(params: dict, n_models: int) -> list[float]:
-    """Per-model weights: default uniform; finite, non-negative, not all zero, one per model."""
-    weights = params.get("weights")
-    if weights is None:
-        return [1.0] * n_models
-    weights = list(weights)
-    if len(weights) != n_models:
-        raise MergeError(f"weights: {len(weights)} given for {n_models} models")
-    for i, w in enumerate(weights):
-        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise MergeError(f"weights[{i}] = {w!r}: weights must be finite and non-negative")
-    if sum(weights) == 0:
-        raise MergeError("weights are all zero: nothing to average")
-    return [float(w) for w in weights]
-
-
-def _validate_linear(params: dict, n_models: int) -> dict:
-    unknown = set(params) - {"weights", "normalize"}
-    if unknown:
-        raise MergeError(f"linear: unknown parameter(s) {', '.join(sorted(unknown))}")
-    weights = _weights(params, n_models)
-    if params.get("normalize", True):
-        total = sum(weights)
-        weights = [w / total for w in weights]
-    return {"weights": weights}
-
-
-@register("linear", _validate_linear)
-def linear(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """Weighted average (model soup): sum_i w_i * theta_i, weights normalised to sum to 1."""
-    out = tensors[0].to(torch.float32) * weights[0]
+@register("linear", (POSITIVE_WEIGHTS, NORMALIZE))
+def linear(tensors, weights, normalize):
+    """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
+    total = sum(weights) if normalize else 1.0
+    if total == 0:
+        raise MergeError("linear: the weights sum to zero")
+    out = tensors[0] * (weights[0] / total)
     for tensor, weight in zip(tensors[1:], weights[1:]):
-        out.add_(tensor.to(torch.float32), alpha=weight)
+        out.add_(tensor, alpha=weight / total)
     return out
+
+
+# ---- task arithmetic and its sparsified / sign-elected variants ------------------------------
+
+def _combine(deltas, base, weights, lambda_, normalize, sign_consensus):
+    """base + lambda * (sum_i w_i delta_i) / divisor, over the entries that agree with the elected
+    sign when sign_consensus (TIES); divisor = sum of the (agreeing) weights when normalize.
+    The deltas are this method's own temporaries and are overwritten."""
+    for delta, weight in zip(deltas, weights):
+        delta.mul_(weight)
+    if sign_consensus:
+        total = deltas[0].clone()
+        for delta in deltas[1:]:
+            total.add_(delta)
+        elected = torch.where(total >= 0, 1.0, -1.0)  # a zero sum elects +, as mergekit does
+        mixed, divisor = torch.zeros_like(base), torch.zeros_like(base)
+        for delta, weight in zip(deltas, weights):
+            agrees = (delta * elected > 0).to(delta.dtype)  # zero entries never agree
+            mixed.addcmul_(delta, agrees)
+            divisor.add_(agrees, alpha=weight)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas[0]
+        for delta in deltas[1:]:
+            mixed.add_(delta)
+        divisor = sum(weights)
+        if abs(divisor) < 1e-8:
+            divisor = 1.0
+    if normalize:
+        mixed.div_(divisor)
+    return mixed.mul_(lambda_).add_(base)
+
+
+@register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required")
+def task_arithmetic(tensors, base, weights, normalize, **params):
+    """base + lambda * sum_i w_i (theta_i - base)."""
+    return _combine([t - base for t in tensors], base, weights, params["lambda"], normalize, False)
+
+
+@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required")
+def ties(tensors, base, weights, density, normalize, **params):
+    """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
+    deltas = [top_magnitude(t - base, d) for t, d in zip(tensors, density)]
+    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+
+
+def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus):
+    deltas = [random_keep(t - base, d, rescale, generator(i))
+              for i, (t, d) in enumerate(zip(tensors, density))]
+    return _combine(deltas, base, weights, lambda_, normalize, consensus)
+
+
+@register("dare_linear", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
+          randomized=True)
+def dare_linear(tensors, base, weights, density, normalize, rescale, generator, **params):
+    """DARE: drop each task-vector entry with probability 1 - density, rescale, add up."""
+    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], False)
+
+
+@register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
+          randomized=True)
+def dare_ties(tensors, base, weights, density, normalize, rescale, generator, **params):
+    """DARE's random drop, then TIES's sign election."""
+    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], True)
+
+
+_BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept", per_model=True,
+                             low=0, high=1, low_open=True)
+
+
+@register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required")
+def breadcrumbs(tensors, base, weights, density, gamma, normalize, **params):
+    """Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add up."""
+    deltas = [magnitude_band(t - base, d, g) for t, d, g in zip(tensors, density, gamma)]
+    return _combine(deltas, base, weights, params["lambda"], normalize, False)
+
+
+@register("breadcrumbs_ties", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE),
+          base="required")
+def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, **params):
+    """Model Breadcrumbs' band, then TIES's sign election."""
+    deltas = [magnitude_band(t - base, d, g) for t, d, g in zip(tensors, density, gamma)]
+    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+
+
+def _check_della(resolved):
+    for i, (d, e) in enumerate(zip(resolved["density"], resolved["epsilon"])):
+        if d < 1 and not (0 < d - e and d + e < 1):
+            raise MergeError(f"della: density +- epsilon = {d:g} +- {e:g} must stay inside (0, 1) "
+                             f"(model {i})")
+
+
+_DELLA = (WEIGHTS, DENSITY, EPSILON, LAMBDA, NORMALIZE, RESCALE, SEED)
+
+
+@register("della", _DELLA, base="required", randomized=True, check=_check_della)
+def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
+    """DELLA: drop task-vector entries with probabilities by magnitude rank, elect signs, average."""
+    deltas = [rank_keep(t - base, d, e, rescale, generator(i))
+              for i, (t, d, e) in enumerate(zip(tensors, density, epsilon))]
+    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+
+
+@register("della_linear", _DELLA[:4] + (_NO_NORMALIZE,) + _DELLA[5:], base="required",
+          randomized=True, check=_check_della)
+def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
+    """DELLA's rank-based drop, then a plain weighted sum (no sign election)."""
+    deltas = [rank_keep(t - base, d, e, rescale, generator(i))
+              for i, (t, d, e) in enumerate(zip(tensors, density, epsilon))]
+    return _combine(deltas, base, weights, params["lambda"], normalize, False)
+
+
+# ---- geometric methods -----------------------------------------------------------------------
+
+@register("slerp", (Param("t", 0.5, "0 gives the first model, 1 the second", low=0, high=1),),
+          min_models=2, max_models=2)
+def slerp(tensors, t, dot_threshold=0.9995, eps=1e-8):
+    """Spherical interpolation between two models, tensor by tensor (linear when nearly parallel)."""
+    v0, v1 = tensors
+    n0, n1 = v0.norm(), v1.norm()
+    n0 = n0 if n0 > eps else torch.ones_like(n0)
+    n1 = n1 if n1 > eps else torch.ones_like(n1)
+    dot = ((v0 / n0) * (v1 / n1)).sum().clamp(-1, 1)
+    if dot.abs() > dot_threshold:
+        return v0 * (1 - t) + v1 * t
+    theta = torch.acos(dot)
+    return (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+
+
+@register("multislerp", (WEIGHTS, Param("normalize_weights", True, "weights sum to 1", kind=bool),
+                         USE_BASE), base="optional")
+def multislerp(tensors, weights, normalize_weights, use_base, base=None, eps=1e-8):
+    """Barycentric interpolation of N models on the hypersphere (through the tangent space at
+    their weighted mean direction), scaled to the weighted mean norm."""
+    stacked = torch.stack([t - base for t in tensors] if use_base else tensors)
+    flat = stacked.reshape(len(tensors), -1)
+    w = torch.tensor(weights, dtype=flat.dtype, device=flat.device)
+    if normalize_weights:
+        w = w / w.sum()
+    norms = flat.norm(dim=1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w[:, None]).sum(0)
+    if mean.norm() < eps:
+        if len(tensors) == 2:
+            merged = flat[0] * w[0] + flat[1] * w[1]
+            return merged.view_as(tensors[0]) + (base if use_base else 0)
+        raise MergeError("multislerp: the weighted directions cancel out (antipodal inputs)")
+    mean = mean / mean.norm()
+    tangents = units - (units * mean).sum(1, keepdim=True) * mean
+    step = (tangents * w[:, None]).sum(0)
+    step_norm = step.norm() + eps
+    merged = (mean * torch.cos(step_norm) + step * (torch.sin(step_norm) / step_norm)) * (norms[:, 0] * w).sum()
+    return merged.view_as(tensors[0]) + (base if use_base else 0)
+
+
+@register("nuslerp", (WEIGHTS, Param("row_wise", False, "interpolate rows, not columns", kind=bool),
+                      Param("flatten", True, "interpolate whole tensors", kind=bool), USE_BASE),
+          base="optional", min_models=2, max_models=2)
+def nuslerp(tensors, weights, row_wise, flatten, use_base, base=None, eps=1e-8):
+    """SLERP of two models (or their task vectors) with t = w1 / (w0 + w1), by whole tensor, or by
+    row or column vectors."""
+    total = sum(weights)
+    t = 0.5 if abs(total) < 1e-6 else weights[1] / total
+    v0, v1 = (x - base for x in tensors) if use_base else tensors
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    u0 = v0 / v0.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / v1.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = (u0 * u1).sum(-1, keepdim=True).clamp(-1, 1)
+    parallel = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(parallel, 0, cos))
+    spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    merged = torch.where(parallel, (1 - t) * v0 + t * v1, spherical)
+    if row_wise and not flatten:
+        merged = merged.transpose(0, -1)
+    merged = merged.reshape(shape)
+    return merged + base if use_base else merged
+
+
+@register("karcher", (POSITIVE_WEIGHTS, Param("max_iter", 10, "iterations", kind=int, low=1),
+                      Param("tol", 1e-5, "stop when the step is smaller", low=0, low_open=True)))
+def karcher(tensors, weights, max_iter, tol):
+    """Weighted Karcher (Riemannian) mean of the directions on the unit sphere, scaled by the
+    weighted mean norm."""
+    total = sum(weights)
+    if total == 0:
+        raise MergeError("karcher: the weights sum to zero")
+    alphas = [w / total for w in weights]
+    norms = [t.norm() for t in tensors]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    valid_sum = sum(alphas[i] for i in valid)
+    a = [alphas[i] / valid_sum for i in valid]
+    units = [tensors[i] / norms[i] for i in valid]
+    mean = sum(ai * u for ai, u in zip(a, units))
+    mean = units[0].clone() if mean.norm() < tol else mean / mean.norm()
+    for _ in range(max_iter):
+        step = torch.zeros_like(mean)
+        for ai, u in zip(a, units):
+            cos = torch.dot(mean.flatten(), u.flatten()).clamp(-1, 1)
+            angle = torch.arccos(cos)
+            if angle < tol:
+                continue
+            step += ai * (angle / torch.sin(angle)) * (u - cos * mean)
+        step_norm = step.norm()
+        if step_norm < tol:
+            break
+        mean = torch.cos(step_norm) * mean + torch.sin(step_norm) * (step / step_norm)
+        if mean.norm() > tol:
+            mean = mean / mean.norm()
+    return sum(alpha * n for alpha, n in zip(alphas, norms)) * mean
+
+
+@register("model_stock", (Param("filter_wise", False, "one ratio per output row, not per tensor",
+                                kind=bool),), base="required")
+def model_stock(tensors, base, filter_wise):
+    """Model Stock: move from the base towards the models' average by t = N cos / (1 + (N-1) cos),
+    cos being the mean pairwise cosine of the task vectors."""
+    shape = base.shape
+    if filter_wise:
+        rows = (lambda x: x.reshape(1, -1)) if base.dim() < 2 else (lambda x: x.reshape(x.shape[0], -1))
+    else:
+        rows = lambda x: x.reshape(1, -1)  # noqa: E731
+    w0 = rows(base)
+    deltas = [rows(t) - w0 for t in tensors]
+    cosines = []
+    for i, a in enumerate(deltas):
+        for b in deltas[i + 1:]:
+            cosines.append(((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(0).unsqueeze(-1)
+    n = len(tensors)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6  # no finite estimate: keep the base
+    ratio = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
+    average = sum(rows(t) for t in tensors) / n
+    return (ratio * average + (1 - ratio) * w0).reshape(shape)
+
+
+@register("passthrough", (Param("scale", 1.0, "multiplies the tensor", per_model=True),),
+          min_models=1, max_models=1)
+def passthrough(tensors, scale):
+    """One model's tensors, optionally scaled (per layer group with a depth list)."""
+    return tensors[0] * scale[0] if scale[0] != 1.0 else tensors[0].clone()
+

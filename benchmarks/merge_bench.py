@@ -1,0 +1,219 @@
+"""How fast and how lean glue_bench's merges are, side by side with a bandwidth baseline and mergekit.
+
+    python benchmarks/merge_bench.py [--zoo mini8] [--methods linear ties dare_ties] [--repeats 9]
+
+For each method, over the zoo's members (and its base, for task-vector methods), on this machine:
+(a) throughput of one streamed merge into an in-memory model, in GB/s of input weights read, and
+    its ratio to a plain torch sum over the same tensors read the same way (the bandwidth
+    baseline); also a sum over tensors read with safetensors' own `safe_open`, for reference;
+(b) one merge written to disk: glue_bench's `Merger.save` against mergekit's `run_merge` (what
+    `mergekit-yaml` calls), both in this process after a warm-up; and the `mergekit-yaml` command's
+    own wall time, start-up included;
+(c) a loop of 10 random coefficient vectors: glue_bench in memory (inputs cached, the output model
+    reused) against merging each to disk with mergekit and loading it with transformers;
+(d) peak resident memory of one streamed merge (fresh process, peak reset after the imports)
+    against one model's size and the bound 1.5 x model + N x largest tensor.
+Times are medians of --repeats runs; the page cache is warm, so "read" means memory bandwidth, not
+disk. Needs the `test` extra (mergekit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from glue_bench.merge import get_method  # noqa: E402
+from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
+from glue_bench.zoo import local_dir, model_ref  # noqa: E402
+
+METHOD_PARAMS = {"linear": {}, "ties": {"density": 0.5}, "dare_ties": {"density": 0.5, "seed": 0}}
+
+
+def zoo_dirs(zoo: str, size: str) -> tuple[dict[str, Path], Path]:
+    from glue_bench.zoo import ensure_available
+
+    config = yaml.safe_load((REPO / "conf" / "zoo" / f"{zoo}.yaml").read_text())
+    refs = [model_ref(m, config["source"], size) for m in config["models"]]
+    base = model_ref(config["base"], config["source"], size)
+    ensure_available(refs + [base], size)
+    return {r.name: local_dir(r) for r in refs}, local_dir(base)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: imports, page cache, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def input_bytes(sources: list[TensorSource]) -> int:
+    return sum(s.nbytes(k) for s in sources for k in s.keys())
+
+
+def sum_baseline(sources: list[TensorSource]) -> None:
+    """The bandwidth baseline: read every tensor the same way the engine does and add them up."""
+    for key in sources[0].keys():
+        total = sources[0].get(key).to(torch.float32, copy=True)
+        for source in sources[1:]:
+            total += source.get(key)
+        for source in sources:
+            source.release(key)
+
+
+def safe_open_baseline(dirs: list[Path]) -> None:
+    from safetensors import safe_open
+
+    handles = [safe_open(d / "model.safetensors", framework="pt") for d in dirs]
+    for key in handles[0].keys():
+        total = handles[0].get_tensor(key).to(torch.float32)
+        for handle in handles[1:]:
+            total += handle.get_tensor(key)
+
+
+def mergekit_config(method: str, params: dict, dirs: list[Path], base: Path, weights=None) -> dict:
+    per_model = {"density": params["density"]} if "density" in params else {}
+    models = [{"model": str(d), "parameters": {"weight": w, **per_model}}
+              for d, w in zip(dirs, weights or [1.0] * len(dirs))]
+    config = {"merge_method": method, "dtype": "float32", "models": models}
+    if get_method(method).base == "required":
+        config["base_model"] = str(base)
+        config["parameters"] = {"normalize": True}
+    return config
+
+
+def mergekit_run(config: dict, out: Path) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    shutil.rmtree(out, ignore_errors=True)
+    run_merge(MergeConfiguration.model_validate(config), str(out),
+              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+
+
+def peak_rss_of_merge(method: str, dirs: list[Path], base: Path) -> dict:
+    """A fresh process: imports and one throwaway model first, then the peak is reset and one
+    streamed merge runs; returns the peak's increase over the resident size just before."""
+    script = f"""
+import gc, json, torch
+from glue_bench.merge.engine import Merger, TensorSource
+def rss(field):
+    return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024
+dirs, base = {[str(d) for d in dirs]!r}, {str(base)!r}
+sources = [TensorSource(str(i), d) for i, d in enumerate(dirs)]
+Merger(sources, "linear").empty_model(); gc.collect()   # warm: imports and the model class
+before = rss('VmRSS:')
+open('/proc/self/clear_refs', 'w').write('5')              # reset the peak (VmHWM)
+merger = Merger(sources, {method!r}, TensorSource('base', base))
+model = merger.to_model({METHOD_PARAMS[method]!r})
+print(json.dumps({{"before": before, "peak": rss('VmHWM:')}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default="mini8")
+    parser.add_argument("--size", default=os.environ.get("GLUE_BENCH_MINI_SIZE", "mini"))
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_PARAMS))
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--loop", type=int, default=10, help="coefficient vectors in the search loop")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    members, base_dir = zoo_dirs(args.zoo, args.size)
+    dirs = list(members.values())
+    sources = [TensorSource(n, d) for n, d in members.items()]
+    base = TensorSource("base", base_dir)
+    one_model = input_bytes([base])
+    largest = max(base.nbytes(k) for k in base.keys())
+    print(f"# merge_bench: zoo {args.zoo} ({args.size}), {len(dirs)} models of {one_model / 1e6:.1f} MB "
+          f"(largest tensor {largest / 1e6:.2f} MB), device {args.device}, torch threads "
+          f"{torch.get_num_threads()}, medians of {args.repeats}")
+
+    sum_s = median_time(lambda: sum_baseline(sources), args.repeats)
+    safe_s = median_time(lambda: safe_open_baseline(dirs), args.repeats)
+    read = input_bytes(sources)
+    print(f"baseline: torch sum over {len(dirs)} models: {read / sum_s / 1e9:.2f} GB/s "
+          f"({sum_s * 1e3:.1f} ms); same via safe_open: {read / safe_s / 1e9:.2f} GB/s")
+
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        for method in args.methods:
+            params = METHOD_PARAMS[method]
+            uses_base = get_method(method).base == "required"
+            bytes_read = read + (one_model if uses_base else 0)
+            model = Merger(sources, method, base, device=args.device).empty_model()
+
+            def streamed():
+                Merger(sources, method, base, device=args.device).to_model(params, model)
+
+            merge_s = median_time(streamed, args.repeats)
+            ratio = (bytes_read / merge_s) / (read / sum_s)
+            print(f"\n## {method}\n(a) streamed merge: {bytes_read / merge_s / 1e9:.2f} GB/s "
+                  f"({merge_s * 1e3:.1f} ms), {ratio:.2f}x the sum baseline")
+
+            ours_disk = median_time(lambda: Merger(sources, method, base).save(
+                params, _fresh(scratch / "ours")), args.repeats)
+            config = mergekit_config(method, params, dirs, base_dir)
+            mk_disk = median_time(lambda: mergekit_run(config, scratch / "mk"), max(3, args.repeats // 3))
+            (scratch / "mk.yaml").write_text(yaml.safe_dump(config))
+            start = time.perf_counter()
+            subprocess.run(["mergekit-yaml", str(scratch / "mk.yaml"), str(_fresh(scratch / "mkcli")),
+                            "--no-copy-tokenizer", "--quiet"], check=True, capture_output=True)
+            cli_s = time.perf_counter() - start
+            print(f"(b) merge to disk: glue_bench {ours_disk * 1e3:.0f} ms, mergekit run_merge "
+                  f"{mk_disk * 1e3:.0f} ms: {mk_disk / ours_disk:.1f}x faster "
+                  f"(mergekit-yaml command, start-up included: {cli_s:.1f} s)")
+
+            vectors = [[rng.uniform(0.1, 1.0) for _ in dirs] for _ in range(args.loop)]
+            cached = Merger(sources, method, base, device=args.device, cache=True)
+            start = time.perf_counter()
+            for weights in vectors:
+                model = cached.to_model({**params, "weights": weights}, model)
+            ours_loop = time.perf_counter() - start
+            start = time.perf_counter()
+            from transformers import AutoModelForCausalLM
+
+            for weights in vectors:
+                mergekit_run(mergekit_config(method, params, dirs, base_dir, weights), scratch / "mk")
+                AutoModelForCausalLM.from_pretrained(scratch / "mk")
+            mk_loop = time.perf_counter() - start
+            print(f"(c) {args.loop}-candidate loop: glue_bench in memory {ours_loop:.2f} s, mergekit to disk "
+                  f"+ load {mk_loop:.2f} s: {mk_loop / ours_loop:.0f}x faster")
+
+            rss = peak_rss_of_merge(method, dirs, base_dir)
+            n = len(dirs) + uses_base
+            bound = 1.5 * one_model + n * largest
+            grew = rss["peak"] - rss["before"]
+            print(f"(d) peak RSS of one streamed merge: +{grew / 1e6:.1f} MB over the {rss['before'] / 1e6:.0f} MB "
+                  f"process = {grew / one_model:.2f}x one model; bound 1.5 x model + {n} x largest tensor "
+                  f"= {bound / 1e6:.1f} MB: {'within' if grew <= bound else 'ABOVE'}")
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()

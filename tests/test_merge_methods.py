@@ -1,0 +1,217 @@
+"""Each merge method against an independent direct computation on small tensors."""
+
+import math
+
+import pytest
+import torch
+
+from glue_bench.merge import MergeError, get_method
+from glue_bench.merge.params import at_depth, resolve
+
+
+def merge(name, tensors, base=None, generator=None, **params):
+    """Validate `params` as a config would be, then run the method at depth 0."""
+    method = get_method(name)
+    checked = method.validate(params, len(tensors))
+    kwargs = resolve(checked, method.params, 0.0)
+    if method.uses_base(checked):
+        kwargs["base"] = base
+    if method.randomized:
+        kwargs["generator"] = generator
+    return method.fn(tensors, **kwargs)
+
+
+def test_task_arithmetic_is_base_plus_scaled_sum_of_deltas():
+    torch.manual_seed(0)
+    base, a, b = torch.randn(3, 4, 5)
+    out = merge("task_arithmetic", [a, b], base, weights=[0.5, 2.0], **{"lambda": 0.7})
+    assert torch.allclose(out, base + 0.7 * (0.5 * (a - base) + 2.0 * (b - base)), atol=1e-6)
+
+
+def test_ties_trims_elects_signs_and_averages_agreeing_entries():
+    base = torch.zeros(6)
+    a = torch.tensor([3.0, -1.0, 0.5, 2.0, -4.0, 0.1])
+    b = torch.tensor([-1.0, -2.0, 0.2, 3.0, 1.0, -5.0])
+    out = merge("ties", [a, b], base, weights=[1.0, 1.0], density=0.5)
+    # top 3 magnitudes: a keeps 3, 2, -4 (idx 0, 3, 4); b keeps -2, 3, -5 (idx 1, 3, 5)
+    trimmed = [[3.0, 0, 0, 2.0, -4.0, 0], [0, -2.0, 0, 3.0, 0, -5.0]]
+    expected = []
+    for i in range(6):
+        total = sum(t[i] for t in trimmed)
+        sign = 1.0 if total >= 0 else -1.0
+        agree = [t[i] for t in trimmed if t[i] != 0 and math.copysign(1, t[i]) == sign]
+        expected.append(sum(agree) / len(agree) if agree else 0.0)
+    assert expected == [3.0, -2.0, 0.0, 2.5, -4.0, -5.0]
+    assert torch.allclose(out, torch.tensor(expected))
+
+
+def test_ties_keeps_exactly_k_entries_even_with_tied_magnitudes():
+    from glue_bench.merge.sparsify import top_magnitude
+
+    kept = top_magnitude(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 2.0]), 0.5)
+    assert int((kept != 0).sum()) == 3 and kept[5] == 2.0
+
+
+def _fixed_generators(seeds):
+    return lambda i: torch.Generator().manual_seed(seeds[i])
+
+
+@pytest.mark.parametrize("rescale", ["inverse_density", "l1", "none"])
+def test_dare_linear_drops_with_the_seeded_mask_and_rescales(rescale):
+    torch.manual_seed(1)
+    base, a, b = torch.randn(3, 50, 40)
+    out = merge("dare_linear", [a, b], base, _fixed_generators([11, 12]), weights=[0.6, 0.4], density=0.3,
+                rescale=rescale)
+    expected = base.clone()
+    levels = round(0.3 * 65536)  # the keep probability is density to 1/65536: 16 random bits a draw
+    for delta, w, seed in ((a - base, 0.6, 11), (b - base, 0.4, 12)):
+        words = torch.randint(-2**63, 2**63 - 1, (500,), dtype=torch.int64,
+                              generator=torch.Generator().manual_seed(seed))
+        uniform16 = words.view(torch.int16).view(50, 40).to(torch.int32) + 32768  # in [0, 65536)
+        kept = delta * (uniform16 < levels)
+        scale = {"inverse_density": 65536 / levels, "l1": delta.abs().sum() / kept.abs().sum(),
+                 "none": 1.0}[rescale]
+        expected += w * kept * scale
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_dare_rescaled_by_inverse_density_is_unbiased():
+    torch.manual_seed(2)
+    base, a = torch.zeros(2000), torch.randn(2000)
+    outs = torch.stack([merge("dare_linear", [a, a], base, _fixed_generators([s, s + 1000]), density=0.2)
+                        for s in range(200)])
+    slope = float((outs.mean(0) * a).sum() / (a * a).sum())  # E[mask / p] = 1, so E[out] = 2a
+    assert abs(slope - 2.0) < 0.05, slope                   # without the rescale it would be 0.4
+    assert 0.15 < float((outs[0] != 0).float().mean()) < 0.45  # two independent 20% masks
+
+
+def test_dare_ties_elects_signs_on_dropped_deltas():
+    base = torch.zeros(4)
+    a, b = torch.tensor([1.0, -2.0, 3.0, -4.0]), torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    out = merge("dare_ties", [a, b], base, _fixed_generators([0, 0]), density=1.0)  # nothing dropped
+    # entry 0 sums to 0, which elects +: only a's +1 is kept (no normalising: dare_ties' default)
+    assert torch.allclose(out, torch.tensor([1.0, -2.0, 4.0, -4.0]))
+
+
+def test_breadcrumbs_drops_outliers_and_smallest():
+    base = torch.zeros(10)
+    a = torch.arange(1.0, 11.0)  # magnitudes 1..10
+    out = merge("breadcrumbs", [a, base], base, density=0.6, gamma=0.2)
+    # keep 6, drop the 2 largest (10, 9) and so the 2 smallest (1, 2); b contributes nothing
+    assert torch.equal(out, torch.tensor([0, 0, 3, 4, 5, 6, 7, 8, 0, 0.0]))
+
+
+def test_della_keep_probability_grows_with_magnitude_rank():
+    from glue_bench.merge.sparsify import rank_keep
+
+    row = torch.tensor([[0.1, -0.4, 0.3, 0.2, -0.5]])
+    kept = rank_keep(row, 0.5, 0.2, "inverse_density", torch.Generator().manual_seed(7))
+    ranks = [0, 3, 2, 1, 4]  # by |value|
+    probability = torch.tensor([[0.3 + r / 4 * 0.4 for r in ranks]])
+    keep = torch.rand(row.shape, generator=torch.Generator().manual_seed(7)) < probability
+    assert torch.allclose(kept, row * keep / probability)
+
+
+def test_slerp_follows_the_great_circle():
+    v0, v1 = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    out = merge("slerp", [v0, v1], t=1 / 3)  # 30 degrees along a quarter circle of radius 2
+    assert torch.allclose(out, 2 * torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]), atol=1e-6)
+    nearly_parallel = torch.tensor([1.0, 1e-3])
+    lerp = merge("slerp", [torch.tensor([1.0, 0.0]), nearly_parallel], t=0.25)
+    assert torch.allclose(lerp, 0.75 * torch.tensor([1.0, 0.0]) + 0.25 * nearly_parallel)
+
+
+def test_nuslerp_uses_t_from_the_weights():
+    v0, v1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    out = merge("nuslerp", [v0, v1], weights=[2.0, 1.0])  # t = 1/3
+    assert torch.allclose(out, torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["multislerp", "karcher"])
+def test_spherical_means_of_orthogonal_directions(name):
+    e = torch.eye(3) * torch.tensor([[1.0], [2.0], [3.0]])  # orthogonal, norms 1, 2, 3
+    out = merge(name, list(e))
+    # by symmetry the mean direction is (1,1,1)/sqrt(3); the norm is the mean norm, 2
+    assert torch.allclose(out, 2 * torch.ones(3) / math.sqrt(3), atol=1e-4)
+
+
+def test_karcher_mean_of_two_is_the_geodesic_midpoint():
+    out = merge("karcher", [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], weights=[3.0, 1.0])
+    angle = math.pi / 2 * 0.25  # weights 3:1 put the mean a quarter of the way along
+    assert torch.allclose(out, torch.tensor([math.cos(angle), math.sin(angle)]), atol=1e-4)
+
+
+def test_model_stock_ratio_from_the_angle_between_task_vectors():
+    base = torch.tensor([1.0, 1.0, 0.0])
+    a, b = base + torch.tensor([1.0, 0.0, 0.0]), base + torch.tensor([0.5, 0.5 * math.sqrt(3), 0.0])
+    cos = 0.5  # 60 degrees apart
+    t = 2 * cos / (1 + cos)
+    expected = t * (a + b) / 2 + (1 - t) * base
+    assert torch.allclose(merge("model_stock", [a, b], base), expected, atol=1e-6)
+
+
+def test_passthrough_scales_one_model():
+    a = torch.tensor([1.0, -2.0])
+    assert torch.equal(merge("passthrough", [a], scale=0.5), torch.tensor([0.5, -1.0]))
+    with pytest.raises(MergeError, match="at most 1 model"):
+        get_method("passthrough").validate({}, 2)
+
+
+def test_depth_lists_interpolate_like_mergekit_gradients():
+    assert at_depth([0.0, 1.0], 0.25) == 0.25
+    assert at_depth([0.0, 1.0, 0.0], 0.75) == 0.5
+    assert at_depth([0.2, 0.4], 1.0) == 0.4 and at_depth(0.3, 0.6) == 0.3
+
+
+@pytest.mark.parametrize("name, params, n, message", [
+    ("ties", {"density": 0}, 2, r"ties.density = 0: must be > 0"),
+    ("ties", {"density": 1.5}, 2, r"ties.density = 1.5: must be <= 1"),
+    ("ties", {"density": [0.5, [0.2, 2.0]]}, 2, r"ties.density\[1\]\[1\] = 2.0: must be <= 1"),
+    ("ties", {"weights": [1, 1, 1]}, 2, r"ties.weights: 3 values given for 2 models"),
+    ("ties", {"densty": 0.5}, 2, r"ties: unknown parameter\(s\) densty"),
+    ("dare_ties", {"seed": -1}, 2, r"dare_ties.seed = -1: must be >= 0"),
+    ("dare_ties", {"rescale": "l2"}, 2, r"dare_ties.rescale = 'l2': must be one of inverse_density, l1, none"),
+    ("slerp", {"t": 0.5}, 3, r"slerp: takes at most 2 model\(s\), got 3"),
+    ("slerp", {"t": 1.2}, 2, r"slerp.t = 1.2: must be <= 1"),
+    ("linear", {"weights": [-1.0, 1.0]}, 2, r"linear.weights\[0\] = -1.0: must be >= 0"),
+    ("linear", {"weights": [float("nan"), 1.0]}, 2, r"linear.weights\[0\] = nan: must be a finite number"),
+    ("linear", {"normalize": "yes"}, 2, r"linear.normalize = 'yes': must be true or false"),
+    ("model_stock", {}, 1, r"model_stock: needs at least 2 model\(s\), got 1"),
+])
+def test_bad_parameters_are_refused_with_one_line(name, params, n, message):
+    with pytest.raises(MergeError, match=message) as err:
+        get_method(name).validate(params, n)
+    assert "\n" not in str(err.value)
+
+
+def test_della_density_and_epsilon_must_stay_inside_the_unit_interval():
+    method = get_method("della")
+    resolved = resolve(method.validate({"density": 0.9, "epsilon": 0.15}, 2), method.params, 0.0)
+    with pytest.raises(MergeError, match=r"della: density \+- epsilon = 0.9 \+- 0.15"):
+        method.check(resolved)
+
+
+# the method configs may differ from the registered defaults only where they say why
+DELIBERATE = {("task_arithmetic", "normalize"), ("dare_linear", "normalize"), ("dare_ties", "normalize"),
+              ("breadcrumbs", "normalize"), ("breadcrumbs_ties", "normalize"), ("della_linear", "normalize")}
+
+
+def test_every_method_has_a_config_listing_its_parameters_and_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from glue_bench.merge import METHODS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method"
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in conf.glob("*.yaml") if p.stem != "none"}
+    get_method("linear")
+    assert set(configs) == set(METHODS)
+    for name, config in configs.items():
+        method = METHODS[name]
+        assert config["name"] == name
+        assert set(config["params"]) == {p.name for p in method.params}, name
+        method.validate(config["params"], method.max_models or 2)
+        for p in method.params:
+            if (name, p.name) not in DELIBERATE:
+                assert config["params"][p.name] == p.default, (name, p.name)
