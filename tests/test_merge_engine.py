@@ -164,3 +164,14 @@ def test_vocabularies_that_disagree_are_refused(dirs, tmp_path):
     (tmp_path / "other" / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(MergeError, match=r"different tokenizers \(token id 5 is"):
         check_compatible([TensorSource("a", dirs["chat_a"]), TensorSource("other", tmp_path / "other")])
+
+
+@pytest.mark.parametrize("method, params", [("ties", {"density": 0.4}), ("dare_ties", {"density": 0.4, "seed": 3})])
+def test_cached_sparsified_task_vectors_give_the_same_merges(dirs, method, params):
+    cached = Merger(sources(dirs), method, TensorSource("base", dirs["base"]), cache=True)
+    for weights in ([0.2, 0.5], [0.9, 0.1], [0.9, 0.1]):
+        ours = dict(cached.tensors({**params, "weights": weights}))
+        fresh = dict(Merger(sources(dirs), method, TensorSource("base", dirs["base"]))
+                     .tensors({**params, "weights": weights}))
+        assert all(torch.equal(ours[k], fresh[k]) for k in fresh)
+    assert cached._memo and all(len(m) == 2 for m in cached._memo.values())  # one per model, reused

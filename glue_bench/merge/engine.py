@@ -166,6 +166,10 @@ def check_shared_vocab(sources: list[TensorSource]) -> None:
                                  f"their embeddings cannot be merged")
 
 
+def _memo_bytes(memo: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in memo.values())
+
+
 def _seed(seed: int, key: str, model_index: int) -> int:
     digest = hashlib.blake2b(f"{seed}\0{key}\0{model_index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -191,6 +195,7 @@ class Merger:
         self.cache_budget = cache_budget_bytes if cache_budget_bytes is not None else _free_bytes(self.device) // 2
         self._cached: dict[str, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
         self._cached_bytes = 0
+        self._memo: dict[str, dict] = {}
         self._base_checked = False
         self.progress = progress
         self.timings: dict[str, float] = {}
@@ -238,10 +243,16 @@ class Merger:
                 kwargs["base"] = base
             if self.method.randomized:
                 kwargs["generator"] = self._generators(checked["seed"], key)
+            memo = self._memo_for(key) if self.method.memoizes else None
+            if memo is not None:
+                kwargs["memo"] = memo
+                memo_before = _memo_bytes(memo)
             try:
                 merged = self._merge_rows(key, inputs, kwargs)
             except MergeError as err:
                 raise MergeError(f"{err} (tensor {key!r})") from None
+            if memo is not None:
+                self._cached_bytes += _memo_bytes(memo) - memo_before
             t2 = time.perf_counter()
             read_s += t1 - t0
             merge_s += t2 - t1
@@ -267,6 +278,13 @@ class Merger:
             self._cached[key] = (inputs, base)
             self._cached_bytes += 4 * size
         return inputs, base if uses_base else None
+
+    def _memo_for(self, key: str) -> dict | None:
+        """Where a method may keep per-tensor work that does not depend on the weights (sparsified
+        task vectors): only for cached tensors, and only while the cache budget allows."""
+        if key not in self._cached or self._cached_bytes >= self.cache_budget:
+            return None
+        return self._memo.setdefault(key, {})
 
     def _load(self, source: TensorSource, key: str) -> torch.Tensor:
         return source.get(key).to(self.device, torch.float32)

@@ -48,6 +48,23 @@ def linear(tensors, weights, normalize):
 
 # ---- task arithmetic and its sparsified / sign-elected variants ------------------------------
 
+def _task_vectors(tensors, base, specs, sparsify, memo):
+    """Each model's task vector (theta_i - base), sparsified by sparsify(i, delta). specs[i] names
+    model i's sparsification (method and its parameters): with a memo (the engine's cache, kept
+    across candidates of a search) a task vector already sparsified the same way is reused."""
+    deltas = []
+    for i, (tensor, spec) in enumerate(zip(tensors, specs)):
+        kept = memo.get((i, spec)) if memo is not None else None
+        if kept is None:
+            kept = sparsify(i, tensor - base)
+            if memo is not None:
+                memo[(i, spec)] = kept.clone()
+        else:
+            kept = kept.clone()  # _combine overwrites its deltas
+        deltas.append(kept)
+    return deltas
+
+
 def _combine(deltas, base, weights, lambda_, normalize, sign_consensus):
     """base + lambda * (sum_i w_i delta_i) / divisor, over the entries that agree with the elected
     sign when sign_consensus (TIES); divisor = sum of the (agreeing) weights when normalize.
@@ -83,31 +100,34 @@ def task_arithmetic(tensors, base, weights, normalize, **params):
     return _combine([t - base for t in tensors], base, weights, params["lambda"], normalize, False)
 
 
-@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required")
-def ties(tensors, base, weights, density, normalize, **params):
+@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True)
+def ties(tensors, base, weights, density, normalize, memo=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
-    deltas = [top_magnitude(t - base, d) for t, d in zip(tensors, density)]
+    deltas = _task_vectors(tensors, base, [("top", d) for d in density],
+                           lambda i, delta: top_magnitude(delta, density[i]), memo)
     return _combine(deltas, base, weights, params["lambda"], normalize, True)
 
 
-def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus):
-    deltas = [random_keep(t - base, d, rescale, generator(i))
-              for i, (t, d) in enumerate(zip(tensors, density))]
+def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed):
+    deltas = _task_vectors(tensors, base, [("random", d, rescale, seed) for d in density],
+                           lambda i, delta: random_keep(delta, density[i], rescale, generator(i)), memo)
     return _combine(deltas, base, weights, lambda_, normalize, consensus)
 
 
 @register("dare_linear", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True)
-def dare_linear(tensors, base, weights, density, normalize, rescale, generator, **params):
+          randomized=True, memoizes=True)
+def dare_linear(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, **params):
     """DARE: drop each task-vector entry with probability 1 - density, rescale, add up."""
-    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], False)
+    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], False,
+                 memo, seed)
 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True)
-def dare_ties(tensors, base, weights, density, normalize, rescale, generator, **params):
+          randomized=True, memoizes=True)
+def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, **params):
     """DARE's random drop, then TIES's sign election."""
-    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], True)
+    return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], True,
+                 memo, seed)
 
 
 _BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept", per_model=True,
