@@ -184,10 +184,17 @@ def test_bad_parameters_are_refused_with_one_line(name, params, n, message):
     assert "\n" not in str(err.value)
 
 
+def test_all_zero_weights_are_refused_before_any_tensor_is_read():
+    method = get_method("linear")
+    with pytest.raises(MergeError, match=r"weights are all zero"):
+        method.check(resolve(method.validate({"weights": [0.0, 0.0]}, 2), method.params, 0.0))
+    method.check(resolve(method.validate({"weights": [0.0, 0.0], "normalize": False}, 2), method.params, 0.0))
+
+
 def test_della_density_and_epsilon_must_stay_inside_the_unit_interval():
     method = get_method("della")
     resolved = resolve(method.validate({"density": 0.9, "epsilon": 0.15}, 2), method.params, 0.0)
-    with pytest.raises(MergeError, match=r"della: density \+- epsilon = 0.9 \+- 0.15"):
+    with pytest.raises(MergeError, match=r"density \+- epsilon = 0.9 \+- 0.15"):
         method.check(resolved)
 
 

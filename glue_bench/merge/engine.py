@@ -218,7 +218,10 @@ class Merger:
                 self._base_checked = True
         if self.method.check:  # cross-parameter checks, before any tensor is read
             for t in {self._depth(k) for k in self.keys}:
-                self.method.check(resolve(checked, self.method.params, t))
+                try:
+                    self.method.check(resolve(checked, self.method.params, t))
+                except MergeError as err:
+                    raise MergeError(f"{self.method.name}: {err}") from None
         return checked, uses_base
 
     # ---- the merge ---------------------------------------------------------------------------

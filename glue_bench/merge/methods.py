@@ -34,12 +34,15 @@ USE_BASE = Param("use_base", False, "interpolate task vectors from the zoo's bas
                  kind=bool)
 
 
-@register("linear", (POSITIVE_WEIGHTS, NORMALIZE))
+def _check_weights_not_all_zero(resolved):
+    if resolved.get("normalize", True) and sum(resolved["weights"]) == 0:
+        raise MergeError(f"weights are all zero ({resolved['weights']}): nothing to average")
+
+
+@register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero)
 def linear(tensors, weights, normalize):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
-    if total == 0:
-        raise MergeError("linear: the weights sum to zero")
     out = tensors[0] * (weights[0] / total)
     for tensor, weight in zip(tensors[1:], weights[1:]):
         out.add_(tensor, alpha=weight / total)
@@ -152,7 +155,7 @@ def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, **params
 def _check_della(resolved):
     for i, (d, e) in enumerate(zip(resolved["density"], resolved["epsilon"])):
         if d < 1 and not (0 < d - e and d + e < 1):
-            raise MergeError(f"della: density +- epsilon = {d:g} +- {e:g} must stay inside (0, 1) "
+            raise MergeError(f"density +- epsilon = {d:g} +- {e:g} must stay inside (0, 1) "
                              f"(model {i})")
 
 
@@ -247,13 +250,12 @@ def nuslerp(tensors, weights, row_wise, flatten, use_base, base=None, eps=1e-8):
 
 
 @register("karcher", (POSITIVE_WEIGHTS, Param("max_iter", 10, "iterations", kind=int, low=1),
-                      Param("tol", 1e-5, "stop when the step is smaller", low=0, low_open=True)))
+                      Param("tol", 1e-5, "stop when the step is smaller", low=0, low_open=True)),
+          check=_check_weights_not_all_zero)
 def karcher(tensors, weights, max_iter, tol):
     """Weighted Karcher (Riemannian) mean of the directions on the unit sphere, scaled by the
     weighted mean norm."""
     total = sum(weights)
-    if total == 0:
-        raise MergeError("karcher: the weights sum to zero")
     alphas = [w / total for w in weights]
     norms = [t.norm() for t in tensors]
     valid = [i for i, n in enumerate(norms) if n > tol]

@@ -28,7 +28,7 @@ def column_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def weight_similarity(a: TensorSource, b: TensorSource) -> dict[str, float]:
     """{"attention", "mlp", "all"}: mean column-wise cosine per group; NaN if shapes differ."""
     per_group: dict[str, list[float]] = {g: [] for g in GROUPS}
-    for key in sorted(set(a.file_of) & set(b.file_of)):
+    for key in sorted(set(a.entries) & set(b.entries)):
         group = next((g for g, names in GROUPS.items() if any(f".{n}." in key for n in names)), None)
         if group is None or not key.endswith(".weight"):
             continue
