@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import re
@@ -92,7 +93,7 @@ class TensorSource:
         index, dtype, shape, begin, end = self.entries[key]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
-        count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+        count = (end - begin) // dtype.itemsize
         return torch.frombuffer(self._maps[index], dtype=dtype, count=count, offset=begin).view(shape)
 
     def release(self, key: str) -> None:
@@ -116,7 +117,8 @@ def _read_json(path: Path) -> dict:
 
 def check_compatible(sources: list[TensorSource]) -> list[str]:
     """Same tensor names and shapes in every model (embeddings may differ in vocab rows, see
-    `vocab_rows`), or one line naming the first difference. Returns the tensor names."""
+    `check_shared_vocab` and `Merger._merge_rows`), or one line naming the first difference.
+    Returns the tensor names."""
     first = sources[0]
     for other in sources[1:]:
         missing = sorted(set(first.entries) ^ set(other.entries))
@@ -154,9 +156,9 @@ def check_shared_vocab(sources: list[TensorSource]) -> None:
         vocab = tok.get_vocab()
         return {i: t for t, i in vocab.items()}
 
-    first = sources[0]
+    first = max(sources, key=lambda s: s.vocab_size or 0)  # so every model's ids are compared
     first_tokens = tokens(first)
-    for other in sources[1:]:
+    for other in (s for s in sources if s is not first):
         other_tokens = tokens(other)
         shared = min(first.vocab_size, other.vocab_size)
         for i in range(shared):
@@ -213,8 +215,8 @@ class Merger:
         if uses_base:
             if self.base is None:
                 raise MergeError(f"{self.method.name}: needs the zoo's base model")
-            if not self._base_checked:
-                check_compatible(self.sources + [self.base])
+            if not self._base_checked:  # the sources agree among themselves already
+                check_compatible([self.template, self.base])
                 self._base_checked = True
         if self.method.check:  # cross-parameter checks, before any tensor is read
             for t in {self._depth(k) for k in self.keys}:
@@ -372,12 +374,10 @@ class Merger:
             shard_of = {key: i for i, keys in enumerate(shards) for key in keys}
             names = (["model.safetensors"] if len(shards) == 1 else
                      [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-            written = 0
             for key, merged in self.tensors(params):
                 pending[key] = merged.to("cpu", out_dtype).contiguous()
                 if len(pending) == len(shards[shard_of[key]]):
                     save_file(pending, staging / names[shard_of[key]], metadata={"format": "pt"})
-                    written += 1
                     pending = {}
             if len(shards) > 1:
                 index = {"metadata": {"total_size": sum(_nbytes(self.template, k, out_dtype) for k in self.keys)},
@@ -402,10 +402,7 @@ _DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16
 
 
 def _nbytes(source: TensorSource, key: str, dtype: torch.dtype) -> int:
-    numel = 1
-    for n in source.shape(key):
-        numel *= n
-    return numel * torch.empty((), dtype=dtype).element_size()
+    return math.prod(source.shape(key)) * dtype.itemsize
 
 
 def _plan_shards(source: TensorSource, keys: list[str], dtype: torch.dtype, limit: int) -> list[list[str]]:
