@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,15 +46,18 @@ def test_ties_trims_elects_signs_and_averages_agreeing_entries():
     assert torch.allclose(out, torch.tensor(expected))
 
 
-def test_ties_keeps_exactly_k_entries_even_with_tied_magnitudes():
+def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes():
     from glue_bench.merge.sparsify import top_magnitude
 
-    kept = top_magnitude(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 2.0]), 0.5)
-    assert int((kept != 0).sum()) == 3 and kept[5] == 2.0
+    kept, factor = top_magnitude(torch.tensor([1.0, -1.0, 1.0, 1.0, 0.5, 2.0]), 0.5)
+    assert factor == 1.0  # k = 3: the 2.0, then the first two of the tied 1s
+    assert kept.tolist() == [1.0, -1.0, 0.0, 0.0, 0.0, 2.0]
+    no_ties, _ = top_magnitude(torch.tensor([0.1, -3.0, 0.2, 2.0, -0.4, 0.0, 1.0, 5.0]), 0.4)  # k = 3
+    assert no_ties.tolist() == [0.0, -3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 5.0]
 
 
 def _fixed_generators(seeds):
-    return lambda i: torch.Generator().manual_seed(seeds[i])
+    return lambda i: np.random.Generator(np.random.PCG64(seeds[i]))
 
 
 @pytest.mark.parametrize("rescale", ["inverse_density", "l1", "none"])
@@ -65,9 +69,8 @@ def test_dare_linear_drops_with_the_seeded_mask_and_rescales(rescale):
     expected = base.clone()
     levels = round(0.3 * 65536)  # the keep probability is density to 1/65536: 16 random bits a draw
     for delta, w, seed in ((a - base, 0.6, 11), (b - base, 0.4, 12)):
-        words = torch.randint(-2**63, 2**63 - 1, (500,), dtype=torch.int64,
-                              generator=torch.Generator().manual_seed(seed))
-        uniform16 = words.view(torch.int16).view(50, 40).to(torch.int32) + 32768  # in [0, 65536)
+        words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(500)  # 64-bit
+        uniform16 = torch.from_numpy(words.view(np.int16).astype(np.int64) + 32768).view(50, 40)  # [0, 65536)
         kept = delta * (uniform16 < levels)
         scale = {"inverse_density": 65536 / levels, "l1": delta.abs().sum() / kept.abs().sum(),
                  "none": 1.0}[rescale]
@@ -105,10 +108,11 @@ def test_della_keep_probability_grows_with_magnitude_rank():
     from glue_bench.merge.sparsify import rank_keep
 
     row = torch.tensor([[0.1, -0.4, 0.3, 0.2, -0.5]])
-    kept = rank_keep(row, 0.5, 0.2, "inverse_density", torch.Generator().manual_seed(7))
+    kept, factor = rank_keep(row.clone(), 0.5, 0.2, "inverse_density", np.random.Generator(np.random.PCG64(7)))
+    assert factor == 1.0
     ranks = [0, 3, 2, 1, 4]  # by |value|
     probability = torch.tensor([[0.3 + r / 4 * 0.4 for r in ranks]])
-    keep = torch.rand(row.shape, generator=torch.Generator().manual_seed(7)) < probability
+    keep = torch.from_numpy(np.random.Generator(np.random.PCG64(7)).random((1, 5), dtype=np.float32)) < probability
     assert torch.allclose(kept, row * keep / probability)
 
 

@@ -3,7 +3,7 @@
 A method receives, for one tensor name, that tensor from every input model (float32, on the merge
 device), the base model's tensor when it uses one, and its parameters resolved for that tensor
 (see params.py). It returns the merged tensor and never modifies its inputs. Randomised methods
-also receive `generator(i)`, a seeded torch.Generator for model i and this tensor, so a merge is
+also receive `generator(i)`, a seeded numpy Generator for model i and this tensor, so a merge is
 reproducible whatever the order tensors are visited in. `engine.Merger` streams every tensor of
 the models through it.
 """

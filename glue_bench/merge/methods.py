@@ -43,52 +43,76 @@ def _check_weights_not_all_zero(resolved):
 def linear(tensors, weights, normalize):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
-    out = tensors[0] * (weights[0] / total)
-    for tensor, weight in zip(tensors[1:], weights[1:]):
-        out.add_(tensor, alpha=weight / total)
+    out = None
+    for tensor, weight in zip(tensors, weights):  # one model at a time: the engine streams them
+        if out is None:
+            out = tensor * (weight / total)
+        else:
+            out.add_(tensor, alpha=weight / total)
     return out
 
 
 # ---- task arithmetic and its sparsified / sign-elected variants ------------------------------
 
-def _task_vectors(tensors, base, specs, sparsify, memo):
-    """Each model's task vector (theta_i - base), sparsified by sparsify(i, delta). specs[i] names
-    model i's sparsification (method and its parameters): with a memo (the engine's cache, kept
-    across candidates of a search) a task vector already sparsified the same way is reused."""
-    deltas = []
+def _task_vectors(tensors, base, specs, sparsify, memo=None):
+    """Yields, model by model, (delta_i, factor_i): the task vector theta_i - base sparsified by
+    sparsify(i, delta), which returns it with the factor its kept entries are to be scaled by.
+    Every delta is computed into one buffer, so each is valid only until the next is asked for
+    (one buffer, not one allocation per model: less memory, and none left fragmented).
+    specs[i] names model i's sparsification (method and parameters): with a memo (the engine's
+    cache, kept across the candidates of a search) a task vector sparsified the same way before
+    is reused. The consumer must not modify what it is given."""
+    buffer = None
     for i, (tensor, spec) in enumerate(zip(tensors, specs)):
-        kept = memo.get((i, spec)) if memo is not None else None
-        if kept is None:
-            kept = sparsify(i, tensor - base)
-            if memo is not None:
-                memo[(i, spec)] = kept.clone()
-        else:
-            kept = kept.clone()  # _combine overwrites its deltas
-        deltas.append(kept)
-    return deltas
+        if memo is not None and (i, spec) in memo:
+            yield memo[(i, spec)]
+            continue
+        buffer = tensor - base if buffer is None else torch.sub(tensor, base, out=buffer)
+        delta, factor = sparsify(i, buffer)
+        if memo is not None:
+            memo[(i, spec)] = (delta.clone(), factor)
+        yield delta, factor
 
 
-def _combine(deltas, base, weights, lambda_, normalize, sign_consensus):
-    """base + lambda * (sum_i w_i delta_i) / divisor, over the entries that agree with the elected
-    sign when sign_consensus (TIES); divisor = sum of the (agreeing) weights when normalize.
-    The deltas are this method's own temporaries and are overwritten."""
-    for delta, weight in zip(deltas, weights):
-        delta.mul_(weight)
-    if sign_consensus:
-        total = deltas[0].clone()
-        for delta in deltas[1:]:
-            total.add_(delta)
-        elected = torch.where(total >= 0, 1.0, -1.0)  # a zero sum elects +, as mergekit does
-        mixed, divisor = torch.zeros_like(base), torch.zeros_like(base)
-        for delta, weight in zip(deltas, weights):
-            agrees = (delta * elected > 0).to(delta.dtype)  # zero entries never agree
-            mixed.addcmul_(delta, agrees)
-            divisor.add_(agrees, alpha=weight)
+def _dense(tensors, base):
+    return _task_vectors(tensors, base, [None] * len(tensors), lambda i, delta: (delta, 1.0))
+
+
+def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
+    """base + lambda * (sum_i w_i f_i delta_i) / divisor, from (delta_i, f_i) pairs taken one at a
+    time. Without sign_consensus the divisor is sum_i w_i (when normalize).
+
+    With sign_consensus (TIES) each entry keeps only the terms w_i f_i delta_i whose sign agrees
+    with the sign of their sum (a zero sum elects +, as mergekit does; zero terms never agree), and
+    the divisor is the sum of those terms' weights w_i. Streamed, this needs four running sums per
+    entry: all terms (`total`), the positive terms (`positive`), and of the weights, sum_i w_i
+    [term_i != 0] (`nonzero`) and sum_i w_i sign(term_i) (`signed`); the agreeing terms are then
+    the positive ones or the rest, and their weights (nonzero +- signed) / 2. All are float ops:
+    on CPU, torch's comparisons and boolean masks are about four times slower."""
+    if not sign_consensus:
+        total = torch.zeros_like(base)
+    else:  # one block: fewer allocations, so less memory left fragmented between tensors
+        total, positive, nonzero, signed, part = torch.zeros((5, *base.shape), device=base.device)
+    for (delta, factor), weight in zip(task_vectors, weights):
+        coefficient = weight * factor
+        if coefficient == 0:
+            continue  # zero terms: nothing to add, and they never agree
+        total.add_(delta, alpha=coefficient)
+        if sign_consensus:
+            # sign(term) = sign(delta) * sign(coefficient): a negative weight flips which part counts
+            torch.clamp(delta, **({"min": 0} if coefficient > 0 else {"max": 0}), out=part)
+            positive.add_(part, alpha=coefficient)
+            torch.sign(delta, out=part)
+            signed.add_(part, alpha=abs(weight))  # w_i * sign(term_i) = |w_i| * sign(delta_i)
+            nonzero.add_(part.abs_(), alpha=weight)
+    if sign_consensus:  # in place: no more memory than the loop's
+        elected_positive = total >= 0
+        mixed = torch.where(elected_positive, positive, total.sub_(positive), out=positive)
+        torch.sub(nonzero, signed, out=part)
+        divisor = torch.where(elected_positive, nonzero.add_(signed), part, out=nonzero).div_(2)
         divisor[divisor == 0] = 1
     else:
-        mixed = deltas[0]
-        for delta in deltas[1:]:
-            mixed.add_(delta)
+        mixed = total
         divisor = sum(weights)
         if abs(divisor) < 1e-8:
             divisor = 1.0
@@ -100,7 +124,7 @@ def _combine(deltas, base, weights, lambda_, normalize, sign_consensus):
 @register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required")
 def task_arithmetic(tensors, base, weights, normalize, **params):
     """base + lambda * sum_i w_i (theta_i - base)."""
-    return _combine([t - base for t in tensors], base, weights, params["lambda"], normalize, False)
+    return _combine(_dense(tensors, base), base, weights, params["lambda"], normalize, False)
 
 
 @register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True)
@@ -137,19 +161,24 @@ _BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept"
                              low=0, high=1, low_open=True)
 
 
+def _breadcrumbs(tensors, base, density, gamma):
+    return _task_vectors(tensors, base, [None] * len(density),
+                         lambda i, delta: magnitude_band(delta, density[i], gamma[i]))
+
+
 @register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required")
 def breadcrumbs(tensors, base, weights, density, gamma, normalize, **params):
     """Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add up."""
-    deltas = [magnitude_band(t - base, d, g) for t, d, g in zip(tensors, density, gamma)]
-    return _combine(deltas, base, weights, params["lambda"], normalize, False)
+    return _combine(_breadcrumbs(tensors, base, density, gamma), base, weights, params["lambda"],
+                    normalize, False)
 
 
 @register("breadcrumbs_ties", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE),
           base="required")
 def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, **params):
     """Model Breadcrumbs' band, then TIES's sign election."""
-    deltas = [magnitude_band(t - base, d, g) for t, d, g in zip(tensors, density, gamma)]
-    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+    return _combine(_breadcrumbs(tensors, base, density, gamma), base, weights, params["lambda"],
+                    normalize, True)
 
 
 def _check_della(resolved):
@@ -162,21 +191,24 @@ def _check_della(resolved):
 _DELLA = (WEIGHTS, DENSITY, EPSILON, LAMBDA, NORMALIZE, RESCALE, SEED)
 
 
+def _della(tensors, base, density, epsilon, rescale, generator):
+    return _task_vectors(tensors, base, [None] * len(density),
+                         lambda i, delta: rank_keep(delta, density[i], epsilon[i], rescale, generator(i)))
+
+
 @register("della", _DELLA, base="required", randomized=True, check=_check_della)
 def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
     """DELLA: drop task-vector entries with probabilities by magnitude rank, elect signs, average."""
-    deltas = [rank_keep(t - base, d, e, rescale, generator(i))
-              for i, (t, d, e) in enumerate(zip(tensors, density, epsilon))]
-    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+    return _combine(_della(tensors, base, density, epsilon, rescale, generator), base, weights,
+                    params["lambda"], normalize, True)
 
 
 @register("della_linear", _DELLA[:4] + (_NO_NORMALIZE,) + _DELLA[5:], base="required",
           randomized=True, check=_check_della)
 def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
     """DELLA's rank-based drop, then a plain weighted sum (no sign election)."""
-    deltas = [rank_keep(t - base, d, e, rescale, generator(i))
-              for i, (t, d, e) in enumerate(zip(tensors, density, epsilon))]
-    return _combine(deltas, base, weights, params["lambda"], normalize, False)
+    return _combine(_della(tensors, base, density, epsilon, rescale, generator), base, weights,
+                    params["lambda"], normalize, False)
 
 
 # ---- geometric methods -----------------------------------------------------------------------
@@ -185,7 +217,7 @@ def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, g
           min_models=2, max_models=2)
 def slerp(tensors, t, dot_threshold=0.9995, eps=1e-8):
     """Spherical interpolation between two models, tensor by tensor (linear when nearly parallel)."""
-    v0, v1 = tensors
+    v0, v1 = tensors[0], tensors[1]
     n0, n1 = v0.norm(), v1.norm()
     n0 = n0 if n0 > eps else torch.ones_like(n0)
     n1 = n1 if n1 > eps else torch.ones_like(n1)
@@ -201,7 +233,11 @@ def slerp(tensors, t, dot_threshold=0.9995, eps=1e-8):
 def multislerp(tensors, weights, normalize_weights, use_base, base=None, eps=1e-8):
     """Barycentric interpolation of N models on the hypersphere (through the tangent space at
     their weighted mean direction), scaled to the weighted mean norm."""
-    stacked = torch.stack([t - base for t in tensors] if use_base else tensors)
+    stacked = None
+    for i, tensor in enumerate(tensors):  # one pass over the inputs: the engine streams them
+        if stacked is None:
+            stacked = torch.empty((len(tensors), *tensor.shape), dtype=tensor.dtype, device=tensor.device)
+        stacked[i] = tensor - base if use_base else tensor
     flat = stacked.reshape(len(tensors), -1)
     w = torch.tensor(weights, dtype=flat.dtype, device=flat.device)
     if normalize_weights:
@@ -212,14 +248,14 @@ def multislerp(tensors, weights, normalize_weights, use_base, base=None, eps=1e-
     if mean.norm() < eps:
         if len(tensors) == 2:
             merged = flat[0] * w[0] + flat[1] * w[1]
-            return merged.view_as(tensors[0]) + (base if use_base else 0)
+            return merged.view_as(stacked[0]) + (base if use_base else 0)
         raise MergeError("multislerp: the weighted directions cancel out (antipodal inputs)")
     mean = mean / mean.norm()
     tangents = units - (units * mean).sum(1, keepdim=True) * mean
     step = (tangents * w[:, None]).sum(0)
     step_norm = step.norm() + eps
     merged = (mean * torch.cos(step_norm) + step * (torch.sin(step_norm) / step_norm)) * (norms[:, 0] * w).sum()
-    return merged.view_as(tensors[0]) + (base if use_base else 0)
+    return merged.view_as(stacked[0]) + (base if use_base else 0)
 
 
 @register("nuslerp", (WEIGHTS, Param("row_wise", False, "interpolate rows, not columns", kind=bool),
@@ -230,7 +266,7 @@ def nuslerp(tensors, weights, row_wise, flatten, use_base, base=None, eps=1e-8):
     row or column vectors."""
     total = sum(weights)
     t = 0.5 if abs(total) < 1e-6 else weights[1] / total
-    v0, v1 = (x - base for x in tensors) if use_base else tensors
+    v0, v1 = (tensors[0] - base, tensors[1] - base) if use_base else (tensors[0], tensors[1])
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
@@ -294,7 +330,7 @@ def model_stock(tensors, base, filter_wise):
     else:
         rows = lambda x: x.reshape(1, -1)  # noqa: E731
     w0 = rows(base)
-    deltas = [rows(t) - w0 for t in tensors]
+    deltas = [rows(t) - w0 for t in tensors]  # one pass over the inputs: the engine streams them
     cosines = []
     for i, a in enumerate(deltas):
         for b in deltas[i + 1:]:
@@ -304,7 +340,7 @@ def model_stock(tensors, base, filter_wise):
     denominator = 1 + (n - 1) * cos
     singular = denominator.abs() < 1e-6  # no finite estimate: keep the base
     ratio = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
-    average = sum(rows(t) for t in tensors) / n
+    average = w0 + sum(deltas) / n
     return (ratio * average + (1 - ratio) * w0).reshape(shape)
 
 
