@@ -169,9 +169,10 @@ def test_vocabularies_that_disagree_are_refused(dirs, tmp_path):
 @pytest.mark.parametrize("method, params", [("ties", {"density": 0.4}), ("dare_ties", {"density": 0.4, "seed": 3})])
 def test_cached_sparsified_task_vectors_give_the_same_merges(dirs, method, params):
     cached = Merger(sources(dirs), method, TensorSource("base", dirs["base"]), cache=True)
-    for weights in ([0.2, 0.5], [0.9, 0.1], [0.9, 0.1]):
+    for weights in ([0.2, 0.5], [0.9, -0.3], [0.9, 0.0], [0.9, 0.1]):
         ours = dict(cached.tensors({**params, "weights": weights}))
         fresh = dict(Merger(sources(dirs), method, TensorSource("base", dirs["base"]))
                      .tensors({**params, "weights": weights}))
-        assert all(torch.equal(ours[k], fresh[k]) for k in fresh)
-    assert cached._memo and all(len(m) == 2 for m in cached._memo.values())  # one per model, reused
+        # matrix products (cached) and running sums (streamed) add in different orders
+        assert all(torch.allclose(ours[k], fresh[k], rtol=0, atol=1e-6) for k in fresh)
+    assert cached._memo and all(len(m) == 1 for m in cached._memo.values())  # one stack, reused

@@ -46,6 +46,27 @@ def test_ties_trims_elects_signs_and_averages_agreeing_entries():
     assert torch.allclose(out, torch.tensor(expected))
 
 
+@pytest.mark.parametrize("weights", [[0.7, 0.2, 1.3], [0.7, -0.4, 1.3], [0.0, 0.5, 2.0]])
+def test_ties_with_any_weights_follows_the_entrywise_definition(weights):
+    torch.manual_seed(3)
+    base, *models = torch.randn(4, 7, 6)
+    out = merge("ties", models, base, weights=weights, density=0.4, **{"lambda": 0.9})
+    k = int(0.4 * 42)
+    expected = torch.empty(42)
+    trimmed = []
+    for model, weight in zip(models, weights):
+        delta = (model - base).flatten()
+        keep = set(delta.abs().argsort(descending=True)[:k].tolist())
+        trimmed.append([weight * float(delta[j]) if j in keep else 0.0 for j in range(42)])
+    for j in range(42):  # terms w_i delta_ij; those with the sign of their sum; their weights
+        terms = [t[j] for t in trimmed]
+        sign = 1.0 if sum(terms) >= 0 else -1.0
+        agreeing = [(term, w) for term, w in zip(terms, weights) if term != 0 and math.copysign(1, term) == sign]
+        divisor = sum(w for _, w in agreeing) or 1.0
+        expected[j] = float(base.flatten()[j]) + 0.9 * sum(term for term, _ in agreeing) / divisor
+    assert torch.allclose(out.flatten(), expected, atol=1e-5)
+
+
 def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes():
     from glue_bench.merge.sparsify import top_magnitude
 

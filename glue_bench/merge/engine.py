@@ -201,7 +201,7 @@ class _Inputs:
 
 
 def _memo_bytes(memo: dict) -> int:
-    return sum(delta.numel() * delta.element_size() for delta, _ in memo.values())
+    return sum(value.nbytes for value in memo.values())
 
 
 def _seed(seed: int, key: str, model_index: int) -> int:

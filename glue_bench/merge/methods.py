@@ -9,6 +9,8 @@ mergekit's behaviour (see sparsify.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from glue_bench.merge import MergeError, register
@@ -54,33 +56,59 @@ def linear(tensors, weights, normalize):
 
 # ---- task arithmetic and its sparsified / sign-elected variants ------------------------------
 
-def _task_vectors(tensors, base, specs, sparsify, memo=None):
+def _task_vectors(tensors, base, sparsify):
     """Yields, model by model, (delta_i, factor_i): the task vector theta_i - base sparsified by
     sparsify(i, delta), which returns it with the factor its kept entries are to be scaled by.
     Every delta is computed into one buffer, so each is valid only until the next is asked for
-    (one buffer, not one allocation per model: less memory, and none left fragmented).
-    specs[i] names model i's sparsification (method and parameters): with a memo (the engine's
-    cache, kept across the candidates of a search) a task vector sparsified the same way before
-    is reused. The consumer must not modify what it is given."""
+    (one buffer, not one allocation per model: less memory, and none left fragmented)."""
     buffer = None
-    for i, (tensor, spec) in enumerate(zip(tensors, specs)):
-        if memo is not None and (i, spec) in memo:
-            yield memo[(i, spec)]
-            continue
+    for i, tensor in enumerate(tensors):
         buffer = tensor - base if buffer is None else torch.sub(tensor, base, out=buffer)
-        delta, factor = sparsify(i, buffer)
-        if memo is not None:
-            memo[(i, spec)] = (delta.clone(), factor)
-        yield delta, factor
+        yield sparsify(i, buffer)
 
 
 def _dense(tensors, base):
-    return _task_vectors(tensors, base, [None] * len(tensors), lambda i, delta: (delta, 1.0))
+    return _task_vectors(tensors, base, lambda i, delta: (delta, 1.0))
+
+
+@dataclass
+class _Stack:
+    """Every model's sparsified task vector for one tensor, as rows of one matrix, with what the
+    sign election reads. Kept in the engine's cache across the candidates of a search: a new
+    weight vector then costs one matrix-vector product per running sum of `_combine`."""
+    deltas: torch.Tensor                   # [N, n]
+    factors: list[float]
+    positive_parts: torch.Tensor | None    # max(deltas, 0)
+    signs: torch.Tensor | None             # sign(deltas)
+    nonzero: torch.Tensor | None           # |sign(deltas)|
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.deltas, self.positive_parts, self.signs,
+                                                          self.nonzero) if t is not None)
+
+
+def _sparsified(tensors, base, sparsify, memo, key, sign_consensus):
+    """The task vectors, streamed; or with a memo (the engine's cache for this tensor), stacked
+    once per sparsification `key` (method and parameters, which the weights are not) and reused."""
+    if memo is None:
+        return _task_vectors(tensors, base, sparsify)
+    key = (key, sign_consensus)
+    if key not in memo:
+        deltas = torch.empty((len(tensors), base.numel()), dtype=base.dtype, device=base.device)
+        factors = []
+        for row, (delta, factor) in zip(deltas, _task_vectors(tensors, base, sparsify)):
+            row.copy_(delta.view(-1))
+            factors.append(factor)
+        signs = torch.sign(deltas) if sign_consensus else None
+        memo[key] = _Stack(deltas, factors, deltas.clamp(min=0) if sign_consensus else None, signs,
+                           signs.abs() if sign_consensus else None)
+    return memo[key]
 
 
 def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
     """base + lambda * (sum_i w_i f_i delta_i) / divisor, from (delta_i, f_i) pairs taken one at a
-    time. Without sign_consensus the divisor is sum_i w_i (when normalize).
+    time (or a `_Stack` of them). Without sign_consensus the divisor is sum_i w_i (when normalize).
 
     With sign_consensus (TIES) each entry keeps only the terms w_i f_i delta_i whose sign agrees
     with the sign of their sum (a zero sum elects +, as mergekit does; zero terms never agree), and
@@ -89,6 +117,26 @@ def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
     [term_i != 0] (`nonzero`) and sum_i w_i sign(term_i) (`signed`); the agreeing terms are then
     the positive ones or the rest, and their weights (nonzero +- signed) / 2. All are float ops:
     on CPU, torch's comparisons and boolean masks are about four times slower."""
+    sums = _stacked_sums if isinstance(task_vectors, _Stack) else _streamed_sums
+    total, positive, nonzero, signed = sums(task_vectors, base, weights, sign_consensus)
+    if sign_consensus:  # float ops, in place: exact, as each product below is by 1, -1 or 0
+        elected = torch.sign(total).add_(0.5).sign_()   # +1 where the sum is >= 0, else -1
+        divisor = nonzero.add_(signed.mul_(elected)).div_(2)
+        negative = total.sub_(positive)
+        elected_positive = elected.clamp_(min=0)        # 1 or 0
+        mixed = positive.mul_(elected_positive).add_(negative.mul_(elected_positive.sub_(1).neg_()))
+        divisor.add_(torch.sign(divisor).abs_().sub_(1).neg_())  # 0 (no agreeing term) -> 1
+    else:
+        mixed = total
+        divisor = sum(weights)
+        if abs(divisor) < 1e-8:
+            divisor = 1.0
+    if normalize:
+        mixed.div_(divisor)
+    return mixed.mul_(lambda_).add_(base)
+
+
+def _streamed_sums(task_vectors, base, weights, sign_consensus):
     if not sign_consensus:
         total = torch.zeros_like(base)
     else:  # one block: fewer allocations, so less memory left fragmented between tensors
@@ -105,20 +153,26 @@ def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
             torch.sign(delta, out=part)
             signed.add_(part, alpha=abs(weight))  # w_i * sign(term_i) = |w_i| * sign(delta_i)
             nonzero.add_(part.abs_(), alpha=weight)
-    if sign_consensus:  # in place: no more memory than the loop's
-        elected_positive = total >= 0
-        mixed = torch.where(elected_positive, positive, total.sub_(positive), out=positive)
-        torch.sub(nonzero, signed, out=part)
-        divisor = torch.where(elected_positive, nonzero.add_(signed), part, out=nonzero).div_(2)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = total
-        divisor = sum(weights)
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-    if normalize:
-        mixed.div_(divisor)
-    return mixed.mul_(lambda_).add_(base)
+    return (total, positive, nonzero, signed) if sign_consensus else (total, None, None, None)
+
+
+def _stacked_sums(stack, base, weights, sign_consensus):
+    """The same sums as `_streamed_sums`, each one product of a coefficient vector and a matrix.
+    The positive terms: c_i max(delta_i, 0) where c_i > 0, c_i min(delta_i, 0) = c_i delta_i -
+    c_i max(delta_i, 0) where c_i < 0; together |c| @ max(deltas, 0) + min(c, 0) @ deltas."""
+    def vector(values):
+        return torch.tensor(values, dtype=base.dtype, device=base.device)
+
+    coefficients = vector([w * f for w, f in zip(weights, stack.factors)])
+    total = (coefficients @ stack.deltas).view_as(base)
+    if not sign_consensus:
+        return total, None, None, None
+    active = vector([w if w * f != 0 else 0.0 for w, f in zip(weights, stack.factors)])
+    positive = coefficients.abs() @ stack.positive_parts
+    if (coefficients < 0).any():
+        positive += coefficients.clamp(max=0) @ stack.deltas
+    return (total, positive.view_as(base), (active @ stack.nonzero).view_as(base),
+            (active.abs() @ stack.signs).view_as(base))
 
 
 @register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required")
@@ -130,14 +184,14 @@ def task_arithmetic(tensors, base, weights, normalize, **params):
 @register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True)
 def ties(tensors, base, weights, density, normalize, memo=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
-    deltas = _task_vectors(tensors, base, [("top", d) for d in density],
-                           lambda i, delta: top_magnitude(delta, density[i]), memo)
+    deltas = _sparsified(tensors, base, lambda i, delta: top_magnitude(delta, density[i]), memo,
+                         ("top", tuple(density)), True)
     return _combine(deltas, base, weights, params["lambda"], normalize, True)
 
 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed):
-    deltas = _task_vectors(tensors, base, [("random", d, rescale, seed) for d in density],
-                           lambda i, delta: random_keep(delta, density[i], rescale, generator(i)), memo)
+    deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
+                         memo, ("random", tuple(density), rescale, seed), consensus)
     return _combine(deltas, base, weights, lambda_, normalize, consensus)
 
 
@@ -162,8 +216,7 @@ _BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept"
 
 
 def _breadcrumbs(tensors, base, density, gamma):
-    return _task_vectors(tensors, base, [None] * len(density),
-                         lambda i, delta: magnitude_band(delta, density[i], gamma[i]))
+    return _task_vectors(tensors, base, lambda i, delta: magnitude_band(delta, density[i], gamma[i]))
 
 
 @register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required")
@@ -192,8 +245,8 @@ _DELLA = (WEIGHTS, DENSITY, EPSILON, LAMBDA, NORMALIZE, RESCALE, SEED)
 
 
 def _della(tensors, base, density, epsilon, rescale, generator):
-    return _task_vectors(tensors, base, [None] * len(density),
-                         lambda i, delta: rank_keep(delta, density[i], epsilon[i], rescale, generator(i)))
+    return _task_vectors(tensors, base, lambda i, delta: rank_keep(delta, density[i], epsilon[i], rescale,
+                                                                   generator(i)))
 
 
 @register("della", _DELLA, base="required", randomized=True, check=_check_della)
