@@ -1,0 +1,1 @@
+"""Choosing what to merge: clustering a zoo into mergeable families (cluster.py)."""
