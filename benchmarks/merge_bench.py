@@ -1,6 +1,6 @@
 """How fast and how lean glue_bench's merges are, side by side with a bandwidth baseline and mergekit.
 
-    python benchmarks/merge_bench.py [--zoo mini8] [--methods linear ties dare_ties] [--repeats 9]
+    python benchmarks/merge_bench.py [--zoo mini8] [--methods linear ties dare_ties] [--repeats 9] [--threads N]
 
 For each method, over the zoo's members (and its base, for task-vector methods), on this machine:
 (a) throughput of one streamed merge into an in-memory model, in GB/s of input weights read, and
@@ -146,7 +146,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--loop", type=int, default=10, help="coefficient vectors in the search loop")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     members, base_dir = zoo_dirs(args.zoo, args.size)
     dirs = list(members.values())

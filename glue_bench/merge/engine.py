@@ -204,9 +204,12 @@ def _memo_bytes(memo: dict) -> int:
     return sum(value.nbytes for value in memo.values())
 
 
-def _seed(seed: int, key: str, model_index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}\0{key}\0{model_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+def _pcg64_state(seed: int, key: str, model_index: int) -> dict:
+    """A PCG64 state (128-bit state, odd 128-bit increment) hashed from (seed, tensor, model)."""
+    digest = hashlib.blake2b(f"{seed}\0{key}\0{model_index}".encode(), digest_size=32).digest()
+    return {"bit_generator": "PCG64", "has_uint32": 0, "uinteger": 0,
+            "state": {"state": int.from_bytes(digest[:16], "little"),
+                      "inc": int.from_bytes(digest[16:], "little") | 1}}
 
 
 class Merger:
@@ -328,11 +331,16 @@ class Merger:
 
     @staticmethod
     def _generators(seed: int, key: str):
-        # numpy's PCG64, drawn on the CPU whatever the merge device: the same seed gives the same
-        # masks on CPU and CUDA (torch's CPU and CUDA generators differ), and it is about twice as
-        # fast as torch's CPU generator
+        """generator(i): model i's numpy Generator for this tensor. numpy's PCG64, on the CPU
+        whatever the merge device, so the same seed gives the same masks on CPU and CUDA (torch's
+        CPU and CUDA generators differ). One bit generator per tensor, set to model i's hashed
+        state on each call (a tenth of the cost of seeding a new one): a model's generator is
+        valid until the next model's is asked for, which is how the methods use them."""
+        bits = np.random.PCG64(0)
+
         def generator(model_index: int) -> np.random.Generator:
-            return np.random.Generator(np.random.PCG64(_seed(seed, key, model_index)))
+            bits.state = _pcg64_state(seed, key, model_index)
+            return np.random.Generator(bits)
         return generator
 
     def _merge_rows(self, key: str, inputs: list[torch.Tensor], kwargs: dict) -> torch.Tensor:
