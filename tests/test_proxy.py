@@ -20,12 +20,14 @@ def test_draw_is_seeded_sized_and_disjoint_from_the_final_items(tasks_dir):
     assert proxy.items != ProxySet.draw(tasks_dir, tasks, size=30, seed=2).items
     for task in tasks:
         chosen, final = set(proxy.items[task]), set(proxy.final[task])
-        assert len(chosen) == min(30, proxy.sizes[task]) and not chosen & final
+        assert len(chosen) == 30 and not chosen & final
         assert chosen | final == set(range(proxy.sizes[task]))
     # one task's items do not depend on which other tasks are drawn
     assert ProxySet.draw(tasks_dir, ["mini_gsm8k"], size=30, seed=1).items["mini_gsm8k"] == proxy.items["mini_gsm8k"]
     with pytest.raises(EvalError, match="proxy size must be >= 1"):
         ProxySet.draw(tasks_dir, tasks, size=0)
+    with pytest.raises(EvalError, match="would leave no final test items for mini_humaneval"):
+        ProxySet.draw(tasks_dir, tasks, size=proxy.sizes["mini_humaneval"])
 
 
 def test_score_is_the_mean_primary_metric_on_exactly_the_proxy_documents(tasks_dir):

@@ -1,7 +1,7 @@
 """The proxy set: the fitness every search (heuristic or evolutionary) optimises.
 
-A small, fixed, seeded subset of each task's test split (`size` documents per task, or all when
-the split is smaller), as the study's tinyBenchmarks subsets are of the real test sets. Unlike the
+A small, fixed, seeded subset of each task's test split (`size` documents per task, fewer than
+the split holds), as the study's tinyBenchmarks subsets are of the real test sets. Unlike the
 study, the final scores of a selective merge are to be read on the test items *outside* the proxy
 set (`ProxySet.final`), so a search never sees the items it is judged on.
 
@@ -38,6 +38,9 @@ class ProxySet:
         if size < 1:
             raise EvalError(f"proxy size must be >= 1, got {size}")
         sizes = split_sizes(tasks_dir, tasks)
+        for task, n in sizes.items():
+            if size >= n:
+                raise EvalError(f"proxy size {size} would leave no final test items for {task} ({n} items)")
         # one generator per task, seeded by (seed, task): a task's items do not depend on the others
         items = {t: tuple(sorted(random.Random(f"{seed}:{t}").sample(range(n), min(size, n))))
                  for t, n in sizes.items()}
