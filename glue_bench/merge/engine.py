@@ -1,18 +1,18 @@
 """The streaming merge engine: tensor by tensor, never all input models in memory.
 
 `TensorSource` memory-maps a model's safetensors files and hands out tensors as zero-copy views;
-once a tensor has been merged its pages are dropped from the process (madvise), so reading N
-models costs no more resident memory than the tensors being merged at that moment.
+once a tensor has been read its pages are dropped from the process (madvise), so reading N models
+costs no more resident memory than the tensors being merged at that moment.
 
 `Merger` merges one set of models with one method, as often as asked: for each tensor name it
-reads that tensor from every input (and the base, for methods that use it), moves it to the merge
-device in float32, applies the method and hands the result to the output: an in-memory model
-(`to_model`) or a sharded HF checkpoint (`save`). With `cache=True` the inputs stay on the device
-between calls, within a memory budget, so a search loop pays one pass of arithmetic per new
-parameter vector instead of a reload.
+hands the method that tensor of every input (`_Inputs`: read, in float32 on the merge device, when
+the method asks; dropped once the method's loop moves past it) and the base's, and passes the
+result to the output: an in-memory model (`to_model`) or a sharded HF checkpoint (`save`). With
+`cache=True` the inputs stay on the device between calls, within a memory budget (and methods may
+keep per-tensor work in `memo`), so a search loop pays arithmetic, not a reload, per candidate.
 
-Peak memory of one in-memory merge: the output model, plus one tensor per input model and the
-method's temporaries for that tensor.
+Peak memory of one in-memory merge: the output model, plus the tensors the method holds at once
+(one input and a few accumulators for the task-vector methods; all inputs for e.g. multislerp).
 """
 
 from __future__ import annotations
