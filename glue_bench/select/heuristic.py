@@ -1,0 +1,120 @@
+"""The study's greedy selective merges, on the proxy set.
+
+The zoo's models are sorted by their own proxy score; the running merge starts as the best one,
+and each next model is tried in that order:
+- `average`: merged in with weight 1/(k+1), the running merge keeping k/(k+1), k being the number
+  of models the running merge holds;
+- `coefficient`: the running merge's share is searched over a grid ({0.1, ..., 0.9} by default)
+  and the best share is the one tried.
+A model is kept only if the proxy score of the merge does not drop; what is kept is the merge with
+the best share (the study's release kept the last one of the grid: not repeated here). Every step
+is recorded: candidate, each share tried and its score, kept or not.
+
+The merge of the running weights is any weighted method of the engine (`linear` as in the study;
+TIES, DARE, ... with their other parameters fixed). `heuristic_similarity` (candidates ordered by
+their similarity to the running merge) is not implemented yet and says so.
+
+    python -m glue_bench.select.heuristic --zoo mini8 --kind average --allow-code-execution
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
+KINDS = ("average", "coefficient")
+
+
+@dataclass
+class Step:
+    candidate: str
+    tried: dict[float, float]      # share of the running merge -> proxy score of the merge
+    score: float                   # the best of `tried` (for the first model: its own score)
+    kept: bool
+
+
+@dataclass
+class HeuristicResult:
+    weights: dict[str, float]      # the kept models and their weights (summing to 1)
+    score: float
+    trace: list[Step] = field(default_factory=list)
+
+
+def greedy_merge(names: list[str], fitness: Callable[[dict[str, float]], float], kind: str,
+                 grid: tuple[float, ...] = GRID) -> HeuristicResult:
+    """`fitness(weights)` scores the merge of the named models with those weights (a single model
+    is {name: 1.0})."""
+    if kind not in KINDS:
+        raise ValueError(f"heuristic kind {kind!r} is not implemented; available: {', '.join(KINDS)}")
+    if not names:
+        raise ValueError("no models to choose from")
+    own = {name: fitness({name: 1.0}) for name in names}
+    order = sorted(names, key=lambda n: -own[n])  # stable: the zoo's order among equal scores
+    weights, score = {order[0]: 1.0}, own[order[0]]
+    trace = [Step(order[0], {}, score, True)]
+    for candidate in order[1:]:
+        k = len(weights)
+        shares = (k / (k + 1),) if kind == "average" else grid
+        tried = {share: fitness(_mixed(weights, candidate, share)) for share in shares}
+        best = max(shares, key=lambda share: tried[share])  # the first of equal bests
+        kept = tried[best] >= score
+        if kept:
+            weights, score = _mixed(weights, candidate, best), tried[best]
+        trace.append(Step(candidate, tried, tried[best], kept))
+    return HeuristicResult(weights, score, trace)
+
+
+def _mixed(weights: dict[str, float], candidate: str, share: float) -> dict[str, float]:
+    return {**{name: share * w for name, w in weights.items()}, candidate: 1 - share}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from glue_bench.evaluate import EvalConfig, render_tasks
+    from glue_bench.merge.engine import Merger, TensorSource
+    from glue_bench.select.proxy import ProxySet
+    from glue_bench.zoo import ensure_available, load_model, load_tokenizer, local_dir, model_ref, zoo_config
+    from glue_bench.zoo.mini.build import ensure_data
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default="mini8")
+    parser.add_argument("--size", default="mini", help="mini-zoo size (mini or micro)")
+    parser.add_argument("--kind", default="coefficient", choices=KINDS)
+    parser.add_argument("--method", default="linear")
+    parser.add_argument("--proxy-size", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks-dir", default="results/search/tasks")
+    parser.add_argument("--allow-code-execution", action="store_true",
+                        help="include the code tasks (runs generated code, sandboxed)")
+    args = parser.parse_args(argv)
+    zoo = zoo_config(args.zoo)
+    refs = [model_ref(m, zoo["source"], args.size) for m in zoo["models"]]
+    base_ref = model_ref(zoo["base"], zoo["source"], args.size)
+    ensure_available(refs + [base_ref], args.size)
+    eval_cfg = EvalConfig(allow_code_execution=args.allow_code_execution)
+    tasks_dir = render_tasks(ensure_data(args.size), args.tasks_dir)
+    proxy = ProxySet.draw(tasks_dir, list(eval_cfg.tasks), args.proxy_size, args.seed)
+    names = [r.name for r in refs]
+    merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], args.method,
+                    TensorSource(base_ref.name, local_dir(base_ref)), cache=True)
+    tokenizer, model, scores = load_tokenizer(refs[0]), None, {}
+
+    def fitness(weights: dict[str, float]) -> float:
+        nonlocal model
+        key = json.dumps({n: round(w, 6) for n, w in sorted(weights.items())})
+        if key not in scores:  # an identical candidate is evaluated once
+            if len(weights) == 1:  # a single model as it is (a one-model TIES would be sparsified)
+                candidate = load_model(refs[names.index(next(iter(weights)))], eval_cfg.device)
+            else:
+                candidate = model = merger.to_model({"weights": [weights.get(n, 0.0) for n in names]}, model)
+            scores[key] = proxy.score(candidate, tokenizer, tasks_dir, eval_cfg)[0]
+        return scores[key]
+
+    result = greedy_merge(names, fitness, args.kind)
+    print(json.dumps(asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The greedy selective merges against hand-worked cases with a known fitness."""
+
+import pytest
+
+from glue_bench.select.heuristic import GRID, greedy_merge
+
+OWN = {"a": 0.50, "b": 0.60, "c": 0.40, "far": 0.55}
+
+
+def fitness(weights):
+    """Singles score OWN; a merge scores the weighted mean of its members' scores, plus a bonus
+    peaking when b holds 0.7 of a two-model merge, and any weight on `far` is a heavy penalty."""
+    if len(weights) == 1:
+        return OWN[next(iter(weights))]
+    score = sum(w * OWN[n] for n, w in weights.items()) - 0.5 * weights.get("far", 0.0)
+    if set(weights) == {"a", "b"}:
+        score += 0.2 - abs(weights["b"] - 0.7)
+    return score
+
+
+def test_coefficient_keeps_the_best_share_not_the_last_and_excludes_what_hurts():
+    result = greedy_merge(["a", "b", "c", "far"], fitness, "coefficient")
+    assert [s.candidate for s in result.trace] == ["b", "far", "a", "c"]  # by own score
+    assert [s.kept for s in result.trace] == [True, False, True, False]
+    assert set(result.trace[1].tried) == set(GRID)
+    # b's share 0.7 is the best: 0.77 (the last share of the grid, 0.9, scores 0.59)
+    assert result.weights == pytest.approx({"b": 0.7, "a": 0.3})
+    assert result.score == pytest.approx(0.7 * 0.6 + 0.3 * 0.5 + 0.2)
+    assert max(result.trace[2].tried.values()) == result.trace[2].score == pytest.approx(result.score)
+
+
+def test_average_gives_the_new_model_one_over_k_plus_one():
+    result = greedy_merge(["a", "b", "c", "far"], fitness, "average")
+    # b alone; far at 1/2 drops, so k stays 1; a at 1/2 scores 0.55 + 0.2 - 0.2 = 0.55 < 0.6: dropped
+    assert [list(s.tried) for s in result.trace[1:]] == [[0.5], [0.5], [0.5]]
+    assert result.weights == {"b": 1.0} and result.score == 0.6
+    assert [s.kept for s in result.trace] == [True, False, False, False]
+
+
+def test_a_kind_that_is_not_implemented_says_so():
+    with pytest.raises(ValueError, match="heuristic kind 'similarity' is not implemented"):
+        greedy_merge(["a"], fitness, "similarity")
