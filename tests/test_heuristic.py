@@ -40,3 +40,17 @@ def test_average_gives_the_new_model_one_over_k_plus_one():
 def test_a_kind_that_is_not_implemented_says_so():
     with pytest.raises(ValueError, match="heuristic kind 'similarity' is not implemented"):
         greedy_merge(["a"], fitness, "similarity")
+
+
+@pytest.mark.slow
+def test_the_final_table_compares_on_items_outside_the_proxy_set(micro_cache, tmp_path):
+    from glue_bench.select.report import ZooSearch
+
+    zs = ZooSearch.prepare("mini2", "micro", proxy_size=5, seed=0, allow_code_execution=False,
+                           tasks_dir=tmp_path / "tasks")
+    assert all(len(i) == 5 for i in zs.proxy.items.values())
+    table = zs.compare("linear", {"chosen": {"weights": [1.0, 0.0]}})
+    assert set(table.index) == {"chat_a", "chat_b", "linear(all)", "chosen"}
+    # weights [1, 0] is chat_a itself: the same final scores
+    assert table.loc["chosen"].to_dict() == pytest.approx(table.loc["chat_a"].to_dict())
+    assert list(table["avg"]) == sorted(table["avg"], reverse=True)

@@ -147,9 +147,7 @@ def _completed(study) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glue_bench.evaluate import render_tasks
-    from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, model_ref, zoo_config
-    from glue_bench.zoo.mini.build import ensure_data
+    from glue_bench.select.report import ZooSearch, print_final_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="mini8")
@@ -164,19 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="include the code tasks (runs generated code, sandboxed)")
     args = parser.parse_args(argv)
-    zoo = zoo_config(args.zoo)
-    refs = [model_ref(m, zoo["source"], args.size) for m in zoo["models"]]
-    base_ref = model_ref(zoo["base"], zoo["source"], args.size)
-    ensure_available(refs + [base_ref], args.size)
-    members = [TensorSource(r.name, local_dir(r)) for r in refs]
-    base = TensorSource(base_ref.name, local_dir(base_ref))
-    eval_cfg = EvalConfig(allow_code_execution=args.allow_code_execution)
-    tasks_dir = render_tasks(ensure_data(args.size), Path(args.storage.removeprefix("sqlite:///")).parent / "tasks")
+    zs = ZooSearch.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
+                           Path(args.storage.removeprefix("sqlite:///")).parent / "tasks")
     cfg = SearchConfig(n_trials=args.trials, proxy_size=args.proxy_size, seed=args.seed,
                        layer_groups=args.layer_groups, search_density=args.search_density, storage=args.storage)
-    tokenizer = load_tokenizer(refs[0])
-    result = search(members, base, args.method, {}, tokenizer, tasks_dir, eval_cfg, cfg)
+    result = search(zs.members, zs.base, args.method, {}, zs.tokenizer, zs.tasks_dir, zs.eval_cfg, cfg, zs.proxy)
     print(json.dumps(asdict(result), indent=2))
+    label = f"evolutionary({args.method}, {result.completed} trials)"
+    print_final_table(zs.compare(args.method, {label: result.best_params}), f"{args.zoo}, {label}")
 
 
 if __name__ == "__main__":

@@ -72,11 +72,9 @@ def _mixed(weights: dict[str, float], candidate: str, share: float) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glue_bench.evaluate import EvalConfig, render_tasks
-    from glue_bench.merge.engine import Merger, TensorSource
-    from glue_bench.select.proxy import ProxySet
-    from glue_bench.zoo import ensure_available, load_model, load_tokenizer, local_dir, model_ref, zoo_config
-    from glue_bench.zoo.mini.build import ensure_data
+    from glue_bench.merge.engine import Merger
+    from glue_bench.select.report import ZooSearch, print_final_table
+    from glue_bench.zoo import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="mini8")
@@ -89,31 +87,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="include the code tasks (runs generated code, sandboxed)")
     args = parser.parse_args(argv)
-    zoo = zoo_config(args.zoo)
-    refs = [model_ref(m, zoo["source"], args.size) for m in zoo["models"]]
-    base_ref = model_ref(zoo["base"], zoo["source"], args.size)
-    ensure_available(refs + [base_ref], args.size)
-    eval_cfg = EvalConfig(allow_code_execution=args.allow_code_execution)
-    tasks_dir = render_tasks(ensure_data(args.size), args.tasks_dir)
-    proxy = ProxySet.draw(tasks_dir, list(eval_cfg.tasks), args.proxy_size, args.seed)
-    names = [r.name for r in refs]
-    merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], args.method,
-                    TensorSource(base_ref.name, local_dir(base_ref)), cache=True)
-    tokenizer, model, scores = load_tokenizer(refs[0]), None, {}
+    zs = ZooSearch.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
+                           args.tasks_dir)
+    names = [r.name for r in zs.refs]
+    merger = Merger(zs.members, args.method, zs.base, cache=True)
+    model, scores = None, {}
 
     def fitness(weights: dict[str, float]) -> float:
         nonlocal model
         key = json.dumps({n: round(w, 6) for n, w in sorted(weights.items())})
         if key not in scores:  # an identical candidate is evaluated once
             if len(weights) == 1:  # a single model as it is (a one-model TIES would be sparsified)
-                candidate = load_model(refs[names.index(next(iter(weights)))], eval_cfg.device)
+                candidate = load_model(zs.refs[names.index(next(iter(weights)))], zs.eval_cfg.device)
             else:
                 candidate = model = merger.to_model({"weights": [weights.get(n, 0.0) for n in names]}, model)
-            scores[key] = proxy.score(candidate, tokenizer, tasks_dir, eval_cfg)[0]
+            scores[key] = zs.proxy.score(candidate, zs.tokenizer, zs.tasks_dir, zs.eval_cfg)[0]
         return scores[key]
 
     result = greedy_merge(names, fitness, args.kind)
     print(json.dumps(asdict(result), indent=2))
+    label = f"heuristic_{args.kind}({args.method})"
+    table = zs.compare(args.method, {label: {"weights": [result.weights.get(n, 0.0) for n in names]}})
+    print_final_table(table, f"{args.zoo}, {label}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""Judging a selective merge where its search could not look: on the test items outside the proxy
+set, side by side with every single model and with merging the whole zoo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from glue_bench.evaluate import CODE_TASKS, EvalConfig, evaluate_model
+from glue_bench.merge.engine import TensorSource
+from glue_bench.select.proxy import ProxySet, primary_mean
+
+
+def final_table(candidates: dict[str, Callable[[], object]], tokenizer, tasks_dir, eval_cfg: EvalConfig,
+                proxy: ProxySet) -> pd.DataFrame:
+    """One row per candidate (label -> a function building its model, called once): each task's
+    primary metric on `proxy.final` and their mean, best mean first."""
+    rows = {}
+    for label, build in candidates.items():
+        results, _ = evaluate_model(build(), tokenizer, tasks_dir, eval_cfg,
+                                    samples={t: list(i) for t, i in proxy.final.items()})
+        mean, per_task = primary_mean(results)
+        rows[label] = {**per_task, "avg": mean}
+    return pd.DataFrame.from_dict(rows, orient="index").sort_values("avg", ascending=False)
+
+
+def print_final_table(table: pd.DataFrame, title: str) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"\n== {title}: primary metric on the final items (test split minus the proxy set) ==")
+        print(table.round(3).to_string())
+
+
+@dataclass
+class ZooSearch:
+    """What a search over a zoo's members needs, prepared once (the CLIs of heuristic.py and
+    evolutionary.py)."""
+    refs: list                      # the members' ModelRefs
+    members: list[TensorSource]
+    base: TensorSource
+    tokenizer: object
+    tasks_dir: Path
+    eval_cfg: EvalConfig
+    proxy: ProxySet
+
+    @classmethod
+    def prepare(cls, zoo: str, size: str, proxy_size: int, seed: int, allow_code_execution: bool,
+                tasks_dir: str | Path) -> "ZooSearch":
+        from glue_bench.evaluate import render_tasks
+        from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, model_ref, zoo_config
+        from glue_bench.zoo.mini.build import ensure_data
+
+        config = zoo_config(zoo)
+        refs = [model_ref(m, config["source"], size) for m in config["models"]]
+        base_ref = model_ref(config["base"], config["source"], size)
+        ensure_available(refs + [base_ref], size)
+        eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
+        rendered = render_tasks(ensure_data(size), tasks_dir)
+        tasks = [t for t in eval_cfg.tasks if allow_code_execution or t not in CODE_TASKS]
+        return cls(refs, [TensorSource(r.name, local_dir(r)) for r in refs],
+                   TensorSource(base_ref.name, local_dir(base_ref)), load_tokenizer(refs[0]), rendered,
+                   eval_cfg, ProxySet.draw(rendered, tasks, proxy_size, seed))
+
+    def compare(self, method: str, chosen: dict[str, dict]) -> pd.DataFrame:
+        """Final-item scores of every single model, of `method` over the whole zoo (its default
+        parameters) and of each chosen {label: method parameters}."""
+        from glue_bench.merge.engine import Merger
+        from glue_bench.zoo import load_model
+
+        merger, holder = Merger(self.members, method, self.base), {}
+
+        def merged(params):
+            def build():
+                holder["model"] = merger.to_model(params, holder.get("model"))
+                return holder["model"]
+            return build
+
+        candidates = {r.name: (lambda r=r: load_model(r, self.eval_cfg.device)) for r in self.refs}
+        candidates[f"{method}(all)"] = merged({})
+        candidates.update({label: merged(params) for label, params in chosen.items()})
+        return final_table(candidates, self.tokenizer, self.tasks_dir, self.eval_cfg, self.proxy)
