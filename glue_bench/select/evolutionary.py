@@ -150,20 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     from glue_bench.select.report import ZooSearch, print_final_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default="mini8")
-    parser.add_argument("--size", default="mini", help="mini-zoo size (mini or micro)")
-    parser.add_argument("--method", default="linear")
+    ZooSearch.add_arguments(parser, proxy_size=SearchConfig.proxy_size)
     parser.add_argument("--trials", type=int, default=SearchConfig.n_trials)
-    parser.add_argument("--proxy-size", type=int, default=SearchConfig.proxy_size)
     parser.add_argument("--layer-groups", type=int, default=1)
     parser.add_argument("--search-density", action="store_true")
     parser.add_argument("--storage", default=SearchConfig.storage)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--allow-code-execution", action="store_true",
-                        help="include the code tasks (runs generated code, sandboxed)")
     args = parser.parse_args(argv)
-    zs = ZooSearch.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
-                           Path(args.storage.removeprefix("sqlite:///")).parent / "tasks")
+    zs = ZooSearch.from_args(args)
     cfg = SearchConfig(n_trials=args.trials, proxy_size=args.proxy_size, seed=args.seed,
                        layer_groups=args.layer_groups, search_density=args.search_density, storage=args.storage)
     result = search(zs.members, zs.base, args.method, {}, zs.tokenizer, zs.tasks_dir, zs.eval_cfg, cfg, zs.proxy)

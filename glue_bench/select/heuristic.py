@@ -77,18 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     from glue_bench.zoo import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default="mini8")
-    parser.add_argument("--size", default="mini", help="mini-zoo size (mini or micro)")
+    ZooSearch.add_arguments(parser, proxy_size=20)
     parser.add_argument("--kind", default="coefficient", choices=KINDS)
-    parser.add_argument("--method", default="linear")
-    parser.add_argument("--proxy-size", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks-dir", default="results/search/tasks")
-    parser.add_argument("--allow-code-execution", action="store_true",
-                        help="include the code tasks (runs generated code, sandboxed)")
     args = parser.parse_args(argv)
-    zs = ZooSearch.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
-                           args.tasks_dir)
+    zs = ZooSearch.from_args(args)
     names = [r.name for r in zs.refs]
     merger = Merger(zs.members, args.method, zs.base, cache=True)
     model, scores = None, {}

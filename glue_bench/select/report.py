@@ -63,6 +63,23 @@ class ZooSearch:
                    TensorSource(base_ref.name, local_dir(base_ref)), load_tokenizer(refs[0]), rendered,
                    eval_cfg, ProxySet.draw(rendered, tasks, proxy_size, seed))
 
+    @staticmethod
+    def add_arguments(parser, proxy_size: int) -> None:
+        """The command-line options `from_args` reads (shared by the search CLIs)."""
+        parser.add_argument("--zoo", default="mini8")
+        parser.add_argument("--size", default="mini", help="mini-zoo size (mini or micro)")
+        parser.add_argument("--method", default="linear")
+        parser.add_argument("--proxy-size", type=int, default=proxy_size, help="documents per task")
+        parser.add_argument("--seed", type=int, default=0, help="proxy-set draw (and search) seed")
+        parser.add_argument("--tasks-dir", default="results/search/tasks", help="rendered task YAMLs")
+        parser.add_argument("--allow-code-execution", action="store_true",
+                            help="include the code tasks (runs generated code, sandboxed)")
+
+    @classmethod
+    def from_args(cls, args) -> "ZooSearch":
+        return cls.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
+                           args.tasks_dir)
+
     def compare(self, method: str, chosen: dict[str, dict]) -> pd.DataFrame:
         """Final-item scores of every single model, of `method` over the whole zoo (its default
         parameters) and of each chosen {label: method parameters}."""
