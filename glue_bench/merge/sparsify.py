@@ -1,8 +1,9 @@
 """Sparsification of task vectors (deltas from the base) before they are combined.
 
-Each function takes the caller's own `delta` and returns (kept, factor): the delta with its dropped
-entries zeroed (in place, where that is cheapest), and the factor the kept entries are to be multiplied by, so
-that the caller can fold it into the model's weight instead of spending a pass over the tensor:
+Each function takes the caller's own `delta` and returns (kept, factor): the delta with its
+dropped entries zeroed (in place where that is cheapest), and the factor the kept entries are to
+be multiplied by, which the caller folds into the model's weight instead of spending a pass over
+the tensor on it:
 - `top_magnitude`: keep the k = max(1, int(density * n)) largest |delta| (TIES). Among entries
   tied with the k-th largest magnitude, the lowest indices are kept, so exactly k survive;
 - `magnitude_band`: drop the gamma * n largest |delta| as outliers and the smallest, keeping
@@ -36,8 +37,8 @@ def top_magnitude(delta: torch.Tensor, density: float) -> tuple[torch.Tensor, fl
     threshold, tied_below = _kth_largest_magnitude(flat, k)
     if threshold == 0:
         return delta, 1.0  # every nonzero entry is among the k: zeroing zeros changes nothing
-    # hardshrink zeroes |x| <= lambda in one float pass (a boolean mask costs four); lambda is the
-    # float32 just below the threshold, so exactly the entries with |x| >= threshold survive
+    # hardshrink zeroes |x| <= lambda in one float pass (a boolean mask costs about four times as
+    # much); lambda is the float32 just below the threshold, so exactly |x| >= threshold survive
     magnitude = flat.abs() if tied_below else None
     torch.hardshrink(flat, float(np.nextafter(np.float32(threshold), np.float32(0))), out=flat)
     if tied_below:  # more than k entries reach the threshold: keep the first tied ones
@@ -50,7 +51,7 @@ def top_magnitude(delta: torch.Tensor, density: float) -> tuple[torch.Tensor, fl
 def _kth_largest_magnitude(flat: torch.Tensor, k: int) -> tuple[float, bool]:
     """The k-th largest |x| of a 1-D float32 tensor, and whether a magnitude equal to it lies
     outside the top k. On CPU: numpy's introselect on the magnitudes' bit patterns (as int32 they
-    sort like the floats, being >= 0), about thirty times faster than torch's topk here."""
+    sort like the floats, being >= 0): 10-20x faster than torch's topk or kthvalue on this CPU."""
     n = flat.numel()
     if flat.device.type != "cpu":
         magnitude = flat.abs()
