@@ -25,32 +25,34 @@ from glue_bench.merge.engine import TensorSource, check_compatible
 THRESHOLD = 0.95  # the study's
 
 
-def architecture_groups(sources: list[TensorSource]) -> list[list[TensorSource]]:
-    """Models that can be merged with each other, in zoo order (each group led by its first)."""
-    groups: list[list[TensorSource]] = []
-    for source in sources:
-        for group in groups:
-            try:
-                check_compatible([group[0], source])
-            except MergeError:
-                continue
-            group.append(source)
-            break
+def _first_fit(items: list, joins) -> list[list]:
+    """Each item, in order, joins the first group whose first member `joins(leader, item)` accepts,
+    or starts a new group."""
+    groups: list[list] = []
+    for item in items:
+        group = next((g for g in groups if joins(g[0], item)), None)
+        if group is None:
+            groups.append([item])
         else:
-            groups.append([source])
+            group.append(item)
     return groups
 
 
+def architecture_groups(sources: list[TensorSource]) -> list[list[TensorSource]]:
+    """Models that can be merged with each other, in zoo order (each group led by its first)."""
+    def compatible(leader: TensorSource, source: TensorSource) -> bool:
+        try:
+            check_compatible([leader, source])
+        except MergeError:
+            return False
+        return True
+
+    return _first_fit(sources, compatible)
+
+
 def threshold_families(matrix: pd.DataFrame, threshold: float = THRESHOLD) -> list[list[str]]:
-    families: list[list[str]] = []
-    for name in matrix.index:
-        for family in families:
-            if matrix.loc[family[0], name] >= threshold:  # False for NaN
-                family.append(name)
-                break
-        else:
-            families.append([name])
-    return families
+    # a NaN similarity (other shapes) compares False: never the same family
+    return _first_fit(list(matrix.index), lambda leader, name: matrix.loc[leader, name] >= threshold)
 
 
 def hierarchical_families(matrix: pd.DataFrame, threshold: float = THRESHOLD) -> list[list[str]]:
