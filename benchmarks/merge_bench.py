@@ -43,17 +43,15 @@ sys.path.insert(0, str(REPO))
 
 from glue_bench.merge import get_method  # noqa: E402
 from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
-from glue_bench.zoo import local_dir, model_ref  # noqa: E402
+from glue_bench.zoo import local_dir  # noqa: E402
 
 METHOD_PARAMS = {"linear": {}, "ties": {"density": 0.5}, "dare_ties": {"density": 0.5, "seed": 0}}
 
 
 def zoo_dirs(zoo: str, size: str) -> tuple[dict[str, Path], Path]:
-    from glue_bench.zoo import ensure_available
+    from glue_bench.zoo import ensure_available, resolve_zoo, zoo_config
 
-    config = yaml.safe_load((REPO / "conf" / "zoo" / f"{zoo}.yaml").read_text())
-    refs = [model_ref(m, config["source"], size) for m in config["models"]]
-    base = model_ref(config["base"], config["source"], size)
+    refs, base = resolve_zoo(zoo_config(zoo), size)
     ensure_available(refs + [base], size)
     return {r.name: local_dir(r) for r in refs}, local_dir(base)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
 from glue_bench.results import ResultStore
-from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, local_dir, model_ref
+from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, local_dir, resolve_zoo
 
 # config keys that do not change a job's scores, so they stay out of its key
 _NOT_IN_KEY = ("results_path", "force", "save", "print_table")
@@ -63,10 +63,7 @@ def _log(message: str) -> None:
 
 
 def zoo_refs(cfg: DictConfig) -> tuple[list[ModelRef], ModelRef]:
-    zoo = cfg.zoo
-    refs = [model_ref(m, zoo.source, cfg.mini_size) for m in OmegaConf.to_container(zoo.models, resolve=True)]
-    base = OmegaConf.to_container(zoo.base, resolve=True) if OmegaConf.is_config(zoo.base) else zoo.base
-    return refs, model_ref(base, zoo.source, cfg.mini_size)
+    return resolve_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), cfg.mini_size)
 
 
 def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:

@@ -69,7 +69,7 @@ def similarity_matrix(sources: list[TensorSource], group: str = "all",
 def main(argv: list[str] | None = None) -> None:
     from glue_bench.select.cluster import (THRESHOLD, architecture_groups, hierarchical_families,
                                            threshold_families, write_heatmap)
-    from glue_bench.zoo import ensure_available, local_dir, model_ref, zoo_config
+    from glue_bench.zoo import ensure_available, local_dir, resolve_zoo, zoo_config
 
     parser = argparse.ArgumentParser(description="Column-wise cosine similarity of a zoo's weights, "
                                                  "and its mergeable families.")
@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="family threshold")
     parser.add_argument("--out", help="directory for similarity.csv and similarity.svg (a heatmap)")
     args = parser.parse_args(argv)
-    cfg = zoo_config(args.zoo)
-    base_ref = model_ref(cfg["base"], cfg["source"], args.size)
-    refs = [model_ref(m, cfg["source"], args.size) for m in cfg["models"]]
+    refs, base_ref = resolve_zoo(zoo_config(args.zoo), args.size)
     if not args.task_vectors:
         refs = [base_ref] + refs
     ensure_available(refs + [base_ref], args.size)

@@ -18,10 +18,9 @@ def final_table(candidates: dict[str, Callable[[], object]], tokenizer, tasks_di
                 proxy: ProxySet) -> pd.DataFrame:
     """One row per candidate (label -> a function building its model, called once): each task's
     primary metric on `proxy.final` and their mean, best mean first."""
-    rows = {}
+    rows, final = {}, {t: list(i) for t, i in proxy.final.items()}
     for label, build in candidates.items():
-        results, _ = evaluate_model(build(), tokenizer, tasks_dir, eval_cfg,
-                                    samples={t: list(i) for t, i in proxy.final.items()})
+        results, _ = evaluate_model(build(), tokenizer, tasks_dir, eval_cfg, samples=final)
         mean, per_task = primary_mean(results)
         rows[label] = {**per_task, "avg": mean}
     return pd.DataFrame.from_dict(rows, orient="index").sort_values("avg", ascending=False)
@@ -49,12 +48,10 @@ class ZooSearch:
     def prepare(cls, zoo: str, size: str, proxy_size: int, seed: int, allow_code_execution: bool,
                 tasks_dir: str | Path) -> "ZooSearch":
         from glue_bench.evaluate import render_tasks
-        from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, model_ref, zoo_config
+        from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, resolve_zoo, zoo_config
         from glue_bench.zoo.mini.build import ensure_data
 
-        config = zoo_config(zoo)
-        refs = [model_ref(m, config["source"], size) for m in config["models"]]
-        base_ref = model_ref(config["base"], config["source"], size)
+        refs, base_ref = resolve_zoo(zoo_config(zoo), size)
         ensure_available(refs + [base_ref], size)
         eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
         rendered = render_tasks(ensure_data(size), tasks_dir)

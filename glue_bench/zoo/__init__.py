@@ -67,6 +67,12 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
 
 
+def resolve_zoo(config: dict, mini_size: str = "mini") -> tuple[list[ModelRef], ModelRef]:
+    """A zoo's members and base, from its config (`zoo_config(name)`, or a composed one)."""
+    return ([model_ref(m, config["source"], mini_size) for m in config["models"]],
+            model_ref(config["base"], config["source"], mini_size))
+
+
 def _resolve_path(path: str) -> str:
     """`pkg://name` is the directory of an installed Python package (e.g. one shipping a GGUF)."""
     if not path.startswith("pkg://"):
