@@ -16,7 +16,11 @@ from pathlib import Path
 
 COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
            "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
-           "versions", "git_commit", "config", "created_at")
+           "versions", "git_commit", "config", "created_at", "items")
+# Which test items a row's score is on: NULL = the whole test split; "final ..." = the items outside a
+# selective search's proxy set; "proxy ..." = the proxy set itself (a search's cached fitness).
+# Added after the first release: an older store gains the column when it is opened.
+_ADDED_COLUMNS = ("items",)
 ROW_COLUMNS = tuple(c for c in COLUMNS if c not in ("job_key", "created_at"))
 _REQUIRED = ("task", "metric", "value")
 _NUMERIC = ("value", "stderr", "load_s", "build_s", "eval_s")
@@ -81,7 +85,7 @@ class ResultStore:
             have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
             if not have:
                 return f"missing table {table!r}"
-            if missing := [c for c in want if c not in have]:
+            if missing := [c for c in want if c not in have and c not in _ADDED_COLUMNS]:
                 return f"table {table!r} lacks columns {', '.join(missing)}"
         return None
 
@@ -102,6 +106,19 @@ class ResultStore:
         with self._connect() as conn:
             if fault := self._schema_fault(conn):
                 raise self._foreign(fault)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        def missing(conn) -> list[str]:
+            have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
+            return [c for c in _ADDED_COLUMNS if c not in have]
+
+        with self._connect() as conn:  # a read first: opening an up-to-date store never writes
+            if not missing(conn):
+                return
+        with self._transaction() as conn:  # re-checked under the lock: racing openers
+            for column in missing(conn):
+                conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
 
     def _clean(self, job_key: str, i: int, row: dict) -> tuple:
         where = f"results store {self.path}: job {job_key!r} row {i}"
@@ -142,7 +159,8 @@ class ResultStore:
         """Insert all rows of one job atomically and mark it done; False if it already was."""
         values = [self._clean(job_key, i, r) for i, r in enumerate(rows)]  # validate before writing
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        sql = f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        columns = ("job_key", *ROW_COLUMNS, "created_at")
+        sql = f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone():
                 return False
@@ -152,6 +170,12 @@ class ResultStore:
                     _after_row_insert(i)
             conn.execute("INSERT INTO jobs VALUES (?, ?)", (job_key, now))
         return True
+
+    def job_rows(self, job_key: str) -> list[dict]:
+        """The rows of one job (task, metric, value), in insertion order."""
+        with self._connect() as conn:
+            return [{"task": t, "metric": m, "value": v} for t, m, v in conn.execute(
+                "SELECT task, metric, value FROM results WHERE job_key = ? ORDER BY rowid", (job_key,))]
 
     def delete_job(self, job_key: str) -> None:
         with self._transaction() as conn:

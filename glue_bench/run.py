@@ -81,10 +81,11 @@ def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; returns a summary {"job_key", "status", ...}."""
     store = ResultStore(cfg.results_path)  # a corrupt store fails here, before any work
-    if cfg.strategy.name != "all":
-        raise JobError(f"strategy {cfg.strategy.name!r} is not implemented yet (available: all)")
     if cfg.mixture.name != "none" or cfg.router.name != "none":
         raise JobError("mixtures and routers are not implemented yet (use mixture=none router=none)")
+    selective = cfg.strategy.name != "all"
+    if selective and cfg.method.name == "none":
+        raise JobError(f"strategy {cfg.strategy.name}: needs a merge method (method=linear, ties, ...)")
 
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     refs, base = zoo_refs(cfg)
@@ -93,6 +94,7 @@ def run_job(cfg: DictConfig) -> dict:
         from glue_bench.merge import get_method
 
         get_method(cfg.method.name).validate(_method_params(cfg), len(members))  # bad input fails early
+    strategy = _instantiate_strategy(cfg) if selective else None
     ensure_available(refs + [base], cfg.mini_size)
     tasks_dir = _tasks_dir(cfg)
     provenance = _provenance()
@@ -102,19 +104,7 @@ def run_job(cfg: DictConfig) -> dict:
     # single models (and the base, for reference): one job each, keyed by model + eval settings,
     # so every zoo and sweep shares them
     for ref in [base] + [r for r in refs if r.key != base.key]:
-        key = job_key({"single": ref.key, "eval": _eval_payload(cfg)})
-        if store.has_job(key):
-            continue
-        _log(f"evaluating single model {ref.name}")
-        start = time.perf_counter()
-        model, tok = load_model(ref, eval_cfg.device), load_tokenizer(ref)
-        load_s = time.perf_counter() - start
-        rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg)
-        store.append_job(key, [{**common, **r, "candidate": ref.name, "method": "none",
-                                "strategy": "none", "models": ref.name, "load_s": load_s,
-                                "build_s": 0.0, "eval_s": stats["eval_s"],
-                                "config": json.dumps({"model": ref.location})} for r in rows])
-        del model
+        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common)
 
     if cfg.method.name == "none":
         return {"status": "singles", "job_key": None}
@@ -126,6 +116,8 @@ def run_job(cfg: DictConfig) -> dict:
             _log(f"job {key} already in the store; skipping (force=true re-runs it)")
             return {"status": "skipped", "job_key": key}
         store.delete_job(key)
+    if selective:
+        return _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common)
 
     from glue_bench.merge.engine import Merger, TensorSource
 
@@ -151,6 +143,133 @@ def run_job(cfg: DictConfig) -> dict:
     if cfg.save:
         _save_candidate(model, tok, cfg, payload)
     return {"status": "done", "job_key": key, "load_s": load_s, "build_s": build_s, **stats}
+
+
+def _evaluate_single(store: ResultStore, ref: ModelRef, cfg: DictConfig, eval_cfg: EvalConfig, tasks_dir,
+                     common: dict, samples: dict | None = None, items: tuple[str, str] | None = None) -> None:
+    """One single model's scores, once per eval settings (and item set: `items` = (key, label))."""
+    key = job_key({"single": ref.key, "eval": _eval_payload(cfg), **({"items": items[0]} if items else {})})
+    if store.has_job(key):
+        return
+    _log(f"evaluating single model {ref.name}" + (f" on the {items[1]}" if items else ""))
+    start = time.perf_counter()
+    model, tok = load_model(ref, eval_cfg.device), load_tokenizer(ref)
+    load_s = time.perf_counter() - start
+    rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg, samples=samples)
+    store.append_job(key, [{**common, **r, "candidate": ref.name, "method": "none", "strategy": "none",
+                            "models": ref.name, "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
+                            "items": items[1] if items else None,
+                            "config": json.dumps({"model": ref.location})} for r in rows])
+
+
+def _instantiate_strategy(cfg: DictConfig):
+    from hydra.utils import instantiate
+
+    search = cfg.strategy.get("search")
+    if search is None or "_target_" not in search:
+        raise JobError(f"strategy {cfg.strategy.name}: its config has no `search._target_`")
+    try:
+        return instantiate(search, _convert_="all")
+    except Exception as exc:  # a wrong field or target: one line naming the strategy
+        raise JobError(f"strategy {cfg.strategy.name}: cannot build its search: {' '.join(str(exc).split())}") from None
+
+
+class ProxyCache:
+    """Proxy scores of a search's candidates, kept in the results store as jobs of their own (rows
+    marked `items = proxy ...`, never shown in tables): a later job, or a rerun, reuses them."""
+
+    def __init__(self, store: ResultStore, meta: dict):
+        self.store, self.meta = store, meta
+
+    def __contains__(self, key: str) -> bool:
+        return self.store.has_job(key)
+
+    def __getitem__(self, key: str) -> tuple[float, dict[str, float]]:
+        from glue_bench.select.proxy import primary_mean
+
+        return primary_mean(self.store.job_rows(key))
+
+    def __setitem__(self, key: str, value: tuple[float, dict[str, float]]) -> None:
+        from glue_bench.evaluate import PRIMARY_METRIC
+
+        _, per_task = value
+        self.store.append_job(key, [{**self.meta, "task": t, "metric": PRIMARY_METRIC[t], "value": v}
+                                    for t, v in per_task.items()])
+
+
+def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common) -> dict:
+    """A selective strategy: search on the proxy set, then judge the choice, every single model and
+    the merge of all candidates on the test items outside the proxy set."""
+    from glue_bench.evaluate import selected_tasks
+    from glue_bench.merge.engine import TensorSource
+    from glue_bench.select.cluster import architecture_groups
+    from glue_bench.select.problem import dumps
+    from glue_bench.select.proxy import ProxySet
+    from glue_bench.select.report import ZooSearch
+
+    method, proxy_cfg = cfg.method.name, cfg.strategy.proxy
+    proxy = ProxySet.draw(tasks_dir, selected_tasks(eval_cfg), proxy_cfg.size, proxy_cfg.seed)
+    described = f"({proxy_cfg.size}/task, seed {proxy_cfg.seed}, {proxy.key[:8]})"
+    final = (proxy.key, f"final items: test minus proxy {described}")
+    sources = {m.name: TensorSource(m.name, local_dir(m)) for m in members}
+    # the candidates: the largest group of mutually mergeable models (the zoo's order among ties)
+    groups = architecture_groups(list(sources.values()))
+    pool_names = {s.name for s in max(groups, key=len)}
+    pool = [m for m in members if m.name in pool_names]
+    if excluded := [m.name for m in members if m.name not in pool_names]:
+        _log(f"{cfg.strategy.name}: left out, not mergeable with the others: {', '.join(excluded)}")
+    zs = ZooSearch(pool, [sources[m.name] for m in pool], TensorSource(base.name, local_dir(base)),
+                   load_tokenizer(pool[0]), tasks_dir, eval_cfg, proxy)
+    out_dir = _output_dir()
+    cache = ProxyCache(store, {**common, "candidate": "proxy", "method": method, "items": f"proxy {described}"})
+    problem = zs.problem(method, _method_params(cfg), cache=cache, out_dir=out_dir)
+    _log(f"{cfg.strategy.name}: searching over {', '.join(problem.names)} with {method}")
+    start = time.perf_counter()
+    choice = strategy.run(problem)
+    search_s = time.perf_counter() - start
+    problem.write("choice.json", dumps({"candidate": choice.candidate, "proxy_score": choice.proxy_score,
+                                        "left_out": excluded, **choice.details}))
+    _log(f"{cfg.strategy.name}: chose {json.dumps(choice.candidate)} (proxy score {choice.proxy_score:.3f}, "
+         f"{problem.fitness.builds} candidates evaluated, {search_s:.0f} s)")
+
+    samples = {t: list(i) for t, i in proxy.final.items()}
+    for ref in [base] + [r for r in refs if r.key != base.key]:
+        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common, samples, final)
+    all_key = job_key({"all": [m.key for m in pool], "method": OmegaConf.to_container(cfg.method, resolve=True),
+                       "eval": _eval_payload(cfg), "items": proxy.key})
+    if not store.has_job(all_key):
+        _log(f"evaluating {method} of all {len(pool)} candidates on the {final[1]}")
+        rows, stats = evaluate_model(problem.builder(problem.fixed), zs.tokenizer, tasks_dir, eval_cfg, samples=samples)
+        store.append_job(all_key, [{**common, **r, "strategy": "all", "candidate": f"{method}(all {len(pool)})",
+                                    "method": method, "models": problem.names, "eval_s": stats["eval_s"],
+                                    "items": final[1]} for r in rows])
+    rows, stats = evaluate_model(problem.builder(choice.candidate), zs.tokenizer, tasks_dir, eval_cfg,
+                                 samples=samples)
+    chosen = _chosen_models(choice.candidate, problem.names)
+    config = {**payload, "chosen": choice.candidate, "proxy_score": choice.proxy_score}
+    store.append_job(key, [{**common, **r, "candidate": f"{cfg.strategy.name}({method})", "method": method,
+                            "models": chosen, "build_s": search_s, "eval_s": stats["eval_s"], "items": final[1],
+                            "config": json.dumps(config, sort_keys=True, default=str)} for r in rows])
+    return {"status": "done", "job_key": key, "search_s": search_s, "proxy_score": choice.proxy_score, **stats}
+
+
+def _chosen_models(candidate: dict, names: list[str]) -> list[str]:
+    """The models a chosen candidate is built from (a weight list may be anchors over depth)."""
+    if "model" in candidate:
+        return [candidate["model"]]
+    if "path" in candidate:
+        return sorted({source for source, _, _ in candidate["path"]})
+    weights = candidate.get("weights") or [1.0] * len(names)
+    return [n for n, w in zip(names, weights) if any(v != 0 for v in (w if isinstance(w, list) else [w]))]
+
+
+def _output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under Hydra (a test calling run_job directly)
+        return None
 
 
 def _method_params(cfg: DictConfig) -> dict:

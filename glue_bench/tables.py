@@ -20,11 +20,13 @@ from glue_bench.zoo import ZooError, entry_name, zoo_config
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
 
 
-def zoo_table(df: pd.DataFrame, zoo: str) -> pd.DataFrame:
-    """Scores of the zoo's single models and of every candidate built from the zoo."""
+def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
+    """Scores of the zoo's single models and of every candidate built from the zoo, on the whole
+    test split (`items=None`) or on the named item set (the final items of a selective search)."""
     config = zoo_config(zoo)
     members = [entry_name(m, config["source"]) for m in config["models"]]
     base = entry_name(config["base"], config["source"])
+    df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
     singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members + [base])]
     built = primary[(primary["method"] != "none") & (primary["zoo"] == zoo)]
@@ -47,9 +49,16 @@ def zoo_table(df: pd.DataFrame, zoo: str) -> pd.DataFrame:
     return table.rename(index={base: f"{base} (zoo base)"})
 
 
-def format_table(table: pd.DataFrame, zoo: str) -> str:
+def final_item_sets(df: pd.DataFrame, zoo: str) -> list[str]:
+    """The item sets on which selective strategies of this zoo were judged."""
+    labels = df.loc[(df["zoo"] == zoo) & (df["strategy"] != "all"), "items"].dropna()
+    return sorted({label for label in labels if label.startswith("final")})
+
+
+def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str:
     body = table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}", na_rep="-")
-    return f"\n== {zoo}: primary metric per task (acc_norm / acc / exact match / pass@1) ==\n{body}\n"
+    where = "whole test split" if items is None else items
+    return f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1) ==\n{body}\n"
 
 
 def print_tables(results_path: str, zoos: list[str] | None = None) -> None:
@@ -58,12 +67,13 @@ def print_tables(results_path: str, zoos: list[str] | None = None) -> None:
     if zoos is None:
         zoos = sorted(set(df["zoo"].dropna()))
     for zoo in zoos:
-        try:
-            table = zoo_table(df, zoo)
-        except ZooError:  # a zoo config removed since its rows were written
-            continue
-        if not table.empty:
-            print(format_table(table, zoo), flush=True)
+        for items in [None, *final_item_sets(df, zoo)]:
+            try:
+                table = zoo_table(df, zoo, items)
+            except ZooError:  # a zoo config removed since its rows were written
+                break
+            if not table.empty:
+                print(format_table(table, zoo, items), flush=True)
 
 
 class PrintTableCallback(Callback):

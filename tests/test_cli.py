@@ -1,5 +1,6 @@
 """`python -m glue_bench` end to end on the micro zoo: sweeps, launchers, skip/kill/re-run, bad input."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -176,3 +177,31 @@ def test_save_writes_a_loadable_checkpoint_with_a_model_card(run_cli, tmp_path):
 def test_cfg_job_prints_the_composed_config(run_cli):
     proc = run_cli("--cfg", "job", "zoo=mini8")
     assert proc.returncode == 0 and "name: mini8" in proc.stdout and "name: linear" in proc.stdout
+
+
+def test_a_selective_strategy_is_judged_beside_singles_and_merge_all_on_the_final_items(run_cli, tmp_path):
+    proc = run_cli("zoo=mini2", "method=linear", "strategy=heuristic_coefficient", "strategy.proxy.size=5", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    final = df[df["items"].fillna("").str.startswith("final")]
+    assert set(final.candidate) == {"base", "chat_a", "chat_b", "linear(all 2)", "heuristic_coefficient(linear)"}
+    assert final["items"].nunique() == 1 and "5/task, seed 0" in final["items"].iloc[0]
+    assert df[df["items"].fillna("").str.startswith("proxy")].job_key.nunique() >= 2  # cached fitness
+    choice = json.loads((tmp_path / "run" / "choice.json").read_text())
+    assert [step["candidate"] for step in choice["trace"]][0] in {"chat_a", "chat_b"} and len(choice["trace"]) == 2
+    if "model" in choice["candidate"]:  # a single model chosen: its own final scores
+        mine = final[final.candidate == "heuristic_coefficient(linear)"].set_index("task").value
+        theirs = final[final.candidate == choice["candidate"]["model"]].set_index("task").value
+        pd.testing.assert_series_equal(mine.sort_index(), theirs.sort_index(), check_names=False)
+    # the table shows the whole-split table and the final-items one, never the proxy rows
+    assert "whole test split" in proc.stdout and "final items: test minus proxy" in proc.stdout
+    assert "proxy [" not in proc.stdout and "heuristic_coefficient(linear)" in proc.stdout
+    again = run_cli("zoo=mini2", "method=linear", "strategy=heuristic_coefficient", "strategy.proxy.size=5", *FAST)
+    assert again.returncode == 0 and "already in the store; skipping" in again.stderr
+
+
+def test_a_bad_strategy_setting_is_one_line_naming_the_strategy(run_cli):
+    proc = run_cli("zoo=mini2", "strategy=heuristic_average", "+strategy.search.bogus=1", *FAST)
+    _one_line_error(proc, "strategy heuristic_average", "bogus")
+    proc = run_cli("zoo=mini2", "method=none", "strategy=evolutionary", *FAST)
+    _one_line_error(proc, "strategy evolutionary: needs a merge method")

@@ -15,15 +15,19 @@ import sys
 from glue_bench.evaluate import EvalConfig, render_tasks
 from glue_bench.merge.engine import TensorSource
 from glue_bench.select.evolutionary import SearchConfig, search
-from glue_bench.zoo.mini.build import ensure_data, model_dir
-from transformers import AutoTokenizer
+from glue_bench.select.proxy import ProxySet
+from glue_bench.select.report import ZooSearch
+from glue_bench.zoo import load_tokenizer, local_dir, resolve_zoo, zoo_config
+from glue_bench.zoo.mini.build import ensure_data
 
 storage, n_trials = sys.argv[1], int(sys.argv[2])
-members = [TensorSource(n, model_dir(n, "micro")) for n in ("chat_a", "chat_b")]
+refs, base = resolve_zoo(zoo_config("mini2"), "micro")
 tasks_dir = render_tasks(ensure_data("micro"), storage.removeprefix("sqlite:///") + ".tasks")
-cfg = SearchConfig(n_trials=n_trials, proxy_size=4, storage=storage, popsize=4)
-result = search(members, None, "linear", {}, AutoTokenizer.from_pretrained(model_dir("chat_a", "micro")),
-                tasks_dir, EvalConfig(tasks=["mini_arc", "mini_winogrande"], batch_size=8), cfg, progress=False)
+eval_cfg = EvalConfig(tasks=["mini_arc", "mini_winogrande"], batch_size=8)
+zs = ZooSearch(refs, [TensorSource(r.name, local_dir(r)) for r in refs], TensorSource(base.name, local_dir(base)),
+               load_tokenizer(refs[0]), tasks_dir, eval_cfg, ProxySet.draw(tasks_dir, eval_cfg.tasks, 4, 0))
+cfg = SearchConfig(n_trials=n_trials, storage=storage, popsize=4)
+result = search(zs.problem("linear", {}), cfg, progress=False)
 print("COMPLETED", result.completed, result.best_value, result.best_params)
 """
 

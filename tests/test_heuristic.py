@@ -37,9 +37,32 @@ def test_average_gives_the_new_model_one_over_k_plus_one():
     assert [s.kept for s in result.trace] == [True, False, False, False]
 
 
+def test_similarity_picks_the_most_or_least_similar_to_the_running_merge_each_step():
+    asked = []
+
+    def similarity(weights, name):
+        asked.append((tuple(sorted(weights)), name))
+        return {"a": 0.3, "c": 0.5, "far": 0.0}[name]
+
+    most = greedy_merge(["a", "b", "c", "far"], fitness, "similarity", similarity=similarity)
+    # b first (best own score); c is the most similar but its best merge (0.58) drops below 0.6
+    assert [s.candidate for s in most.trace] == ["b", "c", "a", "far"]
+    assert [s.similarity for s in most.trace] == [None, 0.5, 0.3, 0.0]
+    assert [s.kept for s in most.trace] == [True, False, True, False]
+    assert set(most.trace[1].tried) == set(GRID)
+    assert most.weights == pytest.approx({"b": 0.7, "a": 0.3})
+    # the similarities are recomputed against the running merge of each step
+    assert set(asked[:3]) == {(("b",), "a"), (("b",), "c"), (("b",), "far")}
+    assert asked[-1] == (("a", "b"), "far")
+    least = greedy_merge(["a", "b", "c", "far"], fitness, "similarity", similarity=similarity,
+                         most_similar=False)
+    assert [s.candidate for s in least.trace] == ["b", "far", "a", "c"]
+    assert [s.kept for s in least.trace] == [True, False, True, False]
+
+
 def test_a_kind_that_is_not_implemented_says_so():
-    with pytest.raises(ValueError, match="heuristic kind 'similarity' is not implemented"):
-        greedy_merge(["a"], fitness, "similarity")
+    with pytest.raises(ValueError, match="heuristic kind 'nearest' is not implemented"):
+        greedy_merge(["a"], fitness, "nearest")
 
 
 @pytest.mark.slow

@@ -46,3 +46,36 @@ def test_score_is_the_mean_primary_metric_on_exactly_the_proxy_documents(tasks_d
     expected_score, expected = primary_mean(limited)
     assert per_task == expected and score == pytest.approx(expected_score)
     assert score == pytest.approx((expected["mini_arc"] + expected["mini_winogrande"]) / 2)
+
+
+class _CountingProxy:
+    """Stands in for a ProxySet: scores a 'model' (here the candidate itself) by its 'x'."""
+    key, items = "k", {"mini_arc": (0,), "mini_winogrande": (1,)}
+
+    def __init__(self):
+        self.scored = 0
+
+    def score(self, model, tokenizer, tasks_dir, cfg):
+        self.scored += 1
+        return model["x"], {"mini_arc": model["x"], "mini_winogrande": model["x"]}
+
+
+def test_an_identical_candidate_is_evaluated_once_and_a_store_cache_outlives_the_search(tmp_path):
+    from glue_bench.results import ResultStore
+    from glue_bench.run import ProxyCache
+    from glue_bench.select.proxy import ProxyFitness
+
+    store = ResultStore(tmp_path / "results.sqlite")
+    cache = ProxyCache(store, {"zoo": "z", "candidate": "proxy", "items": "proxy (test)"})
+    proxy = _CountingProxy()
+    fitness = ProxyFitness(dict, {"members": ["a", "b"], "method": "linear"}, proxy, None, None, EvalConfig(),
+                           cache)
+    assert fitness({"x": 0.25}) == 0.25 and fitness({"x": 0.5}) == 0.5
+    assert fitness.evaluate({"x": 0.25}).cached and proxy.scored == 2 and fitness.builds == 2
+    # a new search over the same members and method reads the store; another method does not
+    again = ProxyFitness(dict, {"members": ["a", "b"], "method": "linear"}, proxy, None, None, EvalConfig(), cache)
+    assert again.evaluate({"x": 0.5}).score == 0.5 and proxy.scored == 2
+    other = ProxyFitness(dict, {"members": ["a", "b"], "method": "ties"}, proxy, None, None, EvalConfig(), cache)
+    assert not other.evaluate({"x": 0.5}).cached and proxy.scored == 3
+    rows = store.to_dataframe()
+    assert set(rows["items"]) == {"proxy (test)"} and set(rows["metric"]) == {"acc_norm", "acc"}

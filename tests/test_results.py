@@ -167,3 +167,22 @@ def test_delete_job(tmp_path):
     assert store.job_keys() == {"b"} and not store.has_job("a")
     assert set(store.to_dataframe().job_key) == {"b"}
     assert store.append_job("a", make_rows("a", 1))  # force re-run can write it again
+
+
+def test_a_store_from_before_the_items_column_gains_it_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old_columns = [c for c in COLUMNS if c != "items"]
+    with sqlite3.connect(path) as conn:  # the schema as the first release wrote it
+        conn.execute(f"CREATE TABLE results ({', '.join(old_columns)}, UNIQUE (job_key, task, metric))")
+        conn.execute("CREATE TABLE jobs (job_key TEXT PRIMARY KEY, finished_at TEXT NOT NULL)")
+        conn.execute("INSERT INTO results (job_key, task, metric, value, created_at) "
+                     "VALUES ('old', 't', 'acc', 0.5, '2026-01-01T00:00:00+00:00')")
+        conn.execute("INSERT INTO jobs VALUES ('old', '2026-01-01T00:00:00+00:00')")
+    store = ResultStore(path)
+    assert store.append_job("new", [dict(task="t", metric="acc", value=0.75, items="final (x)")])
+    df = read_results(path)
+    assert set(df.columns) == set(COLUMNS)
+    assert df.set_index("job_key")["value"].to_dict() == {"old": 0.5, "new": 0.75}
+    assert pd.isna(df.set_index("job_key").loc["old", "items"])
+    assert df.set_index("job_key").loc["new", "items"] == "final (x)"
+    assert store.job_rows("old") == [{"task": "t", "metric": "acc", "value": 0.5}]

@@ -24,12 +24,27 @@ from glue_bench.merge.engine import TensorSource
 GROUPS = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
+class StateDictSource:
+    """An in-memory model's tensors with the reading interface of `TensorSource` (to compare a
+    merge being built with the models on disk)."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        self.entries = state_dict
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key].shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.entries[key]
+
+
 def column_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean over columns of cos(a[:, j], b[:, j])."""
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0).mean().item()
 
 
-def weight_similarity(a: TensorSource, b: TensorSource, base: TensorSource | None = None) -> dict[str, float]:
+def weight_similarity(a: TensorSource | StateDictSource, b: TensorSource | StateDictSource,
+                      base: TensorSource | None = None) -> dict[str, float]:
     """{"attention", "mlp", "all"}: mean column-wise cosine per group; NaN if shapes differ. With
     `base`, of the task vectors (a - base, b - base) instead of the weights."""
     per_group: dict[str, list[float]] = {g: [] for g in GROUPS}

@@ -13,6 +13,10 @@ where it stopped: completed trials count, trials the killed process left running
 Optuna's heartbeat once stale, and the search stops when `n_trials` trials are complete, whatever
 the number of runs or workers. A candidate evaluated before (the same parameters) reuses its score.
 
+A warm start (`WarmStarted`, strategy heuristic_evolutionary) runs a heuristic first and starts
+CMA-ES from its weights, with a smaller step: the study's "heuristic for rough coefficients, then
+CMA-ES to refine".
+
     python -m glue_bench.select.evolutionary --zoo mini8 --method linear --trials 20
 """
 
@@ -25,17 +29,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from glue_bench.evaluate import EvalConfig
 from glue_bench.merge import MergeError, get_method
-from glue_bench.merge.engine import Merger, TensorSource
-from glue_bench.select.proxy import ProxySet
+from glue_bench.select.heuristic import Heuristic
+from glue_bench.select.problem import Choice, Problem
 
 
 @dataclass
 class SearchConfig:
     n_trials: int = 200            # completed trials the search ends with (the study's 200)
-    proxy_size: int = 20           # documents per task in the proxy set (the rest are final)
-    seed: int = 0                  # CMA-ES sampler and proxy-set draw
+    seed: int = 0                  # CMA-ES sampler
     sigma0: float | None = None    # initial step; None: optuna's default, a sixth of the range
     popsize: int | None = None     # None: CMA-ES's default, 4 + 3 ln(dimensions)
     layer_groups: int = 1          # anchors over depth per model and parameter
@@ -71,16 +73,20 @@ def _to_params(values: dict, n_models: int, cfg: SearchConfig) -> dict:
     return out
 
 
-def study_name(members: list[str], method: str, fixed: dict, cfg: SearchConfig, proxy: ProxySet) -> str:
+def study_name(members: list[str], method: str, fixed: dict, cfg: SearchConfig, proxy_key: str,
+               space: dict) -> str:
     defining = {k: v for k, v in asdict(cfg).items() if k not in ("n_trials", "storage")}
-    payload = {"members": members, "method": method, "fixed": fixed, "search": defining, "proxy": proxy.key}
+    payload = {"members": members, "method": method, "fixed": fixed, "search": defining, "proxy": proxy_key,
+               "space": sorted(space.items())}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"evolutionary-{method}-{digest}"
 
 
-def search(members: list[TensorSource], base: TensorSource | None, method: str, fixed: dict,
-           tokenizer, tasks_dir, eval_cfg: EvalConfig, cfg: SearchConfig, proxy: ProxySet | None = None,
-           progress: bool = True) -> SearchResult:
+def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
+           space: dict[str, tuple[float, float]] | None = None, to_candidate=None) -> SearchResult:
+    """CMA-ES over `space` ({optuna parameter: (low, high)}; by default the merge coefficients of
+    `problem.method`); `to_candidate(values)` turns a trial's values into a candidate description
+    (by default the method's parameters)."""
     import optuna
     from optuna.samplers import CmaEsSampler
     from optuna.storages import RDBStorage
@@ -88,41 +94,37 @@ def search(members: list[TensorSource], base: TensorSource | None, method: str, 
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if proxy is None:
-        proxy = ProxySet.draw(tasks_dir, list(eval_cfg.tasks), cfg.proxy_size, cfg.seed)
-    names = [m.name for m in members]
-    space = _space(method, len(members), cfg)
-    get_method(method).validate({**fixed, **_to_params({k: lo for k, (lo, _) in space.items()},
-                                                        len(members), cfg)}, len(members))
+    n = len(problem.names)
+    if space is None:
+        space = _space(problem.method, n, cfg)
+        get_method(problem.method).validate(
+            {**problem.fixed, **_to_params({k: lo for k, (lo, _) in space.items()}, n, cfg)}, n)
+
+        def to_candidate(values: dict) -> dict:
+            return {**problem.fixed, **_to_params(values, n, cfg)}
     if cfg.storage.startswith("sqlite:///"):
         Path(cfg.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     storage = RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=30)
-    name = study_name(names, method, fixed, cfg, proxy)
+    name = study_name(problem.names, problem.method, problem.fixed, cfg, problem.fitness.proxy.key, space)
     sampler = CmaEsSampler(x0=cfg.x0 or None, sigma0=cfg.sigma0, popsize=cfg.popsize, seed=cfg.seed)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
-    merger = Merger(members, method, base, device=eval_cfg.device, cache=True)
-    model = merger.empty_model()
     done_before = _completed(study)
 
     def objective(trial) -> float:
-        nonlocal model
-        params = {**fixed, **_to_params({k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()},
-                                        len(members), cfg)}
+        params = to_candidate({k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()})
         candidate = json.dumps(params, sort_keys=True)
         trial.set_user_attr("candidate", candidate)
+        # the same candidate as a completed trial (of this run or of one that was killed): its score
         for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if earlier.user_attrs.get("candidate") == candidate:  # the same candidate: its score
+            if earlier.user_attrs.get("candidate") == candidate:
                 trial.set_user_attr("cached", True)
                 return earlier.value
-        start = time.perf_counter()
-        model = merger.to_model(params, model)
-        merged = time.perf_counter()
-        score, per_task = proxy.score(model, tokenizer, tasks_dir, eval_cfg)
-        trial.set_user_attr("merge_s", merged - start)
-        trial.set_user_attr("eval_s", time.perf_counter() - merged)
-        trial.set_user_attr("per_task", per_task)
-        return score
+        evaluation = problem.fitness.evaluate(params)
+        trial.set_user_attr("merge_s", evaluation.build_s)
+        trial.set_user_attr("eval_s", evaluation.eval_s)
+        trial.set_user_attr("per_task", evaluation.per_task)
+        return evaluation.score
 
     start = time.perf_counter()
     if done_before < cfg.n_trials:
@@ -134,10 +136,68 @@ def search(members: list[TensorSource], base: TensorSource | None, method: str, 
     merge_s = sum(t.user_attrs.get("merge_s", 0.0) for t in completed)
     eval_s = sum(t.user_attrs.get("eval_s", 0.0) for t in completed)
     ran_now = len(completed) - done_before
+    if problem.out_dir is not None:
+        write_convergence([t.value for t in sorted(completed, key=lambda t: t.number)],
+                          problem.out_dir / "convergence.svg", f"{name}: best proxy score so far")
     return SearchResult(
         best_params=json.loads(study.best_trial.user_attrs["candidate"]), best_value=study.best_value,
         completed=len(completed), trials_per_minute=ran_now / minutes if ran_now and minutes else 0.0,
         merge_share=merge_s / (merge_s + eval_s) if merge_s + eval_s else 0.0, study_name=name)
+
+
+def write_convergence(values: list[float], path: Path, title: str) -> Path:
+    """Each completed trial's proxy score (dots) and the best so far (line), as an SVG."""
+    width, height, pad = 640, 360, 40
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not values:
+        path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><text y="20">{title}: no trials</text></svg>\n')
+        return path
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+
+    def xy(i: int, v: float) -> str:
+        x = pad + (width - 2 * pad) * (i / max(len(values) - 1, 1))
+        return f"{x:.1f},{height - pad - (height - 2 * pad) * (v - low) / span:.1f}"
+
+    best = [max(values[:i + 1]) for i in range(len(values))]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">', f'<text x="4" y="14" font-size="12">{title}</text>',
+             f'<text x="{pad}" y="{height - 8}">trial 1 .. {len(values)}; score {low:.3f} .. {high:.3f}</text>',
+             f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" '
+             f'points="{" ".join(xy(i, v) for i, v in enumerate(best))}"/>']
+    parts += [f'<circle cx="{xy(i, v).split(",")[0]}" cy="{xy(i, v).split(",")[1]}" r="2" fill="#999"/>'
+              for i, v in enumerate(values)]
+    path.write_text("\n".join(parts + ["</svg>"]) + "\n")
+    return path
+
+
+@dataclass
+class Evolutionary(SearchConfig):
+    """The strategy (conf/strategy/evolutionary.yaml)."""
+
+    def run(self, problem: Problem) -> Choice:
+        result = search(problem, self)
+        return Choice(result.best_params, result.best_value, asdict(result))
+
+
+@dataclass
+class WarmStarted:
+    """The strategy heuristic_evolutionary: the heuristic's weights are CMA-ES's starting point."""
+    heuristic: Heuristic = field(default_factory=Heuristic)
+    evolutionary: Evolutionary = field(default_factory=lambda: Evolutionary(sigma0=0.1))
+
+    def run(self, problem: Problem) -> Choice:
+        warm = self.heuristic.search(problem)
+        groups = self.evolutionary.layer_groups
+        x0 = {f"weights.{i}.{g}": warm.weights.get(name, 0.0)
+              for i, name in enumerate(problem.names) for g in range(groups)}
+        refined = Evolutionary(**{**asdict(self.evolutionary), "x0": x0})
+        choice = refined.run(problem)
+        if choice.proxy_score < warm.score:  # CMA-ES found nothing as good: keep the heuristic's merge
+            choice = Choice(problem.merge_of(warm.weights), warm.score, choice.details)
+        choice.details["heuristic"] = {"weights": warm.weights, "score": warm.score,
+                                       "trace": [asdict(s) for s in warm.trace]}
+        return choice
 
 
 def _completed(study) -> int:
@@ -150,16 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     from glue_bench.select.report import ZooSearch, print_final_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ZooSearch.add_arguments(parser, proxy_size=SearchConfig.proxy_size)
+    ZooSearch.add_arguments(parser, proxy_size=20)
     parser.add_argument("--trials", type=int, default=SearchConfig.n_trials)
     parser.add_argument("--layer-groups", type=int, default=1)
     parser.add_argument("--search-density", action="store_true")
     parser.add_argument("--storage", default=SearchConfig.storage)
     args = parser.parse_args(argv)
     zs = ZooSearch.from_args(args)
-    cfg = SearchConfig(n_trials=args.trials, proxy_size=args.proxy_size, seed=args.seed,
-                       layer_groups=args.layer_groups, search_density=args.search_density, storage=args.storage)
-    result = search(zs.members, zs.base, args.method, {}, zs.tokenizer, zs.tasks_dir, zs.eval_cfg, cfg, zs.proxy)
+    cfg = SearchConfig(n_trials=args.trials, seed=args.seed, layer_groups=args.layer_groups,
+                       search_density=args.search_density, storage=args.storage)
+    result = search(zs.problem(args.method, {}), cfg)
     print(json.dumps(asdict(result), indent=2))
     label = f"evolutionary({args.method}, {result.completed} trials)"
     print_final_table(zs.compare(args.method, {label: result.best_params}), f"{args.zoo}, {label}")

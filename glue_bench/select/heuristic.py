@@ -1,18 +1,20 @@
 """The study's greedy selective merges, on the proxy set.
 
-The zoo's models are sorted by their own proxy score; the running merge starts as the best one,
-and each next model is tried in that order:
-- `average`: merged in with weight 1/(k+1), the running merge keeping k/(k+1), k being the number
-  of models the running merge holds;
-- `coefficient`: the running merge's share is searched over a grid ({0.1, ..., 0.9} by default)
-  and the best share is the one tried.
+The zoo's models are scored alone on the proxy set; the running merge starts as the best one, and
+each next model is tried:
+- `average`: in order of their own scores, merged in with weight 1/(k+1), the running merge keeping
+  k/(k+1), k being the number of models the running merge holds;
+- `coefficient`: in the same order, the running merge's share searched over a grid
+  ({0.1, ..., 0.9} by default), the best share being the one tried;
+- `similarity`: next, the model most (or, with `most_similar: false`, least) similar to the
+  running merge (column-wise cosine of the weights, recomputed after every step), with the
+  coefficient search.
 A model is kept only if the proxy score of the merge does not drop; what is kept is the merge with
 the best share (the study's release kept the last one of the grid: not repeated here). Every step
 is recorded: candidate, each share tried and its score, kept or not.
 
 The merge of the running weights is any weighted method of the engine (`linear` as in the study;
-TIES, DARE, ... with their other parameters fixed). `heuristic_similarity` (candidates ordered by
-their similarity to the running merge) is not implemented yet and says so.
+TIES, DARE, ... with their other parameters fixed).
 
     python -m glue_bench.select.heuristic --zoo mini8 --kind average --allow-code-execution
 """
@@ -24,8 +26,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
-KINDS = ("average", "coefficient")
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+KINDS = ("average", "coefficient", "similarity")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Step:
     tried: dict[float, float]      # share of the running merge -> proxy score of the merge
     score: float                   # the best of `tried` (for the first model: its own score)
     kept: bool
+    similarity: float | None = None  # to the running merge, when that chose the candidate
 
 
 @dataclass
@@ -44,18 +47,32 @@ class HeuristicResult:
 
 
 def greedy_merge(names: list[str], fitness: Callable[[dict[str, float]], float], kind: str,
-                 grid: tuple[float, ...] = GRID) -> HeuristicResult:
+                 grid: tuple[float, ...] = GRID,
+                 similarity: Callable[[dict[str, float], str], float] | None = None,
+                 most_similar: bool = True) -> HeuristicResult:
     """`fitness(weights)` scores the merge of the named models with those weights (a single model
-    is {name: 1.0})."""
+    is {name: 1.0}); `similarity(weights, name)` (kind `similarity` only) is the similarity of
+    model `name` to that merge."""
     if kind not in KINDS:
         raise ValueError(f"heuristic kind {kind!r} is not implemented; available: {', '.join(KINDS)}")
+    if kind == "similarity" and similarity is None:
+        raise ValueError("heuristic kind 'similarity' needs a similarity function")
     if not names:
         raise ValueError("no models to choose from")
     own = {name: fitness({name: 1.0}) for name in names}
     order = sorted(names, key=lambda n: -own[n])  # stable: the zoo's order among equal scores
     weights, score = {order[0]: 1.0}, own[order[0]]
     trace = [Step(order[0], {}, score, True)]
-    for candidate in order[1:]:
+    remaining = order[1:]
+    while remaining:
+        closeness = None
+        if kind == "similarity":
+            to_running = {n: similarity(weights, n) for n in remaining}
+            pick = (max if most_similar else min)(remaining, key=to_running.get)  # the first of equals
+            remaining.remove(pick)
+            candidate, closeness = pick, to_running[pick]
+        else:
+            candidate = remaining.pop(0)
         k = len(weights)
         shares = (k / (k + 1),) if kind == "average" else grid
         tried = {share: fitness(_mixed(weights, candidate, share)) for share in shares}
@@ -63,44 +80,47 @@ def greedy_merge(names: list[str], fitness: Callable[[dict[str, float]], float],
         kept = tried[best] >= score
         if kept:
             weights, score = _mixed(weights, candidate, best), tried[best]
-        trace.append(Step(candidate, tried, tried[best], kept))
+        trace.append(Step(candidate, tried, tried[best], kept, closeness))
     return HeuristicResult(weights, score, trace)
 
 
 def _mixed(weights: dict[str, float], candidate: str, share: float) -> dict[str, float]:
-    return {**{name: share * w for name, w in weights.items()}, candidate: 1 - share}
+    # rounded, so that e.g. 1 - 0.9 is 0.1 in traces and cache keys
+    return {**{name: round(share * w, 12) for name, w in weights.items()}, candidate: round(1 - share, 12)}
+
+
+@dataclass
+class Heuristic:
+    """The strategy (conf/strategy/heuristic_*.yaml): a greedy merge over the problem's models."""
+    kind: str = "coefficient"               # average | coefficient | similarity
+    grid: tuple[float, ...] = GRID          # shares of the running merge tried (coefficient, similarity)
+    most_similar: bool = True               # similarity: the most similar model next (else the least)
+
+    def search(self, problem) -> HeuristicResult:
+        return greedy_merge(problem.names, lambda w: problem.fitness(problem.merge_of(w)), self.kind,
+                            tuple(self.grid), problem.similarity, self.most_similar)
+
+    def run(self, problem):
+        from glue_bench.select.problem import Choice
+
+        result = self.search(problem)
+        return Choice(problem.merge_of(result.weights), result.score,
+                      {"kept_weights": result.weights, "trace": [asdict(s) for s in result.trace]})
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glue_bench.merge.engine import Merger
     from glue_bench.select.report import ZooSearch, print_final_table
-    from glue_bench.zoo import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ZooSearch.add_arguments(parser, proxy_size=20)
     parser.add_argument("--kind", default="coefficient", choices=KINDS)
+    parser.add_argument("--least-similar", action="store_true", help="similarity: least similar next")
     args = parser.parse_args(argv)
     zs = ZooSearch.from_args(args)
-    names = [r.name for r in zs.refs]
-    merger = Merger(zs.members, args.method, zs.base, cache=True)
-    model, scores = None, {}
-
-    def fitness(weights: dict[str, float]) -> float:
-        nonlocal model
-        key = json.dumps({n: round(w, 6) for n, w in sorted(weights.items())})
-        if key not in scores:  # an identical candidate is evaluated once
-            if len(weights) == 1:  # a single model as it is (a one-model TIES would be sparsified)
-                candidate = load_model(zs.refs[names.index(next(iter(weights)))], zs.eval_cfg.device)
-            else:
-                candidate = model = merger.to_model({"weights": [weights.get(n, 0.0) for n in names]}, model)
-            scores[key] = zs.proxy.score(candidate, zs.tokenizer, zs.tasks_dir, zs.eval_cfg)[0]
-        return scores[key]
-
-    result = greedy_merge(names, fitness, args.kind)
-    print(json.dumps(asdict(result), indent=2))
+    choice = Heuristic(args.kind, most_similar=not args.least_similar).run(zs.problem(args.method, {}))
+    print(json.dumps(choice.details, indent=2))
     label = f"heuristic_{args.kind}({args.method})"
-    table = zs.compare(args.method, {label: {"weights": [result.weights.get(n, 0.0) for n in names]}})
-    print_final_table(table, f"{args.zoo}, {label}")
+    print_final_table(zs.compare(args.method, {label: choice.candidate}), f"{args.zoo}, {label}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass
 
 from glue_bench.evaluate import PRIMARY_METRIC, EvalConfig, EvalError, evaluate_model
@@ -67,4 +68,55 @@ def primary_mean(rows: list[dict]) -> tuple[float, dict[str, float]]:
     per_task = {r["task"]: r["value"] for r in rows if PRIMARY_METRIC.get(r["task"]) == r["metric"]}
     if not per_task:
         raise EvalError("no primary metric in the evaluation's results")
-    return sum(per_task.values()) / len(per_task), per_task
+    # rounded: the float noise of a mean of fractions must not decide which candidate is better
+    return round(sum(per_task.values()) / len(per_task), 10), per_task
+
+
+@dataclass
+class Evaluation:
+    score: float                   # the proxy score (mean over tasks of the primary metric)
+    per_task: dict[str, float]
+    build_s: float = 0.0           # building the candidate (0 when it came from the cache)
+    eval_s: float = 0.0
+    cached: bool = False
+
+
+class ProxyFitness:
+    """The proxy score of a candidate, each distinct candidate evaluated once.
+
+    `build(params)` makes the candidate model from a JSON-able description (merge parameters, a
+    single model's name, a layer path...); `identity` names what `build` builds from (members,
+    method) so that a persistent `cache` (any mapping: a dict, or the results store's
+    `ProxyCache`) never confuses two searches. Counts what it spent in `builds`, `build_s`, `eval_s`.
+    """
+
+    def __init__(self, build, identity: dict, proxy: ProxySet, tokenizer, tasks_dir, eval_cfg: EvalConfig,
+                 cache=None):
+        self.build, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg = (
+            build, proxy, tokenizer, tasks_dir, eval_cfg)
+        self.identity = {**identity, "proxy": proxy.key, "tasks": sorted(proxy.items)}
+        self.cache = {} if cache is None else cache
+        self.builds, self.build_s, self.eval_s = 0, 0.0, 0.0
+
+    def key(self, candidate: dict) -> str:
+        payload = {"candidate": candidate, **self.identity}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def evaluate(self, candidate: dict) -> Evaluation:
+        key = self.key(candidate)
+        if key in self.cache:
+            score, per_task = self.cache[key]
+            return Evaluation(score, per_task, cached=True)
+        start = time.perf_counter()
+        model = self.build(candidate)
+        built = time.perf_counter()
+        score, per_task = self.proxy.score(model, self.tokenizer, self.tasks_dir, self.eval_cfg)
+        done = time.perf_counter()
+        self.builds += 1
+        self.build_s += built - start
+        self.eval_s += done - built
+        self.cache[key] = (score, per_task)
+        return Evaluation(score, per_task, built - start, done - built)
+
+    def __call__(self, candidate: dict) -> float:
+        return self.evaluate(candidate).score

@@ -9,9 +9,10 @@ from typing import Callable
 
 import pandas as pd
 
-from glue_bench.evaluate import CODE_TASKS, EvalConfig, evaluate_model
-from glue_bench.merge.engine import TensorSource
-from glue_bench.select.proxy import ProxySet, primary_mean
+from glue_bench.evaluate import EvalConfig, evaluate_model
+from glue_bench.merge.engine import Merger, TensorSource
+from glue_bench.select.problem import CandidateBuilder, Problem
+from glue_bench.select.proxy import ProxyFitness, ProxySet, primary_mean
 
 
 def final_table(candidates: dict[str, Callable[[], object]], tokenizer, tasks_dir, eval_cfg: EvalConfig,
@@ -34,8 +35,8 @@ def print_final_table(table: pd.DataFrame, title: str) -> None:
 
 @dataclass
 class ZooSearch:
-    """What a search over a zoo's members needs, prepared once (the CLIs of heuristic.py and
-    evolutionary.py)."""
+    """What a search over a zoo's members needs, prepared once (the CLIs of heuristic.py,
+    evolutionary.py and dataflow.py)."""
     refs: list                      # the members' ModelRefs
     members: list[TensorSource]
     base: TensorSource
@@ -47,7 +48,7 @@ class ZooSearch:
     @classmethod
     def prepare(cls, zoo: str, size: str, proxy_size: int, seed: int, allow_code_execution: bool,
                 tasks_dir: str | Path) -> "ZooSearch":
-        from glue_bench.evaluate import render_tasks
+        from glue_bench.evaluate import render_tasks, selected_tasks
         from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, resolve_zoo, zoo_config
         from glue_bench.zoo.mini.build import ensure_data
 
@@ -55,10 +56,9 @@ class ZooSearch:
         ensure_available(refs + [base_ref], size)
         eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
         rendered = render_tasks(ensure_data(size), tasks_dir)
-        tasks = [t for t in eval_cfg.tasks if allow_code_execution or t not in CODE_TASKS]
         return cls(refs, [TensorSource(r.name, local_dir(r)) for r in refs],
                    TensorSource(base_ref.name, local_dir(base_ref)), load_tokenizer(refs[0]), rendered,
-                   eval_cfg, ProxySet.draw(rendered, tasks, proxy_size, seed))
+                   eval_cfg, ProxySet.draw(rendered, selected_tasks(eval_cfg), proxy_size, seed))
 
     @staticmethod
     def add_arguments(parser, proxy_size: int) -> None:
@@ -77,21 +77,20 @@ class ZooSearch:
         return cls.prepare(args.zoo, args.size, args.proxy_size, args.seed, args.allow_code_execution,
                            args.tasks_dir)
 
-    def compare(self, method: str, chosen: dict[str, dict]) -> pd.DataFrame:
+    def problem(self, method: str, fixed: dict, cache=None, out_dir: Path | None = None) -> Problem:
+        """A search problem over the members (architecture-checked by the merge engine)."""
+        merger = Merger(self.members, method, self.base, device=self.eval_cfg.device, cache=True)
+        builder = CandidateBuilder(self.refs, merger, self.eval_cfg.device)
+        identity = {"members": [r.key for r in self.refs], "method": method}
+        fitness = ProxyFitness(builder, identity, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg, cache)
+        return Problem(self.refs, method, fixed, merger, builder, fitness, out_dir)
+
+    def compare(self, method: str, chosen: dict[str, dict], problem: Problem | None = None) -> pd.DataFrame:
         """Final-item scores of every single model, of `method` over the whole zoo (its default
-        parameters) and of each chosen {label: method parameters}."""
-        from glue_bench.merge.engine import Merger
-        from glue_bench.zoo import load_model
-
-        merger, holder = Merger(self.members, method, self.base), {}
-
-        def merged(params):
-            def build():
-                holder["model"] = merger.to_model(params, holder.get("model"))
-                return holder["model"]
-            return build
-
-        candidates = {r.name: (lambda r=r: load_model(r, self.eval_cfg.device)) for r in self.refs}
-        candidates[f"{method}(all)"] = merged({})
-        candidates.update({label: merged(params) for label, params in chosen.items()})
+        parameters) and of each chosen {label: candidate description (problem.py)}, built by the
+        search's `problem` when given (it knows the strategy's own candidate kinds)."""
+        builder = (problem or self.problem(method, {})).builder
+        candidates = {r.name: (lambda name=r.name: builder({"model": name})) for r in self.refs}
+        candidates[f"{method}(all)"] = lambda: builder({})
+        candidates.update({label: (lambda c=c: builder(c)) for label, c in chosen.items()})
         return final_table(candidates, self.tokenizer, self.tasks_dir, self.eval_cfg, self.proxy)
