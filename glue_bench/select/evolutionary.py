@@ -3,15 +3,17 @@
 Search space: one weight per model in [0, 1]; with `search_density`, also one density per model
 in [0.1, 1] for the methods that have one (TIES, DARE, ...); with `layer_groups` = G > 1, each
 model's values are G anchors over depth, interpolated across layers as mergekit's gradients are.
-Fitness: `ProxySet.score` of the merged model (kept in memory; the merge engine caches the inputs
-and, for TIES/DARE, the sparsified task vectors, so a trial is one pass of arithmetic plus an
-evaluation).
+Fitness: the problem's `ProxyFitness`, the proxy score of the merged model (kept in memory; the
+merge engine caches the inputs and, for TIES/DARE, the sparsified task vectors, so a trial is one
+pass of arithmetic plus an evaluation). `search` also takes another space and candidate mapping:
+dataflow.py searches layer paths with it.
 
 The study lives in an Optuna RDB storage (a SQLite file by default; any SQLAlchemy URL lets many
 workers share one search), named after everything that defines it. So a killed search resumes
 where it stopped: completed trials count, trials the killed process left running are failed by
 Optuna's heartbeat once stale, and the search stops when `n_trials` trials are complete, whatever
-the number of runs or workers. A candidate evaluated before (the same parameters) reuses its score.
+the number of runs or workers. A candidate evaluated before (the same parameters, in this study
+or in the fitness's cache) reuses its score.
 
 A warm start (`WarmStarted`, strategy heuristic_evolutionary) runs a heuristic first and starts
 CMA-ES from its weights, with a smaller step: the study's "heuristic for rough coefficients, then
