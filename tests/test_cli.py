@@ -180,8 +180,10 @@ def test_cfg_job_prints_the_composed_config(run_cli):
 
 
 def test_a_selective_strategy_is_judged_beside_singles_and_merge_all_on_the_final_items(run_cli, tmp_path):
-    proc = run_cli("zoo=mini2", "method=linear", "strategy=heuristic_coefficient", "strategy.proxy.size=5", *FAST)
+    proc = run_cli("zoo=mini2", "method=linear", "strategy=heuristic_coefficient", "strategy.proxy.size=5",
+                   "save=true", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chosen:" in (tmp_path / "run" / "candidate" / "README.md").read_text()
     df = read_results(run_cli.results)
     final = df[df["items"].fillna("").str.startswith("final")]
     assert set(final.candidate) == {"base", "chat_a", "chat_b", "linear(all 2)", "heuristic_coefficient(linear)"}
