@@ -89,11 +89,21 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
     Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
     {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
     """
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
+              add_bos_token=cfg.add_bos_token)
+    return evaluate_lm(lm, tasks_dir, cfg, samples, tokenizer)
+
+
+def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict[str, list[int]] | None = None,
+                tokenizer=None) -> tuple[list[dict], dict]:
+    """`evaluate_model` for any lm-eval LM (e.g. a model-level mixture); tokens are counted with
+    `tokenizer` when one is given (else None)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks = selected_tasks(cfg)
@@ -101,8 +111,6 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
         tasks = [t for t in tasks if t in samples]
     if not tasks:
         raise EvalError("no task left to run (code tasks need eval.allow_code_execution=true)")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
-              add_bos_token=cfg.add_bos_token)
     start = time.perf_counter()
     out = simple_evaluate(
         model=lm, tasks=tasks, limit=None if samples is not None else cfg.limit,
@@ -113,7 +121,8 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
         torch_random_seed=0, fewshot_random_seed=0,
     )
     eval_s = time.perf_counter() - start
-    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": _count_tokens(out, tokenizer)}
+    tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
+    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens}
 
 
 def results_to_rows(results: dict) -> list[dict]:

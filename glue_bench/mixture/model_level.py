@@ -1,0 +1,54 @@
+"""Model-level mixture: each model an expert, the input routed once, the chosen expert answering
+with its whole stack.
+
+`ModelMixtureLM` is an lm-eval LM, so the experts may differ in architecture and tokenizer (the
+CrystalChat case): the router reads the text, and each expert is an lm-eval LM of its own (an
+`HFLM` with its own tokenizer). One routing decision per document: all requests of a document (the
+choices of a multiple-choice item) go to the expert chosen on the context of its first request.
+Routing each request alone would compare choices scored by different models, e.g. WinoGrande's,
+whose contexts differ from choice to choice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from lm_eval.api.model import LM
+
+
+class ModelMixtureLM(LM):
+    def __init__(self, experts: dict[str, LM], router: Callable[[list[str]], list[int]]):
+        super().__init__()
+        self.names, self.experts, self.router = list(experts), list(experts.values()), router
+        self.usage: Counter = Counter()  # expert name -> documents routed to it
+
+    def _routes(self, requests) -> list[int]:
+        first: dict = {}  # document -> its first request
+        for position, request in enumerate(requests):
+            doc = (request.task_name, request.doc_id) if request.doc_id is not None else ("", position)
+            if doc not in first or request.idx < first[doc].idx:
+                first[doc] = request
+        docs = list(first)
+        chosen = dict(zip(docs, self.router([first[d].args[0] for d in docs]))) if docs else {}
+        self.usage.update(self.names[e] for e in chosen.values())
+        return [chosen[(r.task_name, r.doc_id) if r.doc_id is not None else ("", i)] for i, r in enumerate(requests)]
+
+    def _dispatch(self, requests, method: str) -> list:
+        routes = self._routes(requests)
+        out: list = [None] * len(requests)
+        for e, expert in enumerate(self.experts):
+            mine = [i for i, route in enumerate(routes) if route == e]
+            if mine:
+                for i, result in zip(mine, getattr(expert, method)([requests[i] for i in mine])):
+                    out[i] = result
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood_rolling")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "generate_until")

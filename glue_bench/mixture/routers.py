@@ -1,0 +1,86 @@
+"""Routers: which expert(s) an input goes to.
+
+`PromptRouter` is the training-free linear router of the study (mergekit-moe's "hidden" gates,
+Beyonder): each expert has positive (and optionally negative) prompts; its gate vector is the mean
+pooled hidden state of its positive prompts minus that of its negatives, L2-normalised; an input
+goes to the expert whose gate has the largest dot product with the input's pooled hidden state.
+
+A warning is issued when gates are degenerate: two of them nearly parallel (their prompts do not
+tell the experts apart), or an expert that none of its own prompts is routed to.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+DEGENERATE_COSINE = 0.99
+
+
+class HiddenStateEncoder:
+    """Mean-pooled hidden state of a causal LM over the non-padding tokens: of layer `layer`
+    (0 = the embeddings), or by default (`layer=None`) the mean over all of them, embeddings to
+    last layer, as mergekit-moe reads every layer's hidden states for its gates."""
+
+    def __init__(self, model, tokenizer, layer: int | None = None, max_length: int = 512, batch_size: int = 16):
+        self.model, self.tokenizer, self.layer = model.eval(), tokenizer, layer
+        self.max_length, self.batch_size = max_length, batch_size
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        pooled = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.max_length).to(device)
+            states = self.model(**batch, output_hidden_states=True).hidden_states
+            hidden = (torch.stack(states).mean(0) if self.layer is None else states[self.layer]).float()
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        return torch.cat(pooled).cpu()
+
+
+class PromptRouter:
+    def __init__(self, encoder, gates: torch.Tensor, names=None):
+        self.encoder, self.gates = encoder, gates
+        self.names = list(names) if names is not None else [str(i) for i in range(len(gates))]
+
+    @classmethod
+    def from_prompts(cls, encoder, positive: dict[str, list[str]],
+                     negative: dict[str, list[str]] | None = None) -> "PromptRouter":
+        """`positive`/`negative`: expert name -> prompts (every expert needs positive prompts)."""
+        names = list(positive)
+        if missing := [n for n in names if not positive[n]]:
+            raise ValueError(f"router: expert {missing[0]!r} has no positive prompts")
+        gates = []
+        for n in names:
+            gate = encoder(positive[n]).mean(0)
+            if negative and negative.get(n):
+                gate = gate - encoder(negative[n]).mean(0)
+            gates.append(gate / gate.norm().clamp(min=1e-8))
+        router = cls(encoder, torch.stack(gates), names)
+        router._warn_if_degenerate(positive)
+        return router
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        return self.encoder(texts) @ self.gates.T
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        """The top-1 expert of each text."""
+        return self.logits(texts).argmax(-1).tolist()
+
+    def _warn_if_degenerate(self, positive: dict[str, list[str]]) -> None:
+        cosine = self.gates @ self.gates.T
+        for i in range(len(self.names)):
+            for j in range(i + 1, len(self.names)):
+                if cosine[i, j] > DEGENERATE_COSINE:
+                    warnings.warn(f"router: the gates of {self.names[i]!r} and {self.names[j]!r} are nearly "
+                                  f"parallel (cosine {cosine[i, j]:.3f}): their prompts do not tell them apart",
+                                  stacklevel=3)
+        for i, name in enumerate(self.names):
+            routed = self(positive[name])
+            if i not in routed:
+                warnings.warn(f"router: none of {name!r}'s own prompts is routed to it", stacklevel=3)

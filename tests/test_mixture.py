@@ -1,0 +1,104 @@
+"""Model-level mixture and the prompt-initialised router: a mixture whose router always picks
+expert i scores exactly as expert i; a document's requests all go to one expert; a router built
+from each expert's prompts sends those prompts to that expert."""
+
+import json
+import warnings
+
+import pytest
+
+from glue_bench.evaluate import EvalConfig, evaluate_lm, evaluate_model, render_tasks
+from glue_bench.mixture.model_level import ModelMixtureLM
+from glue_bench.mixture.routers import HiddenStateEncoder, PromptRouter
+
+
+@pytest.fixture(scope="module")
+def zoo(micro_cache, tmp_path_factory):
+    from glue_bench.zoo import load_model, load_tokenizer, resolve_zoo, zoo_config
+    from glue_bench.zoo.mini.build import ensure_data
+
+    refs, base = resolve_zoo(zoo_config("mini2"), "micro")
+    loaded = {r.name: (load_model(r), load_tokenizer(r)) for r in [base, *refs]}
+    data = ensure_data("micro")
+    return loaded, data, render_tasks(data, tmp_path_factory.mktemp("tasks"))
+
+
+def _hflm(model, tok, cfg):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=cfg.batch_size,
+                add_bos_token=cfg.add_bos_token)
+
+
+def test_a_router_that_always_picks_expert_i_scores_exactly_as_expert_i(zoo):
+    loaded, _, tasks_dir = zoo
+    cfg = EvalConfig(tasks=["mini_arc", "mini_winogrande", "mini_gsm8k"], limit=6, batch_size=8)
+    experts = {name: _hflm(*loaded[name], cfg) for name in ("chat_a", "chat_b")}
+    alone = {name: evaluate_model(*loaded[name], tasks_dir, cfg)[0] for name in experts}
+    assert alone["chat_a"] != alone["chat_b"]  # so an equality below says which expert answered
+    for i, name in enumerate(experts):
+        mixture = ModelMixtureLM(experts, lambda texts, i=i: [i] * len(texts))
+        mixed, _ = evaluate_lm(mixture, tasks_dir, cfg)
+        assert mixed == alone[name]
+        assert set(mixture.usage) == {name}
+
+
+class _Named:
+    """An expert that answers every request with its own name."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def loglikelihood(self, requests):
+        return [(self.name, r.args[0]) for r in requests]
+
+
+def test_every_request_of_a_document_goes_where_its_first_request_was_routed():
+    from lm_eval.api.instance import Instance
+
+    # WinoGrande-like: the contexts differ between a document's choices
+    requests = [Instance("loglikelihood", {}, (f"context {doc}-{choice}", " rest"), choice,
+                         ("task", doc, 1)) for doc in range(4) for choice in range(2)]
+    seen = []
+
+    def router(texts):
+        seen.extend(texts)
+        return [int(t.split()[1][0]) % 2 for t in texts]  # doc parity
+
+    out = ModelMixtureLM({"even": _Named("even"), "odd": _Named("odd")}, router).loglikelihood(requests)
+    assert seen == [f"context {d}-0" for d in range(4)]  # one decision per document, on its first request
+    assert [name for name, _ in out] == ["even", "even", "odd", "odd"] * 2
+    assert [context for _, context in out] == [r.args[0] for r in requests]  # answers in request order
+
+
+def _prompts(data, task, split, n):
+    from glue_bench.zoo.mini.data import task_document
+
+    with open(data / task / f"{split}.jsonl") as f:
+        return [task_document(task, json.loads(line)) for line in f][:n]
+
+
+def test_a_prompt_initialised_router_sends_each_experts_prompts_to_that_expert(zoo):
+    loaded, data, _ = zoo
+    encoder = HiddenStateEncoder(*loaded["base"])
+    domains = {"math": "mini_gsm8k", "code": "mini_mbpp", "knowledge": "mini_mmlu", "reason": "mini_arc"}
+    positive = {expert: _prompts(data, task, "train", 12) for expert, task in domains.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # well-separated prompts: no degenerate-gate warning
+        router = PromptRouter.from_prompts(encoder, positive)
+    for i, expert in enumerate(domains):
+        assert router(positive[expert]) == [i] * 12, expert
+    # held-out prompts of the same domains (their test splits) go to the same experts
+    held_out = {expert: _prompts(data, task, "test", 50) for expert, task in domains.items()}
+    hits = sum(route == i for i, expert in enumerate(domains) for route in router(held_out[expert]))
+    assert hits >= 0.9 * 50 * len(domains)  # 190 of 200 measured
+
+
+def test_degenerate_gates_are_warned_about(zoo):
+    loaded, data, _ = zoo
+    encoder = HiddenStateEncoder(*loaded["base"])
+    same = _prompts(data, "mini_gsm8k", "train", 6)
+    with pytest.warns(UserWarning, match="nearly parallel"):
+        PromptRouter.from_prompts(encoder, {"a": same, "b": list(same), "c": _prompts(data, "mini_mbpp", "train", 6)})
+    with pytest.raises(ValueError, match="expert 'b' has no positive prompts"):
+        PromptRouter.from_prompts(encoder, {"a": same, "b": []})
