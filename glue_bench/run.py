@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from glue_bench.errors import JobError
-from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
+from glue_bench.evaluate import EvalConfig, evaluate_lm, evaluate_model, render_tasks
 from glue_bench.results import ResultStore
 from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, local_dir, resolve_zoo
 
@@ -38,6 +38,8 @@ def candidate_payload(cfg: DictConfig) -> dict:
     payload = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
     payload["eval"] = _eval_payload(cfg)
     payload["models"] = [r.key for r in zoo_refs(cfg)[0]]
+    if cfg.mixture.get("level") == "model":
+        payload.pop("method")  # not used: the same mixture whatever method is configured
     return payload
 
 
@@ -81,16 +83,28 @@ def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; returns a summary {"job_key", "status", ...}."""
     store = ResultStore(cfg.results_path)  # a corrupt store fails here, before any work
-    if cfg.mixture.name != "none" or cfg.router.name != "none":
-        raise JobError("mixtures and routers are not implemented yet (use mixture=none router=none)")
+    mixture = cfg.mixture.name != "none"
+    if mixture:
+        from glue_bench.mixture.build import LEVELS
+
+        if cfg.mixture.get("level") not in LEVELS:
+            raise JobError(f"mixture={cfg.mixture.name}: level {cfg.mixture.get('level')!r} is not implemented "
+                           f"(available: {', '.join(LEVELS)})")
+        if cfg.router.name == "none":
+            raise JobError(f"mixture={cfg.mixture.name}: needs a router (router=prompt)")
+    elif cfg.router.name != "none":
+        raise JobError(f"router={cfg.router.name}: only mixtures route (add mixture=model)")
     selective = cfg.strategy.name != "all"
+    if selective and mixture:
+        raise JobError(f"strategy {cfg.strategy.name} with mixture={cfg.mixture.name}: not implemented "
+                       "(a mixture takes strategy=all, optionally strategy.models=[...])")
     if selective and cfg.method.name == "none":
         raise JobError(f"strategy {cfg.strategy.name}: needs a merge method (method=linear, ties, ...)")
 
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     refs, base = zoo_refs(cfg)
     members = selected_members(cfg, refs)
-    if cfg.method.name != "none":
+    if cfg.method.name != "none" and not mixture:
         from glue_bench.merge import get_method
 
         get_method(cfg.method.name).validate(_method_params(cfg), len(members))  # bad input fails early
@@ -106,7 +120,7 @@ def run_job(cfg: DictConfig) -> dict:
     for ref in [base] + [r for r in refs if r.key != base.key]:
         _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common)
 
-    if cfg.method.name == "none":
+    if cfg.method.name == "none" and not mixture:
         return {"status": "singles", "job_key": None}
 
     payload = candidate_payload(cfg)
@@ -116,6 +130,8 @@ def run_job(cfg: DictConfig) -> dict:
             _log(f"job {key} already in the store; skipping (force=true re-runs it)")
             return {"status": "skipped", "job_key": key}
         store.delete_job(key)
+    if mixture:
+        return _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common)
     if selective:
         return _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common)
 
@@ -157,7 +173,7 @@ def _evaluate_single(store: ResultStore, ref: ModelRef, cfg: DictConfig, eval_cf
     load_s = time.perf_counter() - start
     rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg, samples=samples)
     store.append_job(key, [{**common, **r, "candidate": ref.name, "method": "none", "strategy": "none",
-                            "models": ref.name, "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
+                            "mixture": "none", "router": "none", "models": ref.name, "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
                             "items": items[1] if items else None,
                             "config": json.dumps({"model": ref.location})} for r in rows])
 
@@ -256,6 +272,28 @@ def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval
         else:
             _save_candidate(model, zs.tokenizer, cfg, config, key)
     return {"status": "done", "job_key": key, "search_s": search_s, "proxy_score": choice.proxy_score, **stats}
+
+
+def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common) -> dict:
+    from glue_bench.mixture.build import MixtureError, model_mixture
+
+    names = [m.name for m in members]
+    _log(f"mixing {', '.join(names)} at {cfg.mixture.level} level, router {cfg.router.name}")
+    start = time.perf_counter()
+    try:
+        lm = model_mixture(members, base, OmegaConf.to_container(cfg.mixture, resolve=True),
+                           OmegaConf.to_container(cfg.router, resolve=True), eval_cfg)
+    except MixtureError as err:
+        raise JobError(str(err)) from None
+    build_s = time.perf_counter() - start
+    rows, stats = evaluate_lm(lm, tasks_dir, eval_cfg)
+    usage = {name: lm.usage.get(name, 0) for name in names}
+    _log(f"documents routed to each expert: {usage}")
+    label = f"mixture({cfg.mixture.name}, {cfg.router.name})"
+    store.append_job(key, [{**common, **r, "candidate": label, "method": "none", "models": names,
+                            "build_s": build_s, "eval_s": stats["eval_s"],
+                            "config": json.dumps({**payload, "routed": usage}, sort_keys=True)} for r in rows])
+    return {"status": "done", "job_key": key, "build_s": build_s, "routed": usage, **stats}
 
 
 def _chosen_models(candidate: dict, names: list[str]) -> list[str]:

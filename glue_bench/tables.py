@@ -29,7 +29,8 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFr
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
     singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members + [base])]
-    built = primary[(primary["method"] != "none") & (primary["zoo"] == zoo)]
+    built = primary[((primary["method"] != "none") | (primary["mixture"].fillna("none") != "none"))
+                    & (primary["zoo"] == zoo)]
     rows = pd.concat([singles, built])
     if rows.empty:
         return pd.DataFrame()

@@ -207,3 +207,17 @@ def test_a_bad_strategy_setting_is_one_line_naming_the_strategy(run_cli):
     _one_line_error(proc, "strategy heuristic_average", "bogus")
     proc = run_cli("zoo=mini2", "method=none", "strategy=evolutionary", *FAST)
     _one_line_error(proc, "strategy evolutionary: needs a merge method")
+
+
+def test_a_model_level_mixture_job_lands_its_rows_and_the_table_shows_it(run_cli):
+    proc = run_cli("zoo=mini2", "mixture=model", "router=prompt", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    mixed = df[df.mixture == "model"]
+    assert set(mixed.candidate) == {"mixture(model, prompt)"} and set(mixed.task) == {"mini_arc", "mini_winogrande"}
+    routed = json.loads(mixed.config.iloc[0])["routed"]
+    assert set(routed) == {"chat_a", "chat_b"} and sum(routed.values()) == 16  # 8 documents x 2 tasks
+    assert set(df[df.candidate.isin(["chat_a", "chat_b", "base"])].mixture) == {"none"}
+    assert "mixture(model, prompt)" in proc.stdout
+    _one_line_error(run_cli("zoo=mini2", "router=prompt", *FAST), "router=prompt: only mixtures route")
+    _one_line_error(run_cli("zoo=mini2", "mixture=model", *FAST), "mixture=model: needs a router")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
+import random
 import shutil
 import sys
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from glue_bench.zoo import ZooError
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, fingerprint, lineage
+from glue_bench.zoo.mini.spec import MIX, RECIPES, SIZES, VERSION, Recipe, fingerprint, lineage
 
 
 def cache_root() -> Path:
@@ -160,3 +162,26 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@functools.lru_cache(maxsize=1)
+def _corpora() -> dict[str, list[str]]:
+    return data.domain_corpora(data.build_splits())
+
+
+def expert_prompts(name: str, n: int = 16, seed: int = 0) -> list[str]:
+    """Prompts typical of a mini-zoo model, for prompt-initialised routers: `n` training documents
+    of the domains it was fine-tuned on, in proportion to its fine-tuning weights (for a model
+    pretrained from scratch, to its pretraining mixture)."""
+    lineage(name)  # an unknown name fails here, naming it
+    recipe = RECIPES[name]
+    weights = dict(recipe.weights)
+    if recipe.parent is not None:  # the fine-tuning share: what `_ft` added to a fifth of the pretraining mix
+        weights = {d: max(0.0, w - 0.2 * MIX.get(d, 0.0) / sum(MIX.values())) for d, w in weights.items()}
+    total = sum(weights.values())
+    shares = {d: n * w / total for d, w in weights.items()}
+    counts = {d: int(s) for d, s in shares.items()}
+    for d in sorted(shares, key=lambda d: counts[d] - shares[d])[:n - sum(counts.values())]:
+        counts[d] += 1  # largest remainders
+    rng = random.Random(f"{seed}:{name}")
+    return [doc for d, k in counts.items() if k for doc in rng.sample(_corpora()[d], k)]
