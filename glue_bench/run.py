@@ -275,25 +275,40 @@ def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval
 
 
 def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common) -> dict:
-    from glue_bench.mixture.build import MixtureError, model_mixture
+    from glue_bench.mixture.build import MixtureError, ffn_mixture_lm, model_mixture
 
     names = [m.name for m in members]
-    _log(f"mixing {', '.join(names)} at {cfg.mixture.level} level, router {cfg.router.name}")
+    level = cfg.mixture.level
+    _log(f"mixing {', '.join(names)} at {level} level, router {cfg.router.name}")
+    mixture_cfg = OmegaConf.to_container(cfg.mixture, resolve=True)
+    router_cfg = OmegaConf.to_container(cfg.router, resolve=True)
     start = time.perf_counter()
     try:
-        lm = model_mixture(members, base, OmegaConf.to_container(cfg.mixture, resolve=True),
-                           OmegaConf.to_container(cfg.router, resolve=True), eval_cfg)
+        if level == "model":
+            lm = model_mixture(members, base, mixture_cfg, router_cfg, eval_cfg)
+        else:
+            lm, model = ffn_mixture_lm(members, base, cfg.method.name, _method_params(cfg), mixture_cfg,
+                                       router_cfg, eval_cfg)
     except MixtureError as err:
         raise JobError(str(err)) from None
     build_s = time.perf_counter() - start
     rows, stats = evaluate_lm(lm, tasks_dir, eval_cfg)
-    usage = {name: lm.usage.get(name, 0) for name in names}
-    _log(f"documents routed to each expert: {usage}")
-    label = f"mixture({cfg.mixture.name}, {cfg.router.name})"
-    store.append_job(key, [{**common, **r, "candidate": label, "method": "none", "models": names,
-                            "build_s": build_s, "eval_s": stats["eval_s"],
-                            "config": json.dumps({**payload, "routed": usage}, sort_keys=True)} for r in rows])
-    return {"status": "done", "job_key": key, "build_s": build_s, "routed": usage, **stats}
+    if level == "model":
+        routed = {name: lm.usage.get(name, 0) for name in names}
+        _log(f"documents routed to each expert: {routed}")
+    else:
+        from glue_bench.mixture.ffn import routed_layers
+
+        per_expert = sum(layer.tokens_routed for layer in routed_layers(model))
+        routed = dict(zip(names, per_expert.tolist()))
+        _log(f"token-layers routed to each expert: {routed}")
+    details = "" if level == "model" else f", {mixture_cfg.get('routing', 'token')}" + (
+        f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
+    label = f"mixture({cfg.mixture.name}, {cfg.router.name}{details})"
+    store.append_job(key, [{**common, **r, "candidate": label, "method": "none" if level == "model" else cfg.method.name,
+                            "models": names, "build_s": build_s, "eval_s": stats["eval_s"],
+                            "config": json.dumps({**payload, "routed": routed}, sort_keys=True)} for r in rows])
+    return {"status": "done", "job_key": key, "build_s": build_s, "routed": routed, **stats}
 
 
 def _chosen_models(candidate: dict, names: list[str]) -> list[str]:

@@ -221,3 +221,15 @@ def test_a_model_level_mixture_job_lands_its_rows_and_the_table_shows_it(run_cli
     assert "mixture(model, prompt)" in proc.stdout
     _one_line_error(run_cli("zoo=mini2", "router=prompt", *FAST), "router=prompt: only mixtures route")
     _one_line_error(run_cli("zoo=mini2", "mixture=model", *FAST), "mixture=model: needs a router")
+
+
+def test_ffn_mixtures_token_sample_and_hybrid_land_as_four_candidates(run_cli):
+    proc = run_cli("-m", "zoo=mini2", "mixture=ffn", "router=prompt", "mixture.routing=token,sample",
+                   "mixture.dense_layers=0,1", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = read_results(run_cli.results)
+    assert set(df[df.mixture == "ffn"].candidate) == {
+        "mixture(ffn, prompt, token)", "mixture(ffn, prompt, sample)", "mixture(ffn, prompt, token, dense 1)",
+        "mixture(ffn, prompt, sample, dense 1)"}
+    bad = run_cli("zoo=mini2", "mixture=ffn", "router=prompt", "mixture.top_k=3", *FAST)
+    _one_line_error(bad, "mixture.top_k=3")

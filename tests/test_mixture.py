@@ -6,6 +6,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 from glue_bench.evaluate import EvalConfig, evaluate_lm, evaluate_model, render_tasks
 from glue_bench.mixture.model_level import ModelMixtureLM
@@ -102,3 +103,89 @@ def test_degenerate_gates_are_warned_about(zoo):
         PromptRouter.from_prompts(encoder, {"a": same, "b": list(same), "c": _prompts(data, "mini_mbpp", "train", 6)})
     with pytest.raises(ValueError, match="expert 'b' has no positive prompts"):
         PromptRouter.from_prompts(encoder, {"a": same, "b": []})
+
+
+class _Always(torch.nn.Module):
+    """A router that sends every token to expert i (of n)."""
+
+    def __init__(self, i, n):
+        super().__init__()
+        self.i, self.n = i, n
+
+    def forward(self, x):
+        logits = torch.zeros(*x.shape[:-1], self.n, dtype=x.dtype)
+        logits[..., self.i] = 1.0
+        return logits
+
+
+def _ffn_always(loaded, i, names=("chat_a", "chat_b")):
+    """An FFN-level mixture of `names` whose shared parts are expert i's own and whose routers
+    always pick expert i."""
+    from glue_bench.mixture.ffn import ffn_mixture
+    from glue_bench.zoo import load_model, resolve_zoo, zoo_config
+
+    refs = {r.name: r for r in resolve_zoo(zoo_config("mini2"), "micro")[0]}
+    shared = load_model(refs[names[i]])
+    experts = [loaded[n][0] for n in names]
+    routers = [_Always(i, len(names)) for _ in shared.model.layers]
+    return ffn_mixture(shared, experts, routers, top_k=1)
+
+
+def test_an_ffn_mixture_routed_to_expert_i_is_expert_i_token_and_sample_routing(zoo):
+    from glue_bench.mixture.ffn import SampleRoutedLM, routed_layers
+
+    loaded, _, tasks_dir = zoo
+    ids = torch.tensor([[5, 17, 99, 3, 250, 41, 8, 77]])
+    cfg = EvalConfig(tasks=["mini_arc", "mini_gsm8k"], limit=3, batch_size=8)
+    for i, name in enumerate(("chat_a", "chat_b")):
+        mixture = _ffn_always(loaded, i)
+        with torch.no_grad():
+            assert torch.equal(mixture(ids).logits, loaded[name][0](ids).logits)
+        tok = loaded[name][1]
+        sample = SampleRoutedLM(_hflm(mixture, tok, cfg), mixture)
+        assert evaluate_lm(sample, tasks_dir, cfg)[0] == evaluate_model(*loaded[name], tasks_dir, cfg)[0]
+        used = sum(layer.tokens_routed for layer in routed_layers(mixture))
+        assert used[i] > 0 and used[1 - i] == 0
+
+
+def test_sample_routing_reads_the_context_only():
+    from lm_eval.api.instance import Instance
+
+    from glue_bench.mixture.ffn import SampleRoutedLM, routed_layers
+
+    class _Recorder:
+        """Stands in for HFLM: encodes a text as one token per word; records what it is asked."""
+        device = "cpu"
+
+        def __init__(self, model):
+            self.model, self.asked = model, []
+
+        def tok_encode(self, text):
+            return [len(w) for w in text.split()]
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            self.asked.append([r.args for r in requests])
+            return [(0.0, True)] * len(requests)
+
+    class _Tiny(torch.nn.Module):
+        def __init__(self, mlp):
+            super().__init__()
+            self.mlp = mlp
+
+        def forward(self, ids):
+            return self.mlp(torch.nn.functional.one_hot(ids, 16).float())
+
+    pooled = []
+    experts = [torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)]
+    from glue_bench.mixture.ffn import RoutedMLP
+
+    mlp = RoutedMLP(experts, _Always(1, 2))
+    mlp.register_forward_pre_hook(lambda m, args: pooled.append(args[0].shape[1]) if m.pool else None)
+    model = _Tiny(mlp)
+    requests = [Instance("loglikelihood", {}, ("two words", " and a long answer"), c, ("t", 0, 1)) for c in range(2)]
+    lm = SampleRoutedLM(_Recorder(model), model)
+    assert routed_layers(model) == [mlp]
+    lm.loglikelihood(requests)
+    assert pooled == [2]  # the context's two tokens, not the continuation's
+    assert lm.hflm.asked == [[r.args for r in requests]]  # both choices at once, route fixed
+    assert mlp.fixed is None and not mlp.pool  # nothing left behind for the next document

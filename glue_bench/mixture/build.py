@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 from glue_bench.evaluate import EvalConfig
 from glue_bench.mixture.model_level import ModelMixtureLM
-from glue_bench.mixture.routers import HiddenStateEncoder, PromptRouter
+from glue_bench.mixture.routers import HiddenStateEncoder, LinearGate, PromptRouter, gate_vectors, parallel_gates
 
-LEVELS = ("model",)  # FFN and block level: not implemented yet
+LEVELS = ("model", "ffn")  # block level: not implemented yet
 ROUTERS = ("prompt",)
 
 
@@ -54,3 +56,62 @@ def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg:
                             device=eval_cfg.device, batch_size=eval_cfg.batch_size,
                             add_bos_token=eval_cfg.add_bos_token) for r in refs}
     return ModelMixtureLM(experts, router)
+
+
+def ffn_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict,
+                   eval_cfg: EvalConfig):
+    """An FFN-level mixture of `refs` (one architecture), as an lm-eval LM: shared parts from the
+    merge of the experts (`method`) or from the base; per-layer prompt-initialised gates read the
+    shared model's MLP inputs; the first `dense_layers` layers stay dense."""
+    from lm_eval.models.huggingface import HFLM
+
+    from glue_bench.merge import MergeError
+    from glue_bench.merge.engine import Merger, TensorSource
+    from glue_bench.mixture.ffn import SampleRoutedLM, ffn_mixture, mlp_inputs
+    from glue_bench.zoo import load_model, load_tokenizer, local_dir
+
+    routing, shared_from = mixture_cfg.get("routing", "token"), mixture_cfg.get("shared", "merge")
+    if routing not in ("token", "sample"):
+        raise MixtureError(f"mixture.routing={routing!r}: token or sample")
+    if router_cfg["name"] not in ROUTERS:
+        raise MixtureError(f"router={router_cfg['name']}: not available for an FFN-level mixture "
+                           f"(available: {', '.join(ROUTERS)})")
+    tokenizer = load_tokenizer(refs[0])
+    if shared_from == "merge":
+        if method == "none":
+            raise MixtureError("mixture.shared=merge: needs a merge method (method=linear, ...)")
+        try:
+            merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], method,
+                            TensorSource(base_ref.name, local_dir(base_ref)), device=eval_cfg.device)
+            shared = merger.to_model(method_params)
+        except MergeError as err:
+            raise MixtureError(f"FFN-level mixture: the experts cannot be merged for the shared parts ({err})") from None
+    elif shared_from == "base":
+        shared = load_model(base_ref, eval_cfg.device)
+    else:
+        raise MixtureError(f"mixture.shared={shared_from!r}: merge or base")
+    top_k = int(mixture_cfg.get("top_k", 1))
+    if not 1 <= top_k <= len(refs):
+        raise MixtureError(f"mixture.top_k={top_k}: must be between 1 and the number of experts ({len(refs)})")
+    layers = len(shared.model.layers)
+    dense = int(mixture_cfg.get("dense_layers", 0))
+    if not 0 <= dense < layers:
+        raise MixtureError(f"mixture.dense_layers={dense}: must be in [0, {layers - 1}]")
+    positive, negative = expert_prompts(refs, router_cfg)
+    names = [r.name for r in refs]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    means = [mlp_inputs(shared, tokenizer, positive[n]) for n in names]
+    negatives = [mlp_inputs(shared, tokenizer, negative[n]) if negative.get(n) else None for n in names]
+    gates = [gate_vectors([m[l] for m in means], [n[l] if n else None for n in negatives]) for l in range(layers)]
+    parallel = [pair for l in range(dense, layers) for pair in parallel_gates(gates[l], names)]
+    if parallel:
+        pairs = sorted({(a, b) for a, b, _ in parallel})
+        warnings.warn(f"router: nearly parallel gates in {len(parallel)} (layer, pair) cases, for "
+                      f"{', '.join(f'{a}/{b}' for a, b in pairs)}: their prompts do not tell them apart")
+    experts = [load_model(r, eval_cfg.device) for r in refs]
+    routers = [None if l < dense else LinearGate(gates[l]) for l in range(layers)]
+    model = ffn_mixture(shared, experts, routers, top_k)
+    hflm = HFLM(pretrained=model, tokenizer=tokenizer, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
+                add_bos_token=eval_cfg.add_bos_token)
+    return (SampleRoutedLM(hflm, model) if routing == "sample" else hflm), model

@@ -23,22 +23,13 @@ class ModelMixtureLM(LM):
         self.names, self.experts, self.router = list(experts), list(experts.values()), router
         self.usage: Counter = Counter()  # expert name -> documents routed to it
 
-    def _routes(self, requests) -> list[int]:
-        first: dict = {}  # document -> its first request
-        for position, request in enumerate(requests):
-            doc = (request.task_name, request.doc_id) if request.doc_id is not None else ("", position)
-            if doc not in first or request.idx < first[doc].idx:
-                first[doc] = request
-        docs = list(first)
-        chosen = dict(zip(docs, self.router([first[d].args[0] for d in docs]))) if docs else {}
-        self.usage.update(self.names[e] for e in chosen.values())
-        return [chosen[(r.task_name, r.doc_id) if r.doc_id is not None else ("", i)] for i, r in enumerate(requests)]
-
     def _dispatch(self, requests, method: str) -> list:
-        routes = self._routes(requests)
+        docs = by_document(requests)
+        choices = self.router([first.args[0] for first, _ in docs]) if docs else []
+        self.usage.update(self.names[e] for e in choices)
         out: list = [None] * len(requests)
         for e, expert in enumerate(self.experts):
-            mine = [i for i, route in enumerate(routes) if route == e]
+            mine = [i for (_, positions), choice in zip(docs, choices) if choice == e for i in positions]
             if mine:
                 for i, result in zip(mine, getattr(expert, method)([requests[i] for i in mine])):
                     out[i] = result
@@ -52,3 +43,17 @@ class ModelMixtureLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         return self._dispatch(requests, "generate_until")
+
+
+def by_document(requests) -> list[tuple[object, list[int]]]:
+    """The requests grouped by document (task, doc_id), in order of first appearance: for each,
+    its first request (the lowest `idx`: the context a routing decision reads) and the positions
+    of all of its requests. A request without a doc_id is a document of its own."""
+    groups: dict = {}
+    for position, request in enumerate(requests):
+        doc = (request.task_name, request.doc_id) if request.doc_id is not None else ("", position)
+        first, positions = groups.setdefault(doc, (request, []))
+        positions.append(position)
+        if request.idx < first.idx:
+            groups[doc] = (request, positions)
+    return list(groups.values())

@@ -55,13 +55,10 @@ class PromptRouter:
         names = list(positive)
         if missing := [n for n in names if not positive[n]]:
             raise ValueError(f"router: expert {missing[0]!r} has no positive prompts")
-        gates = []
-        for n in names:
-            gate = encoder(positive[n]).mean(0)
-            if negative and negative.get(n):
-                gate = gate - encoder(negative[n]).mean(0)
-            gates.append(gate / gate.norm().clamp(min=1e-8))
-        router = cls(encoder, torch.stack(gates), names)
+        negative = negative or {}
+        gates = gate_vectors([encoder(positive[n]).mean(0) for n in names],
+                             [encoder(negative[n]).mean(0) if negative.get(n) else None for n in names])
+        router = cls(encoder, gates, names)
         router._warn_if_degenerate(positive)
         return router
 
@@ -73,14 +70,34 @@ class PromptRouter:
         return self.logits(texts).argmax(-1).tolist()
 
     def _warn_if_degenerate(self, positive: dict[str, list[str]]) -> None:
-        cosine = self.gates @ self.gates.T
-        for i in range(len(self.names)):
-            for j in range(i + 1, len(self.names)):
-                if cosine[i, j] > DEGENERATE_COSINE:
-                    warnings.warn(f"router: the gates of {self.names[i]!r} and {self.names[j]!r} are nearly "
-                                  f"parallel (cosine {cosine[i, j]:.3f}): their prompts do not tell them apart",
-                                  stacklevel=3)
+        for a, b, cosine in parallel_gates(self.gates, self.names):
+            warnings.warn(f"router: the gates of {a!r} and {b!r} are nearly parallel (cosine {cosine:.3f}): "
+                          "their prompts do not tell them apart", stacklevel=3)
         for i, name in enumerate(self.names):
-            routed = self(positive[name])
-            if i not in routed:
+            if i not in self(positive[name]):
                 warnings.warn(f"router: none of {name!r}'s own prompts is routed to it", stacklevel=3)
+
+
+def gate_vectors(means: list[torch.Tensor], negative_means: list[torch.Tensor | None]) -> torch.Tensor:
+    """[E, H]: each expert's positive mean minus its negative mean (if any), L2-normalised."""
+    gates = [m - n if n is not None else m for m, n in zip(means, negative_means)]
+    return torch.stack([g / g.norm().clamp(min=1e-8) for g in gates])
+
+
+def parallel_gates(gates: torch.Tensor, names: list[str]) -> list[tuple[str, str, float]]:
+    """The pairs of experts whose gates are nearly parallel (cosine above DEGENERATE_COSINE)."""
+    unit = gates / gates.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    cosine = unit @ unit.T
+    return [(names[i], names[j], float(cosine[i, j])) for i in range(len(names)) for j in range(i + 1, len(names))
+            if cosine[i, j] > DEGENERATE_COSINE]
+
+
+class LinearGate(torch.nn.Module):
+    """A router layer: logits = x @ gates.T (one gate vector per expert)."""
+
+    def __init__(self, gates: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(gates.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.to(x.dtype).T

@@ -1,0 +1,140 @@
+"""FFN-level mixture (Mixtral-style): in each mixed layer the experts' MLPs sit behind a router;
+attention, norms, embeddings and head come from one shared model (the merge of the experts, or the
+zoo's base). A hybrid mixture keeps its first `dense_layers` layers dense: their MLP is the
+shared model's.
+
+Routing: each token goes to its top-k experts, mixed by the softmax of their router logits (as
+Mixtral). `routing: token` routes every token by its own hidden state. `routing: sample` routes a
+whole document once, per layer, on the mean hidden state of its *context* (the prompt, never the
+scored continuation, which would leak the answer into the route); `SampleRoutedLM` does that pass,
+then scores or generates the document with the route fixed.
+
+    model = ffn_mixture(shared, [expert_a, expert_b], routers, top_k=1)
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.api.model import LM
+from torch import nn
+
+from glue_bench.mixture.model_level import by_document
+
+
+class RoutedMLP(nn.Module):
+    def __init__(self, experts: list[nn.Module], router: nn.Module, top_k: int = 1):
+        super().__init__()
+        if not 1 <= top_k <= len(experts):
+            raise ValueError(f"top_k={top_k}: must be between 1 and the number of experts ({len(experts)})")
+        self.experts, self.router, self.top_k = nn.ModuleList(experts), router, top_k
+        self.fixed: torch.Tensor | None = None  # [E] weights every token gets (a sample's fixed route)
+        self.pool = False                       # route on this input's mean hidden state, and fix it
+        self.tokens_routed = torch.zeros(len(experts), dtype=torch.long)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., E] weights: the top-k experts' softmax over their logits, zero elsewhere."""
+        logits = self.router(x)
+        top, chosen = logits.topk(self.top_k, dim=-1)
+        return torch.zeros_like(logits).scatter_(-1, chosen, top.softmax(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool:
+            if x.shape[0] != 1:
+                raise ValueError("sample routing pools one document at a time")
+            self.fixed = self.route(x.mean(dim=1))[0]
+        weights = self.fixed.expand(*x.shape[:-1], -1) if self.fixed is not None else self.route(x)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            selected = weights[..., e] != 0
+            count = int(selected.sum())
+            if count == 0:
+                continue
+            self.tokens_routed[e] += count
+            if count == selected.numel():  # every token: the expert's own computation, unsplit
+                out += weights[..., e:e + 1] * expert(x)
+            else:
+                out[selected] += weights[selected][:, e:e + 1] * expert(x[selected])
+        return out
+
+
+def ffn_mixture(shared, experts: list, routers: list[nn.Module | None], top_k: int = 1):
+    """`shared` (a causal LM, modified in place) with each layer l's MLP replaced by the experts'
+    layer-l MLPs behind `routers[l]`; a layer whose router is None stays dense (hybrid)."""
+    layers = shared.model.layers
+    if len(routers) != len(layers):
+        raise ValueError(f"{len(routers)} routers for {len(layers)} layers")
+    for l, router in enumerate(routers):
+        if router is not None:
+            layers[l].mlp = RoutedMLP([e.model.layers[l].mlp for e in experts], router, top_k)
+    return shared
+
+
+def routed_layers(model) -> list[RoutedMLP]:
+    return [m for m in model.modules() if isinstance(m, RoutedMLP)]
+
+
+@torch.no_grad()
+def mlp_inputs(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[torch.Tensor]:
+    """Per layer, the mean over `texts`' tokens (padding excluded) of the hidden state entering the
+    layer's MLP: what a router at that layer reads."""
+    layers = model.model.layers
+    sums = [torch.zeros(model.config.hidden_size, dtype=torch.float64) for _ in layers]
+    count, mask = 0, None
+
+    def capture(l):
+        def hook(module, args):
+            sums[l] += (args[0].double() * mask).sum(dim=(0, 1)).cpu()
+        return hook
+
+    handles = [layer.mlp.register_forward_pre_hook(capture(l)) for l, layer in enumerate(layers)]
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
+            mask = batch["attention_mask"].unsqueeze(-1).double()
+            count += int(batch["attention_mask"].sum())
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(s / count).float() for s in sums]
+
+
+class SampleRoutedLM(LM):
+    """Scores and generates with an FFN-level mixture routed per document: one pass over the
+    document's context fixes each layer's route, then its requests run with the route fixed."""
+
+    def __init__(self, hflm, model):
+        super().__init__()
+        self.hflm, self.layers = hflm, routed_layers(model)
+
+    def _dispatch(self, requests, method: str) -> list:
+        out: list = [None] * len(requests)
+        for first, positions in by_document(requests):
+            context = first.args[0]
+            ids = torch.tensor([self.hflm.tok_encode(context)], device=self.hflm.device)
+            for layer in self.layers:
+                layer.pool, layer.fixed = True, None
+            try:
+                with torch.no_grad():
+                    self.hflm.model(ids)  # each layer fixes its route as the pass goes through it
+            finally:
+                for layer in self.layers:
+                    layer.pool = False
+            try:
+                for i, result in zip(positions, getattr(self.hflm, method)([requests[i] for i in positions],
+                                                                          disable_tqdm=True)):
+                    out[i] = result
+            finally:
+                for layer in self.layers:
+                    layer.fixed = None
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood_rolling")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "generate_until")
