@@ -275,7 +275,7 @@ def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval
 
 
 def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common) -> dict:
-    from glue_bench.mixture.build import MixtureError, ffn_mixture_lm, model_mixture
+    from glue_bench.mixture.build import MixtureError, layered_mixture_lm, model_mixture
 
     names = [m.name for m in members]
     level = cfg.mixture.level
@@ -287,7 +287,7 @@ def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, c
         if level == "model":
             lm = model_mixture(members, base, mixture_cfg, router_cfg, eval_cfg)
         else:
-            lm, model = ffn_mixture_lm(members, base, cfg.method.name, _method_params(cfg), mixture_cfg,
+            lm, model = layered_mixture_lm(members, base, cfg.method.name, _method_params(cfg), mixture_cfg,
                                        router_cfg, eval_cfg)
     except MixtureError as err:
         raise JobError(str(err)) from None
@@ -297,11 +297,11 @@ def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, c
         routed = {name: lm.usage.get(name, 0) for name in names}
         _log(f"documents routed to each expert: {routed}")
     else:
-        from glue_bench.mixture.ffn import routed_layers
+        from glue_bench.mixture.layered import routed_layers
 
         per_expert = sum(layer.tokens_routed for layer in routed_layers(model))
         routed = dict(zip(names, per_expert.tolist()))
-        _log(f"token-layers routed to each expert: {routed}")
+        _log(f"(token, layer) pairs routed to each expert: {routed}")
     details = "" if level == "model" else f", {mixture_cfg.get('routing', 'token')}" + (
         f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
     label = f"mixture({cfg.mixture.name}, {cfg.router.name}{details})"

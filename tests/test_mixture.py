@@ -118,40 +118,52 @@ class _Always(torch.nn.Module):
         return logits
 
 
-def _ffn_always(loaded, i, names=("chat_a", "chat_b")):
-    """An FFN-level mixture of `names` whose shared parts are expert i's own and whose routers
-    always pick expert i."""
-    from glue_bench.mixture.ffn import ffn_mixture
+def _always(loaded, i, level, names=("chat_a", "chat_b")):
+    """An FFN- or block-level mixture of `names` whose shared parts are expert i's own and whose
+    routers always pick expert i."""
+    from glue_bench.mixture.layered import block_mixture, ffn_mixture
     from glue_bench.zoo import load_model, resolve_zoo, zoo_config
 
     refs = {r.name: r for r in resolve_zoo(zoo_config("mini2"), "micro")[0]}
     shared = load_model(refs[names[i]])
-    experts = [loaded[n][0] for n in names]
+    experts = [load_model(refs[n]) for n in names]  # their own copies: a block mixture renumbers layers
     routers = [_Always(i, len(names)) for _ in shared.model.layers]
-    return ffn_mixture(shared, experts, routers, top_k=1)
+    return (ffn_mixture if level == "ffn" else block_mixture)(shared, experts, routers, top_k=1)
 
 
-def test_an_ffn_mixture_routed_to_expert_i_is_expert_i_token_and_sample_routing(zoo):
-    from glue_bench.mixture.ffn import SampleRoutedLM, routed_layers
+@pytest.mark.parametrize("level", ["ffn", "block"])
+def test_a_layered_mixture_routed_to_expert_i_gives_expert_is_logits(zoo, level):
+    loaded, _, _ = zoo
+    ids = torch.tensor([[5, 17, 99, 3, 250, 41, 8, 77], [9, 9, 1, 40, 300, 12, 6, 2]])
+    for i, name in enumerate(("chat_a", "chat_b")):
+        with torch.no_grad():
+            assert torch.equal(_always(loaded, i, level)(ids).logits, loaded[name][0](ids).logits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["ffn", "block"])
+def test_a_layered_mixture_routed_to_expert_i_scores_and_generates_as_expert_i(zoo, level):
+    """Through lm-eval, token and sample routing; gsm8k generates with the KV cache, which a block
+    mixture would corrupt if two experts' blocks shared a cache slot."""
+    from glue_bench.mixture.layered import SampleRoutedLM, routed_layers
 
     loaded, _, tasks_dir = zoo
-    ids = torch.tensor([[5, 17, 99, 3, 250, 41, 8, 77]])
     cfg = EvalConfig(tasks=["mini_arc", "mini_gsm8k"], limit=3, batch_size=8)
     for i, name in enumerate(("chat_a", "chat_b")):
-        mixture = _ffn_always(loaded, i)
-        with torch.no_grad():
-            assert torch.equal(mixture(ids).logits, loaded[name][0](ids).logits)
+        alone, _ = evaluate_model(*loaded[name], tasks_dir, cfg)
         tok = loaded[name][1]
-        sample = SampleRoutedLM(_hflm(mixture, tok, cfg), mixture)
-        assert evaluate_lm(sample, tasks_dir, cfg)[0] == evaluate_model(*loaded[name], tasks_dir, cfg)[0]
-        used = sum(layer.tokens_routed for layer in routed_layers(mixture))
+        token = _always(loaded, i, level)
+        assert evaluate_lm(_hflm(token, tok, cfg), tasks_dir, cfg)[0] == alone
+        sample = _always(loaded, i, level)
+        assert evaluate_lm(SampleRoutedLM(_hflm(sample, tok, cfg), sample), tasks_dir, cfg)[0] == alone
+        used = sum(layer.tokens_routed for layer in routed_layers(sample))
         assert used[i] > 0 and used[1 - i] == 0
 
 
 def test_sample_routing_reads_the_context_only():
     from lm_eval.api.instance import Instance
 
-    from glue_bench.mixture.ffn import SampleRoutedLM, routed_layers
+    from glue_bench.mixture.layered import SampleRoutedLM, routed_layers
 
     class _Recorder:
         """Stands in for HFLM: encodes a text as one token per word; records what it is asked."""
@@ -177,7 +189,7 @@ def test_sample_routing_reads_the_context_only():
 
     pooled = []
     experts = [torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)]
-    from glue_bench.mixture.ffn import RoutedMLP
+    from glue_bench.mixture.layered import RoutedMLP
 
     mlp = RoutedMLP(experts, _Always(1, 2))
     mlp.register_forward_pre_hook(lambda m, args: pooled.append(args[0].shape[1]) if m.pool else None)

@@ -8,7 +8,7 @@ from glue_bench.evaluate import EvalConfig
 from glue_bench.mixture.model_level import ModelMixtureLM
 from glue_bench.mixture.routers import HiddenStateEncoder, LinearGate, PromptRouter, gate_vectors, parallel_gates
 
-LEVELS = ("model", "ffn")  # block level: not implemented yet
+LEVELS = ("model", "ffn", "block")
 ROUTERS = ("prompt",)
 
 
@@ -58,23 +58,25 @@ def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg:
     return ModelMixtureLM(experts, router)
 
 
-def ffn_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict,
-                   eval_cfg: EvalConfig):
-    """An FFN-level mixture of `refs` (one architecture), as an lm-eval LM: shared parts from the
-    merge of the experts (`method`) or from the base; per-layer prompt-initialised gates read the
-    shared model's MLP inputs; the first `dense_layers` layers stay dense."""
+def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict,
+                       eval_cfg: EvalConfig):
+    """An FFN- or block-level mixture of `refs` (one architecture), as an lm-eval LM: shared parts
+    from the merge of the experts (`method`) or from the base; per-layer prompt-initialised gates
+    read the shared model's hidden states where the router sits (MLP or block input); the first
+    `dense_layers` layers stay dense. Returns (lm, model)."""
     from lm_eval.models.huggingface import HFLM
 
     from glue_bench.merge import MergeError
     from glue_bench.merge.engine import Merger, TensorSource
-    from glue_bench.mixture.ffn import SampleRoutedLM, ffn_mixture, mlp_inputs
+    from glue_bench.mixture.layered import SampleRoutedLM, block_mixture, ffn_mixture, layer_inputs
     from glue_bench.zoo import load_model, load_tokenizer, local_dir
 
+    level = mixture_cfg["level"]
     routing, shared_from = mixture_cfg.get("routing", "token"), mixture_cfg.get("shared", "merge")
     if routing not in ("token", "sample"):
         raise MixtureError(f"mixture.routing={routing!r}: token or sample")
     if router_cfg["name"] not in ROUTERS:
-        raise MixtureError(f"router={router_cfg['name']}: not available for an FFN-level mixture "
+        raise MixtureError(f"router={router_cfg['name']}: not available for a {level}-level mixture "
                            f"(available: {', '.join(ROUTERS)})")
     tokenizer = load_tokenizer(refs[0])
     if shared_from == "merge":
@@ -85,7 +87,7 @@ def ffn_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg
                             TensorSource(base_ref.name, local_dir(base_ref)), device=eval_cfg.device)
             shared = merger.to_model(method_params)
         except MergeError as err:
-            raise MixtureError(f"FFN-level mixture: the experts cannot be merged for the shared parts ({err})") from None
+            raise MixtureError(f"{level}-level mixture: the experts cannot be merged for the shared parts ({err})") from None
     elif shared_from == "base":
         shared = load_model(base_ref, eval_cfg.device)
     else:
@@ -101,8 +103,9 @@ def ffn_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg
     names = [r.name for r in refs]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    means = [mlp_inputs(shared, tokenizer, positive[n]) for n in names]
-    negatives = [mlp_inputs(shared, tokenizer, negative[n]) if negative.get(n) else None for n in names]
+    at = "mlp" if level == "ffn" else "block"
+    means = [layer_inputs(shared, tokenizer, positive[n], at) for n in names]
+    negatives = [layer_inputs(shared, tokenizer, negative[n], at) if negative.get(n) else None for n in names]
     gates = [gate_vectors([m[l] for m in means], [n[l] if n else None for n in negatives]) for l in range(layers)]
     parallel = [pair for l in range(dense, layers) for pair in parallel_gates(gates[l], names)]
     if parallel:
@@ -111,7 +114,7 @@ def ffn_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg
                       f"{', '.join(f'{a}/{b}' for a, b in pairs)}: their prompts do not tell them apart")
     experts = [load_model(r, eval_cfg.device) for r in refs]
     routers = [None if l < dense else LinearGate(gates[l]) for l in range(layers)]
-    model = ffn_mixture(shared, experts, routers, top_k)
+    model = (ffn_mixture if level == "ffn" else block_mixture)(shared, experts, routers, top_k)
     hflm = HFLM(pretrained=model, tokenizer=tokenizer, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
                 add_bos_token=eval_cfg.add_bos_token)
     return (SampleRoutedLM(hflm, model) if routing == "sample" else hflm), model

@@ -1,15 +1,20 @@
-"""FFN-level mixture (Mixtral-style): in each mixed layer the experts' MLPs sit behind a router;
-attention, norms, embeddings and head come from one shared model (the merge of the experts, or the
-zoo's base). A hybrid mixture keeps its first `dense_layers` layers dense: their MLP is the
-shared model's.
+"""FFN- and block-level mixtures: experts routed inside one model, layer by layer.
+
+- FFN level (Mixtral-style): in each mixed layer the experts' MLPs sit behind a router; attention,
+  norms, embeddings and head come from one shared model (the merge of the experts, or the zoo's
+  base).
+- Block level: in each mixed layer the experts' whole decoder blocks (attention and MLP) sit behind
+  a router; embeddings, final norm and head are the shared model's. Each expert block keeps its own
+  KV-cache slot (layer l, expert e: slot l * E + e), and under token routing every block computes
+  every token (weighted 0 where not chosen) so that its cache has no gaps: a block-level layer costs
+  E blocks per token. Under sample routing only the chosen blocks run.
+- Hybrid: the first `dense_layers` layers stay dense (the shared model's).
 
 Routing: each token goes to its top-k experts, mixed by the softmax of their router logits (as
 Mixtral). `routing: token` routes every token by its own hidden state. `routing: sample` routes a
 whole document once, per layer, on the mean hidden state of its *context* (the prompt, never the
 scored continuation, which would leak the answer into the route); `SampleRoutedLM` does that pass,
 then scores or generates the document with the route fixed.
-
-    model = ffn_mixture(shared, [expert_a, expert_b], routers, top_k=1)
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from torch import nn
 from glue_bench.mixture.model_level import by_document
 
 
-class RoutedMLP(nn.Module):
+class _Routed(nn.Module):
+    """Experts behind a router (`router(x)` -> [..., E] logits), with the sample-routing state."""
+
     def __init__(self, experts: list[nn.Module], router: nn.Module, top_k: int = 1):
         super().__init__()
         if not 1 <= top_k <= len(experts):
@@ -37,56 +44,99 @@ class RoutedMLP(nn.Module):
         top, chosen = logits.topk(self.top_k, dim=-1)
         return torch.zeros_like(logits).scatter_(-1, chosen, top.softmax(-1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool:
             if x.shape[0] != 1:
                 raise ValueError("sample routing pools one document at a time")
             self.fixed = self.route(x.mean(dim=1))[0]
         weights = self.fixed.expand(*x.shape[:-1], -1) if self.fixed is not None else self.route(x)
+        self.tokens_routed += (weights != 0).flatten(0, -2).sum(0).cpu()
+        return weights
+
+
+class RoutedMLP(_Routed):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.weights(x)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             selected = weights[..., e] != 0
             count = int(selected.sum())
-            if count == 0:
-                continue
-            self.tokens_routed[e] += count
             if count == selected.numel():  # every token: the expert's own computation, unsplit
                 out += weights[..., e:e + 1] * expert(x)
-            else:
+            elif count:
                 out[selected] += weights[selected][:, e:e + 1] * expert(x[selected])
+        return out
+
+
+class RoutedBlock(_Routed):
+    """Decoder blocks as experts; called as a decoder layer is (hidden_states first, then kwargs)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        weights = self.weights(hidden_states)
+        out = torch.zeros_like(hidden_states)
+        for e, expert in enumerate(self.experts):
+            # a sample's fixed route runs only its chosen blocks; token routing runs them all (caches)
+            if self.fixed is not None and self.fixed[e] == 0:
+                continue
+            out += weights[..., e:e + 1] * expert(hidden_states, *args, **kwargs)
         return out
 
 
 def ffn_mixture(shared, experts: list, routers: list[nn.Module | None], top_k: int = 1):
     """`shared` (a causal LM, modified in place) with each layer l's MLP replaced by the experts'
     layer-l MLPs behind `routers[l]`; a layer whose router is None stays dense (hybrid)."""
-    layers = shared.model.layers
-    if len(routers) != len(layers):
-        raise ValueError(f"{len(routers)} routers for {len(layers)} layers")
+    layers = _check_layers(shared, routers)
     for l, router in enumerate(routers):
         if router is not None:
             layers[l].mlp = RoutedMLP([e.model.layers[l].mlp for e in experts], router, top_k)
     return shared
 
 
-def routed_layers(model) -> list[RoutedMLP]:
-    return [m for m in model.modules() if isinstance(m, RoutedMLP)]
+def block_mixture(shared, experts: list, routers: list[nn.Module | None], top_k: int = 1):
+    """`shared` (modified in place) with each layer l replaced by the experts' layer-l decoder
+    blocks behind `routers[l]` (None: the shared model's block, dense). Each expert block gets its
+    own KV-cache slot, so the config counts L * E cache layers (the model still has L layers)."""
+    layers = _check_layers(shared, routers)
+    n = len(experts)
+    for l, router in enumerate(routers):
+        if router is not None:
+            blocks = [e.model.layers[l] for e in experts]
+            for e, block in enumerate(blocks):
+                block.self_attn.layer_idx = l * n + e
+            layers[l] = RoutedBlock(blocks, router, top_k)
+        else:
+            layers[l].self_attn.layer_idx = l * n
+    shared.config.num_hidden_layers = len(layers) * n  # the cache's slot count; forward stops at len(layers)
+    return shared
+
+
+def _check_layers(shared, routers) -> nn.ModuleList:
+    layers = shared.model.layers
+    if len(routers) != len(layers):
+        raise ValueError(f"{len(routers)} routers for {len(layers)} layers")
+    return layers
+
+
+def routed_layers(model) -> list[_Routed]:
+    return [m for m in model.modules() if isinstance(m, _Routed)]
 
 
 @torch.no_grad()
-def mlp_inputs(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[torch.Tensor]:
-    """Per layer, the mean over `texts`' tokens (padding excluded) of the hidden state entering the
-    layer's MLP: what a router at that layer reads."""
+def layer_inputs(model, tokenizer, texts: list[str], at: str = "mlp", batch_size: int = 16) -> list[torch.Tensor]:
+    """Per layer, the mean over `texts`' tokens (padding excluded) of the hidden state entering
+    the layer's MLP (`at="mlp"`) or the whole block (`at="block"`): what a router there reads."""
     layers = model.model.layers
     sums = [torch.zeros(model.config.hidden_size, dtype=torch.float64) for _ in layers]
     count, mask = 0, None
 
     def capture(l):
-        def hook(module, args):
-            sums[l] += (args[0].double() * mask).sum(dim=(0, 1)).cpu()
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            sums[l] += (hidden.double() * mask).sum(dim=(0, 1)).cpu()
         return hook
 
-    handles = [layer.mlp.register_forward_pre_hook(capture(l)) for l, layer in enumerate(layers)]
+    handles = [(layer.mlp if at == "mlp" else layer).register_forward_pre_hook(capture(l), with_kwargs=True)
+               for l, layer in enumerate(layers)]
     try:
         device = next(model.parameters()).device
         for start in range(0, len(texts), batch_size):
