@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+
+import torch
 
 from glue_bench.evaluate import EvalConfig
 from glue_bench.mixture.model_level import ModelMixtureLM
-from glue_bench.mixture.routers import HiddenStateEncoder, LinearGate, PromptRouter, gate_vectors, parallel_gates
+from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate, PromptRouter, TrainedRouter,
+                                        gate_vectors, parallel_gates)
 
 LEVELS = ("model", "ffn", "block")
-ROUTERS = ("prompt",)
+ROUTERS = ("prompt", "mlp")
 
 
 class MixtureError(Exception):
@@ -35,6 +39,40 @@ def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[s
     return positive, negative
 
 
+def router_corpus(router_cfg: dict) -> list[str]:
+    """The trained router's corpus: `chat` (the mini zoo's chat documents) or a file: JSON lines
+    with a "text" field, or plain text with documents separated by blank lines."""
+    import json
+    from pathlib import Path
+
+    corpus = router_cfg.get("corpus")
+    if corpus == "chat":
+        from glue_bench.zoo.mini.build import domain_texts
+
+        texts = domain_texts("chat")
+    elif corpus and Path(corpus).is_file():
+        raw = Path(corpus).read_text()
+        if corpus.endswith(".jsonl"):
+            texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
+        else:
+            texts = [doc.strip() for doc in raw.split("\n\n") if doc.strip()]
+    else:
+        raise MixtureError(f"router.corpus={corpus!r}: `chat` (the mini zoo's) or an existing .jsonl/.txt file")
+    if not texts:
+        raise MixtureError(f"router.corpus={corpus!r}: no documents")
+    return texts[:router_cfg.get("documents", len(texts))]
+
+
+@torch.no_grad()
+def _mean_token_loss(model, tokenizer, texts: list[str], max_length: int = 256) -> torch.Tensor:
+    losses = []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
+        ids = ids.to(next(model.parameters()).device)
+        losses.append(model(input_ids=ids, labels=ids).loss.float().cpu() if ids.shape[1] > 1 else torch.tensor(0.0))
+    return torch.stack(losses)
+
+
 def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg: EvalConfig) -> ModelMixtureLM:
     """Each of `refs` an expert answering with its own model and tokenizer; the router reads the
     base model's hidden states of the text."""
@@ -48,13 +86,18 @@ def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg:
     if router_cfg["name"] not in ROUTERS:
         raise MixtureError(f"router={router_cfg['name']}: not available for a model-level mixture "
                            f"(available: {', '.join(ROUTERS)})")
-    positive, negative = expert_prompts(refs, router_cfg)
     encoder = HiddenStateEncoder(load_model(base_ref, eval_cfg.device), load_tokenizer(base_ref),
                                  layer=router_cfg.get("layer"))
-    router = PromptRouter.from_prompts(encoder, positive, negative)
-    experts = {r.name: HFLM(pretrained=load_model(r, eval_cfg.device), tokenizer=load_tokenizer(r),
-                            device=eval_cfg.device, batch_size=eval_cfg.batch_size,
-                            add_bos_token=eval_cfg.add_bos_token) for r in refs}
+    models = {r.name: (load_model(r, eval_cfg.device), load_tokenizer(r)) for r in refs}
+    if router_cfg["name"] == "prompt":
+        router = PromptRouter.from_prompts(encoder, *expert_prompts(refs, router_cfg))
+    else:
+        texts = router_corpus(router_cfg)
+        losses = torch.stack([_mean_token_loss(model, tok, texts) for model, tok in models.values()], dim=1)
+        router = TrainedRouter.train(encoder, losses, texts, router_cfg["width"], router_cfg["steps"],
+                                     router_cfg["lr"], router_cfg["seed"])
+    experts = {name: HFLM(pretrained=model, tokenizer=tok, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
+                          add_bos_token=eval_cfg.add_bos_token) for name, (model, tok) in models.items()}
     return ModelMixtureLM(experts, router)
 
 
@@ -62,13 +105,12 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
                        eval_cfg: EvalConfig):
     """An FFN- or block-level mixture of `refs` (one architecture), as an lm-eval LM: shared parts
     from the merge of the experts (`method`) or from the base; per-layer prompt-initialised gates
-    read the shared model's hidden states where the router sits (MLP or block input); the first
-    `dense_layers` layers stay dense. Returns (lm, model)."""
-    from lm_eval.models.huggingface import HFLM
-
+    read the shared model's hidden states where the router sits (MLP or block input), or MLP
+    routers trained on `router.corpus` with everything else frozen; the first `dense_layers` layers
+    stay dense. Returns (lm, model)."""
     from glue_bench.merge import MergeError
     from glue_bench.merge.engine import Merger, TensorSource
-    from glue_bench.mixture.layered import SampleRoutedLM, block_mixture, ffn_mixture, layer_inputs
+    from glue_bench.mixture.layered import block_mixture, ffn_mixture, layer_inputs, train_routers
     from glue_bench.zoo import load_model, load_tokenizer, local_dir
 
     level = mixture_cfg["level"]
@@ -99,10 +141,26 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
     dense = int(mixture_cfg.get("dense_layers", 0))
     if not 0 <= dense < layers:
         raise MixtureError(f"mixture.dense_layers={dense}: must be in [0, {layers - 1}]")
-    positive, negative = expert_prompts(refs, router_cfg)
     names = [r.name for r in refs]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    experts = [load_model(r, eval_cfg.device) for r in refs]
+    build = ffn_mixture if level == "ffn" else block_mixture
+    if router_cfg["name"] == "mlp":
+        from glue_bench.zoo.mini.train import PackedStream
+
+        torch.manual_seed(router_cfg["seed"])
+        size = shared.config.hidden_size
+        routers = [None if l < dense else MLPGate(size, router_cfg["width"], len(refs)) for l in range(layers)]
+        model = build(shared, experts, routers, top_k)
+        stream = PackedStream({"corpus": router_corpus(router_cfg)}, {"corpus": 1.0}, tokenizer,
+                              router_cfg["seq_len"], router_cfg["seed"])
+        losses = train_routers(model, stream, router_cfg["steps"], router_cfg["lr"], router_cfg["batch_size"],
+                               router_cfg["seed"])
+        print(f"[glue_bench] router training loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}",
+              file=sys.stderr)
+        return _as_lm(model, tokenizer, routing, eval_cfg), model
+    positive, negative = expert_prompts(refs, router_cfg)
     at = "mlp" if level == "ffn" else "block"
     means = [layer_inputs(shared, tokenizer, positive[n], at) for n in names]
     negatives = [layer_inputs(shared, tokenizer, negative[n], at) if negative.get(n) else None for n in names]
@@ -112,9 +170,16 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
         pairs = sorted({(a, b) for a, b, _ in parallel})
         warnings.warn(f"router: nearly parallel gates in {len(parallel)} (layer, pair) cases, for "
                       f"{', '.join(f'{a}/{b}' for a, b in pairs)}: their prompts do not tell them apart")
-    experts = [load_model(r, eval_cfg.device) for r in refs]
     routers = [None if l < dense else LinearGate(gates[l]) for l in range(layers)]
-    model = (ffn_mixture if level == "ffn" else block_mixture)(shared, experts, routers, top_k)
+    model = build(shared, experts, routers, top_k)
+    return _as_lm(model, tokenizer, routing, eval_cfg), model
+
+
+def _as_lm(model, tokenizer, routing: str, eval_cfg: EvalConfig):
+    from lm_eval.models.huggingface import HFLM
+
+    from glue_bench.mixture.layered import SampleRoutedLM
+
     hflm = HFLM(pretrained=model, tokenizer=tokenizer, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
                 add_bos_token=eval_cfg.add_bos_token)
-    return (SampleRoutedLM(hflm, model) if routing == "sample" else hflm), model
+    return SampleRoutedLM(hflm, model) if routing == "sample" else hflm

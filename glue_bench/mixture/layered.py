@@ -36,6 +36,7 @@ class _Routed(nn.Module):
         self.experts, self.router, self.top_k = nn.ModuleList(experts), router, top_k
         self.fixed: torch.Tensor | None = None  # [E] weights every token gets (a sample's fixed route)
         self.pool = False                       # route on this input's mean hidden state, and fix it
+        self.soft = False                       # training a router: every expert, by its softmax weight
         self.tokens_routed = torch.zeros(len(experts), dtype=torch.long)
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +46,8 @@ class _Routed(nn.Module):
         return torch.zeros_like(logits).scatter_(-1, chosen, top.softmax(-1))
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
+        if self.soft:  # differentiable in every logit (top-1 weights are constant 1: no gradient)
+            return self.router(x).softmax(-1)
         if self.pool:
             if x.shape[0] != 1:
                 raise ValueError("sample routing pools one document at a time")
@@ -119,6 +122,30 @@ def _check_layers(shared, routers) -> nn.ModuleList:
 
 def routed_layers(model) -> list[_Routed]:
     return [m for m in model.modules() if isinstance(m, _Routed)]
+
+
+def train_routers(model, stream, steps: int, lr: float, batch_size: int, seed: int) -> list[float]:
+    """Train only the routers of a layered mixture on a token stream (next-token loss), with soft
+    routing: every expert weighted by the router's softmax, so every logit gets a gradient. At
+    inference the top-k are taken again. Returns the loss curve."""
+    from glue_bench.zoo.mini.train import train
+
+    layers = routed_layers(model)
+    trainable = {id(p) for layer in layers for p in layer.router.parameters()}
+    frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    for layer in layers:
+        layer.router.requires_grad_(True)
+        layer.soft = True
+    try:
+        return train(model, stream, steps, lr, batch_size, seed, desc="training the routers")
+    finally:
+        for layer in layers:
+            layer.soft = False
+            layer.tokens_routed.zero_()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 @torch.no_grad()

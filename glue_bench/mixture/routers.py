@@ -101,3 +101,43 @@ class LinearGate(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.to(x.dtype).T
+
+
+class MLPGate(torch.nn.Module):
+    """The study's trained router: two linear layers with a ReLU between, hidden state -> logits."""
+
+    def __init__(self, hidden_size: int, width: int, n_experts: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(hidden_size, width), torch.nn.ReLU(),
+                                       torch.nn.Linear(width, n_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.net[0].weight.dtype)).to(x.dtype)
+
+
+class TrainedRouter:
+    """Model level: an `MLPGate` over an encoder's features, trained to send each corpus document
+    to the expert that predicts it best (the lowest mean token loss)."""
+
+    def __init__(self, encoder, gate: MLPGate):
+        self.encoder, self.gate = encoder, gate
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        with torch.no_grad():
+            return self.gate(self.encoder(texts)).argmax(-1).tolist()
+
+    @classmethod
+    def train(cls, encoder, expert_losses: torch.Tensor, texts: list[str], width: int, steps: int, lr: float,
+              seed: int) -> "TrainedRouter":
+        """`expert_losses`: [documents, experts] mean token loss of each expert on each text."""
+        torch.manual_seed(seed)
+        features = encoder(texts)
+        labels = expert_losses.argmin(-1)
+        gate = MLPGate(features.shape[-1], width, expert_losses.shape[-1])
+        optimizer = torch.optim.AdamW(gate.parameters(), lr=lr)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(gate(features), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return cls(encoder, gate.eval())

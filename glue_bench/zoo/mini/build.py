@@ -169,6 +169,14 @@ def _corpora() -> dict[str, list[str]]:
     return data.domain_corpora(data.build_splits())
 
 
+def domain_texts(domain: str) -> list[str]:
+    """The mini zoo's training documents of one domain (reason, knowledge, math, code, chat)."""
+    corpora = _corpora()
+    if domain not in corpora:
+        raise ZooError(f"unknown mini-zoo domain {domain!r}; known: {', '.join(corpora)}")
+    return corpora[domain]
+
+
 def expert_prompts(name: str, n: int = 16, seed: int = 0) -> list[str]:
     """Prompts typical of a mini-zoo model, for prompt-initialised routers: `n` training documents
     of the domains it was fine-tuned on, in proportion to its fine-tuning weights (for a model
