@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from glue_bench.errors import JobError
-from glue_bench.evaluate import EvalConfig, evaluate_lm, evaluate_model, render_tasks
+from glue_bench.evaluate import EvalConfig, evaluate_lm, evaluate_model, hf_lm, render_tasks
 from glue_bench.results import ResultStore
 from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, local_dir, resolve_zoo
 
@@ -95,9 +95,12 @@ def run_job(cfg: DictConfig) -> dict:
     elif cfg.router.name != "none":
         raise JobError(f"router={cfg.router.name}: only mixtures route (add mixture=model)")
     selective = cfg.strategy.name != "all"
-    if selective and mixture:
+    recipe = cfg.strategy.name == "glue_recipe"
+    if recipe and cfg.mixture.get("level") != "model":
+        raise JobError("strategy glue_recipe: mixes its families at the model level (add mixture=model router=prompt)")
+    if selective and mixture and not recipe:
         raise JobError(f"strategy {cfg.strategy.name} with mixture={cfg.mixture.name}: not implemented "
-                       "(a mixture takes strategy=all, optionally strategy.models=[...])")
+                       "(a mixture takes strategy=all, optionally strategy.models=[...]; or strategy=glue_recipe)")
     if selective and cfg.method.name == "none":
         raise JobError(f"strategy {cfg.strategy.name}: needs a merge method (method=linear, ties, ...)")
 
@@ -130,6 +133,8 @@ def run_job(cfg: DictConfig) -> dict:
             _log(f"job {key} already in the store; skipping (force=true re-runs it)")
             return {"status": "skipped", "job_key": key}
         store.delete_job(key)
+    if recipe:
+        return _run_recipe(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common)
     if mixture:
         return _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common)
     if selective:
@@ -216,17 +221,13 @@ class ProxyCache:
 def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common) -> dict:
     """A selective strategy: search on the proxy set, then judge the choice, every single model and
     the merge of all candidates on the test items outside the proxy set."""
-    from glue_bench.evaluate import selected_tasks
     from glue_bench.merge.engine import TensorSource
     from glue_bench.select.cluster import architecture_groups
     from glue_bench.select.problem import dumps
-    from glue_bench.select.proxy import ProxySet
     from glue_bench.select.report import ZooSearch
 
-    method, proxy_cfg = cfg.method.name, cfg.strategy.proxy
-    proxy = ProxySet.draw(tasks_dir, selected_tasks(eval_cfg), proxy_cfg.size, proxy_cfg.seed)
-    described = f"({proxy_cfg.size}/task, seed {proxy_cfg.seed}, {proxy.key[:8]})"
-    final = (proxy.key, f"final items: test minus proxy {described}")
+    method = cfg.method.name
+    proxy, described, final = _proxy_and_final_items(cfg, eval_cfg, tasks_dir)
     sources = {m.name: TensorSource(m.name, local_dir(m)) for m in members}
     # the candidates: the largest group of mutually mergeable models (the zoo's order among ties)
     groups = architecture_groups(list(sources.values()))
@@ -248,9 +249,7 @@ def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval
     _log(f"{cfg.strategy.name}: chose {json.dumps(choice.candidate)} (proxy score {choice.proxy_score:.3f}, "
          f"{problem.fitness.builds} candidates evaluated, {search_s:.0f} s)")
 
-    samples = {t: list(i) for t, i in proxy.final.items()}
-    for ref in [base] + [r for r in refs if r.key != base.key]:
-        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common, samples, final)
+    samples = _judge_singles(store, proxy, final, refs, base, cfg, eval_cfg, tasks_dir, common)
     all_key = job_key({"all": [m.key for m in pool], "method": OmegaConf.to_container(cfg.method, resolve=True),
                        "eval": _eval_payload(cfg), "items": proxy.key})
     if not store.has_job(all_key):
@@ -272,6 +271,88 @@ def _run_selective(cfg, strategy, store, key, payload, refs, members, base, eval
         else:
             _save_candidate(model, zs.tokenizer, cfg, config, key)
     return {"status": "done", "job_key": key, "search_s": search_s, "proxy_score": choice.proxy_score, **stats}
+
+
+def _proxy_and_final_items(cfg, eval_cfg: EvalConfig, tasks_dir):
+    """The strategy's proxy set, a label of it, and (key, label) of the final items."""
+    from glue_bench.evaluate import selected_tasks
+    from glue_bench.select.proxy import ProxySet
+
+    proxy_cfg = cfg.strategy.proxy
+    proxy = ProxySet.draw(tasks_dir, selected_tasks(eval_cfg), proxy_cfg.size, proxy_cfg.seed)
+    described = f"({proxy_cfg.size}/task, seed {proxy_cfg.seed}, {proxy.key[:8]})"
+    return proxy, described, (proxy.key, f"final items: test minus proxy {described}")
+
+
+def _judge_singles(store, proxy, final, refs, base, cfg, eval_cfg, tasks_dir, common) -> dict:
+    """Every single model (and the base) on the final items; returns those items as lm-eval samples."""
+    samples = {t: list(i) for t, i in proxy.final.items()}
+    for ref in [base] + [r for r in refs if r.key != base.key]:
+        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common, samples, final)
+    return samples
+
+
+def _run_recipe(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common) -> dict:
+    """The Model-GLUE recipe: families, a selective merge in each, a model-level mixture of their
+    representatives; judged on the final items beside every single model, each family's merge and
+    the model-level mixture of all the models."""
+    from glue_bench.merge.engine import TensorSource
+    from glue_bench.mixture.build import MixtureError, model_mixture
+    from glue_bench.mixture.recipe import families, recipe_mixture, representatives
+    from glue_bench.select.problem import dumps
+    from glue_bench.select.report import ZooSearch
+
+    method, recipe_cfg = cfg.method.name, cfg.strategy.recipe
+    router_cfg = OmegaConf.to_container(cfg.router, resolve=True)
+    proxy, described, final = _proxy_and_final_items(cfg, eval_cfg, tasks_dir)
+    sources = {m.name: TensorSource(m.name, local_dir(m)) for m in members}
+    start = time.perf_counter()
+    groups = families(members, sources, recipe_cfg.threshold, recipe_cfg.rule)
+    _log(f"recipe: families {' | '.join(', '.join(r.name for r in g) for g in groups)}")
+    zs = ZooSearch(members, list(sources.values()), TensorSource(base.name, local_dir(base)),
+                   load_tokenizer(members[0]), tasks_dir, eval_cfg, proxy)
+    cache = ProxyCache(store, {**common, "candidate": "proxy", "method": method, "items": f"proxy {described}"})
+    reps = representatives(groups, zs, strategy, method, _method_params(cfg), cache, _output_dir(), log=_log)
+    try:
+        lm = recipe_mixture(reps, base, router_cfg, eval_cfg)
+    except MixtureError as err:
+        raise JobError(str(err)) from None
+    build_s = time.perf_counter() - start
+    summary = [{"family": [r.name for r in rep.members], "expert": rep.name, "chosen": rep.candidate,
+                "proxy_score": rep.proxy_score} for rep in reps]
+    out_dir = _output_dir()
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "choice.json").write_text(dumps({"representatives": summary,
+                                                    "details": {rep.name: rep.details for rep in reps}}))
+
+    samples = _judge_singles(store, proxy, final, refs, base, cfg, eval_cfg, tasks_dir, common)
+    judged = {}  # label -> (key, build an lm-eval LM or a model + its tokenizer)
+    everything = job_key({"mixture_all": [m.key for m in members], "router": router_cfg,
+                          "eval": _eval_payload(cfg), "items": proxy.key})
+    judged[f"mixture(model, {cfg.router.name}) of all {len(members)}"] = (
+        everything, lambda: model_mixture(members, base, {"top_k": 1}, router_cfg, eval_cfg))
+    for rep in reps:
+        if rep.candidate is not None:
+            family_key = job_key({"family": [r.key for r in rep.members], "chosen": rep.candidate,
+                                  "method": method, "eval": _eval_payload(cfg), "items": proxy.key})
+            judged[f"family merge ({method}) of {rep.name}"] = (
+                family_key, lambda rep=rep: hf_lm(rep.model, rep.tokenizer, eval_cfg))
+    for label, (job, build) in judged.items():
+        if not store.has_job(job):
+            _log(f"evaluating {label} on the {final[1]}")
+            rows, stats = evaluate_lm(build(), tasks_dir, eval_cfg, samples=samples)
+            store.append_job(job, [{**common, **r, "candidate": label, "method": method, "items": final[1],
+                                    "eval_s": stats["eval_s"]} for r in rows])
+    rows, stats = evaluate_lm(lm, tasks_dir, eval_cfg, samples=samples)
+    routed = {name: lm.usage.get(name, 0) for name in lm.names}
+    _log(f"recipe: documents routed to each expert: {routed}")
+    store.append_job(key, [{**common, **r, "candidate": f"glue_recipe({method}, {cfg.router.name})", "method": method,
+                            "models": [m.name for m in members], "build_s": build_s, "eval_s": stats["eval_s"],
+                            "items": final[1], "config": json.dumps({**payload, "representatives": summary,
+                                                                     "routed": routed}, sort_keys=True, default=str)}
+                           for r in rows])
+    return {"status": "done", "job_key": key, "build_s": build_s, "routed": routed, **stats}
 
 
 def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common) -> dict:

@@ -233,3 +233,21 @@ def test_ffn_mixtures_token_sample_and_hybrid_land_as_four_candidates(run_cli):
         "mixture(ffn, prompt, sample, dense 1)"}
     bad = run_cli("zoo=mini2", "mixture=ffn", "router=prompt", "mixture.top_k=3", *FAST)
     _one_line_error(bad, "mixture.top_k=3")
+
+
+def test_the_glue_recipe_merges_each_family_and_mixes_the_representatives(run_cli):
+    proc = run_cli("-m", "zoo=mini2", "strategy=glue_recipe", "mixture=model", "router=prompt",
+                   "strategy.proxy.size=5", "strategy.recipe.threshold=0.5,0.99999", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "recipe: families chat_a, chat_b" in proc.stderr and "recipe: families chat_a | chat_b" in proc.stderr
+    df = read_results(run_cli.results)
+    final = df[df["items"].fillna("").str.startswith("final")]
+    scores = final.pivot_table(index=["candidate", "job_key"], columns="task", values="value")
+    recipes = scores.loc["glue_recipe(linear, prompt)"]
+    merged = scores.loc["family merge (linear) of chat_a+chat_b"].iloc[0]
+    mixed = scores.loc["mixture(model, prompt) of all 2"].iloc[0]
+    # one family: the recipe is its merge; two families of one: the mixture of the two models
+    assert any(row.equals(merged) for _, row in recipes.iterrows())
+    assert any(row.equals(mixed) for _, row in recipes.iterrows())
+    assert "glue_recipe(linear, prompt)" in proc.stdout
+    _one_line_error(run_cli("zoo=mini2", "strategy=glue_recipe", *FAST), "strategy glue_recipe: mixes its families")

@@ -89,11 +89,15 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
     Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
     {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
     """
+    return evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg, samples, tokenizer)
+
+
+def hf_lm(model, tokenizer, cfg: EvalConfig):
+    """An in-memory model as lm-eval's HFLM, with the eval settings (device, batch, BOS)."""
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
-              add_bos_token=cfg.add_bos_token)
-    return evaluate_lm(lm, tasks_dir, cfg, samples, tokenizer)
+    return HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
+                add_bos_token=cfg.add_bos_token)
 
 
 def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict[str, list[int]] | None = None,

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from glue_bench.evaluate import EvalConfig
+from glue_bench.evaluate import EvalConfig, hf_lm
 from glue_bench.mixture.model_level import ModelMixtureLM
 from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate, PromptRouter, TrainedRouter,
                                         gate_vectors, parallel_gates)
@@ -76,28 +76,40 @@ def _mean_token_loss(model, tokenizer, texts: list[str], max_length: int = 256) 
 def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg: EvalConfig) -> ModelMixtureLM:
     """Each of `refs` an expert answering with its own model and tokenizer; the router reads the
     base model's hidden states of the text."""
-    from lm_eval.models.huggingface import HFLM
-
     from glue_bench.zoo import load_model, load_tokenizer
 
     if mixture_cfg.get("top_k", 1) != 1:
         raise MixtureError(f"mixture.top_k={mixture_cfg['top_k']}: a model-level mixture answers with one "
                            "expert (top_k=1)")
+    models = {r.name: (load_model(r, eval_cfg.device), load_tokenizer(r)) for r in refs}
+    prompts = {r.name: [r] for r in refs}
+    return mixture_of(models, prompts, base_ref, router_cfg, eval_cfg)
+
+
+def mixture_of(models: dict[str, tuple], members: dict[str, list], base_ref, router_cfg: dict,
+               eval_cfg: EvalConfig) -> ModelMixtureLM:
+    """A model-level mixture of in-memory experts {name: (model, tokenizer)}; expert `name` stands
+    for the zoo models `members[name]` (a family merged into one), whose prompts it is routed by."""
+    from glue_bench.zoo import load_model, load_tokenizer
+
     if router_cfg["name"] not in ROUTERS:
         raise MixtureError(f"router={router_cfg['name']}: not available for a model-level mixture "
                            f"(available: {', '.join(ROUTERS)})")
     encoder = HiddenStateEncoder(load_model(base_ref, eval_cfg.device), load_tokenizer(base_ref),
                                  layer=router_cfg.get("layer"))
-    models = {r.name: (load_model(r, eval_cfg.device), load_tokenizer(r)) for r in refs}
     if router_cfg["name"] == "prompt":
-        router = PromptRouter.from_prompts(encoder, *expert_prompts(refs, router_cfg))
+        positive, negative = {}, {}
+        for name, refs in members.items():
+            pos, neg = expert_prompts(refs, router_cfg)
+            positive[name] = [p for r in refs for p in pos[r.name]]
+            negative[name] = [p for r in refs for p in neg.get(r.name, [])]
+        router = PromptRouter.from_prompts(encoder, positive, negative)
     else:
         texts = router_corpus(router_cfg)
         losses = torch.stack([_mean_token_loss(model, tok, texts) for model, tok in models.values()], dim=1)
         router = TrainedRouter.train(encoder, losses, texts, router_cfg["width"], router_cfg["steps"],
                                      router_cfg["lr"], router_cfg["seed"])
-    experts = {name: HFLM(pretrained=model, tokenizer=tok, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
-                          add_bos_token=eval_cfg.add_bos_token) for name, (model, tok) in models.items()}
+    experts = {name: hf_lm(model, tok, eval_cfg) for name, (model, tok) in models.items()}
     return ModelMixtureLM(experts, router)
 
 
@@ -176,10 +188,7 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
 
 
 def _as_lm(model, tokenizer, routing: str, eval_cfg: EvalConfig):
-    from lm_eval.models.huggingface import HFLM
-
     from glue_bench.mixture.layered import SampleRoutedLM
 
-    hflm = HFLM(pretrained=model, tokenizer=tokenizer, device=eval_cfg.device, batch_size=eval_cfg.batch_size,
-                add_bos_token=eval_cfg.add_bos_token)
+    hflm = hf_lm(model, tokenizer, eval_cfg)
     return SampleRoutedLM(hflm, model) if routing == "sample" else hflm
