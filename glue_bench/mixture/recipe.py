@@ -78,6 +78,6 @@ def representatives(groups: list[list], zoo_search, strategy, method: str, fixed
 
 
 def recipe_mixture(reps: list[Representative], base_ref, router_cfg: dict, eval_cfg: EvalConfig):
-    """The model-level mixture of the representatives (a single representative: that model)."""
+    """The model-level mixture of the representatives (of one: that model, routed to always)."""
     return mixture_of({r.name: (r.model, r.tokenizer) for r in reps}, {r.name: r.members for r in reps},
                       base_ref, router_cfg, eval_cfg)
