@@ -38,8 +38,8 @@ def candidate_payload(cfg: DictConfig) -> dict:
     payload = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
     payload["eval"] = _eval_payload(cfg)
     payload["models"] = [r.key for r in zoo_refs(cfg)[0]]
-    if cfg.mixture.get("level") == "model":
-        payload.pop("method")  # not used: the same mixture whatever method is configured
+    if cfg.mixture.get("level") == "model" or cfg.strategy.name == "stack":
+        payload.pop("method")  # not used: the same candidate whatever method is configured
     return payload
 
 
@@ -94,10 +94,13 @@ def run_job(cfg: DictConfig) -> dict:
             raise JobError(f"mixture={cfg.mixture.name}: needs a router (router=prompt)")
     elif cfg.router.name != "none":
         raise JobError(f"router={cfg.router.name}: only mixtures route (add mixture=model)")
-    selective = cfg.strategy.name != "all"
+    stack = cfg.strategy.name == "stack"
+    selective = cfg.strategy.name not in ("all", "stack")
     recipe = cfg.strategy.name == "glue_recipe"
     if recipe and cfg.mixture.get("level") != "model":
         raise JobError("strategy glue_recipe: mixes its families at the model level (add mixture=model router=prompt)")
+    if stack and mixture:
+        raise JobError(f"strategy stack with mixture={cfg.mixture.name}: not implemented")
     if selective and mixture and not recipe:
         raise JobError(f"strategy {cfg.strategy.name} with mixture={cfg.mixture.name}: not implemented "
                        "(a mixture takes strategy=all, optionally strategy.models=[...]; or strategy=glue_recipe)")
@@ -107,7 +110,7 @@ def run_job(cfg: DictConfig) -> dict:
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     refs, base = zoo_refs(cfg)
     members = selected_members(cfg, refs)
-    if cfg.method.name != "none" and not mixture:
+    if cfg.method.name != "none" and not mixture and not stack:
         from glue_bench.merge import get_method
 
         get_method(cfg.method.name).validate(_method_params(cfg), len(members))  # bad input fails early
@@ -123,7 +126,7 @@ def run_job(cfg: DictConfig) -> dict:
     for ref in [base] + [r for r in refs if r.key != base.key]:
         _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common)
 
-    if cfg.method.name == "none" and not mixture:
+    if cfg.method.name == "none" and not mixture and not stack:
         return {"status": "singles", "job_key": None}
 
     payload = candidate_payload(cfg)
@@ -133,6 +136,8 @@ def run_job(cfg: DictConfig) -> dict:
             _log(f"job {key} already in the store; skipping (force=true re-runs it)")
             return {"status": "skipped", "job_key": key}
         store.delete_job(key)
+    if stack:
+        return _run_stack(cfg, store, key, payload, members, eval_cfg, tasks_dir, common)
     if recipe:
         return _run_recipe(cfg, strategy, store, key, payload, refs, members, base, eval_cfg, tasks_dir, common)
     if mixture:
@@ -353,6 +358,29 @@ def _run_recipe(cfg, strategy, store, key, payload, refs, members, base, eval_cf
                                                                      "routed": routed}, sort_keys=True, default=str)}
                            for r in rows])
     return {"status": "done", "job_key": key, "build_s": build_s, "routed": routed, **stats}
+
+
+def _run_stack(cfg, store, key, payload, members, eval_cfg, tasks_dir, common) -> dict:
+    from glue_bench.merge import MergeError
+    from glue_bench.mixture.stack import build_stack
+
+    names = [m.name for m in members]
+    mode, drop = cfg.strategy.mode, int(cfg.strategy.drop)
+    _log(f"stacking {', '.join(names)} ({mode}, drop {drop})")
+    start = time.perf_counter()
+    try:
+        model = build_stack(members, mode, drop, eval_cfg.device)
+    except (ValueError, MergeError) as err:
+        raise JobError(f"strategy stack: {err}") from None
+    build_s = time.perf_counter() - start
+    tok = load_tokenizer(members[0])
+    rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg)
+    label = f"{mode}({'+'.join(names)}{f', drop {drop}' if drop else ''})"
+    store.append_job(key, [{**common, **r, "candidate": label, "method": "stack", "models": names, "build_s": build_s,
+                            "eval_s": stats["eval_s"], "config": json.dumps(payload, sort_keys=True)} for r in rows])
+    if cfg.save:
+        _save_candidate(model, tok, cfg, payload, key)
+    return {"status": "done", "job_key": key, "build_s": build_s, "layers": len(model.model.layers), **stats}
 
 
 def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, common) -> dict:

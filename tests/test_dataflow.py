@@ -63,3 +63,38 @@ def test_a_path_of_mixed_and_dropped_layers(setup):
     reference.config.num_hidden_layers = 2
     torch.testing.assert_close(logits(path, ids), logits(reference, ids), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(logits(path, ids), logits(models["chat_a"], ids))
+
+
+def test_stack_paths():
+    from glue_bench.mixture.stack import stack_path
+
+    assert stack_path(["a", "b"], 4, "stack") == [[n, i, 1.0] for n in "ab" for i in range(4)]
+    # SOLAR-style: the lower model loses its last layer, the upper its first
+    assert [(n, i) for n, i, _ in stack_path(["a", "b"], 4, "stack", drop=1)] == \
+        [("a", 0), ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("b", 3)]
+    assert [(n, i) for n, i, _ in stack_path(["a", "b", "c"], 4, "stack", drop=1)] == \
+        [("a", 0), ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1), ("c", 2), ("c", 3)]
+    assert [(n, i) for n, i, _ in stack_path(["a", "b"], 2, "interleave")] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    with pytest.raises(ValueError, match="drop=2: must leave layers"):
+        stack_path(["a", "b"], 4, "stack", drop=2)
+    with pytest.raises(ValueError, match="needs two models"):
+        stack_path(["a"], 4, "stack")
+
+
+def test_a_stack_is_its_layers_in_order(setup):
+    """chat_a's layers then chat_b's: the same as chat_a with chat_b's layers appended, built by
+    hand from the two models' modules."""
+    from glue_bench.mixture.stack import build_stack
+    from glue_bench.zoo import load_model, resolve_zoo, zoo_config
+
+    _, models, ids = setup
+    refs = resolve_zoo(zoo_config("mini2"), "micro")[0]
+    stacked = build_stack(refs, "stack")
+    reference = load_model(refs[0])
+    extra = load_model(refs[1]).model.layers
+    for i, layer in enumerate(extra):
+        layer.self_attn.layer_idx = len(reference.model.layers) + i
+    reference.model.layers.extend(extra)
+    reference.config.num_hidden_layers = len(reference.model.layers)
+    assert len(stacked.model.layers) == 2 * len(extra)
+    torch.testing.assert_close(logits(stacked, ids), logits(reference, ids), rtol=1e-5, atol=1e-5)
