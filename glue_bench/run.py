@@ -414,10 +414,33 @@ def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, c
     details = "" if level == "model" else f", {mixture_cfg.get('routing', 'token')}" + (
         f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
     label = f"mixture({cfg.mixture.name}, {cfg.router.name}{details})"
+    if cfg.save:
+        _save_mixture(lm, model if level != "model" else None, members, mixture_cfg)
     store.append_job(key, [{**common, **r, "candidate": label, "method": "none" if level == "model" else cfg.method.name,
                             "models": names, "build_s": build_s, "eval_s": stats["eval_s"],
                             "config": json.dumps({**payload, "routed": routed}, sort_keys=True)} for r in rows])
     return {"status": "done", "job_key": key, "build_s": build_s, "routed": routed, **stats}
+
+
+def _save_mixture(lm, model, members, mixture_cfg: dict) -> None:
+    """save=true: an FFN-level mixture with linear gates and token routing as a Mixtral checkpoint;
+    the others have no standard format (their config and glue_bench rebuild them)."""
+    from glue_bench.mixture.layered import save_mixtral
+
+    why = None
+    if mixture_cfg["level"] != "ffn":
+        why = f"a {mixture_cfg['level']}-level mixture has no standard format"
+    elif mixture_cfg.get("routing", "token") != "token":
+        why = "Mixtral routes each token: a sample-routed mixture has no standard format"
+    if why is None:
+        out = _output_dir() / "candidate"
+        try:
+            save_mixtral(model, load_tokenizer(members[0]), out)
+            _log(f"saved the mixture as a Mixtral checkpoint to {out}")
+            return
+        except ValueError as err:
+            why = str(err)
+    _log(f"save=true: not saved ({why}); the job's config rebuilds it")
 
 
 def _chosen_models(candidate: dict, names: list[str]) -> list[str]:

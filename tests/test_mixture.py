@@ -252,3 +252,25 @@ def test_a_trained_model_level_router_sends_documents_to_the_expert_that_predict
     router = TrainedRouter.train(lambda t: features[[texts.index(x) for x in t]], losses, texts, width=16,
                                  steps=300, lr=1e-2, seed=0)
     assert router(texts) == best.tolist()
+
+
+def test_an_ffn_mixture_saved_as_mixtral_loads_with_transformers_and_gives_the_same_logits(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from glue_bench.mixture.layered import ffn_mixture, save_mixtral
+    from glue_bench.mixture.routers import LinearGate
+    from glue_bench.zoo import load_model, resolve_zoo, zoo_config
+
+    loaded, _, _ = zoo
+    refs = resolve_zoo(zoo_config("mini2"), "micro")[0]
+    shared = load_model(refs[0])
+    size, layers = shared.config.hidden_size, len(shared.model.layers)
+    gates = [None] + [LinearGate(torch.randn(2, size, generator=torch.Generator().manual_seed(l)))
+                      for l in range(1, layers)]  # layer 0 dense: a hybrid
+    mixture = ffn_mixture(shared, [load_model(r) for r in refs], gates, top_k=1)
+    save_mixtral(mixture, loaded["chat_a"][1], tmp_path / "mixtral")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "mixtral")
+    assert type(reloaded).__name__ == "MixtralForCausalLM"
+    ids = torch.tensor([[5, 17, 99, 3, 250, 41, 8, 77], [9, 9, 1, 40, 300, 12, 6, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, mixture(ids).logits, rtol=1e-5, atol=1e-5)

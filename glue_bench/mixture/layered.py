@@ -215,3 +215,51 @@ class SampleRoutedLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         return self._dispatch(requests, "generate_until")
+
+
+def save_mixtral(model, tokenizer, out_dir) -> None:
+    """Save an FFN-level mixture with linear gates (token routing) as a Mixtral checkpoint that
+    transformers loads (`AutoModelForCausalLM.from_pretrained(out_dir)`). Mixtral's routing
+    (softmax over all experts, top-k, renormalised) equals the softmax over the top-k logits used
+    here. A dense (hybrid) layer becomes E copies of its MLP, which routes to the same output."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from glue_bench.mixture.routers import LinearGate
+
+    src = model.config
+    if getattr(src, "attention_bias", False) or getattr(src, "mlp_bias", False):
+        raise ValueError("Mixtral has no attention or MLP biases: this mixture cannot be saved as one")
+    layers = model.model.layers
+    routed = [layer.mlp for layer in layers if isinstance(layer.mlp, RoutedMLP)]
+    if not routed or any(not isinstance(layer.mlp, (RoutedMLP, type(routed[0].experts[0]))) for layer in layers):
+        raise ValueError("not an FFN-level mixture")
+    if any(not isinstance(mlp.router, LinearGate) for mlp in routed):
+        raise ValueError("Mixtral's router is one linear layer: an MLP router cannot be saved as one")
+    n, top_k = len(routed[0].experts), routed[0].top_k
+    rope = (getattr(src, "rope_parameters", None) or {}).get("rope_theta", getattr(src, "rope_theta", 10000.0))
+    config = MixtralConfig(
+        vocab_size=src.vocab_size, hidden_size=src.hidden_size, intermediate_size=src.intermediate_size,
+        num_hidden_layers=len(layers), num_attention_heads=src.num_attention_heads,
+        num_key_value_heads=src.num_key_value_heads, head_dim=getattr(src, "head_dim", None),
+        hidden_act=src.hidden_act, max_position_embeddings=src.max_position_embeddings,
+        rms_norm_eps=src.rms_norm_eps, rope_theta=rope, tie_word_embeddings=src.tie_word_embeddings,
+        bos_token_id=src.bos_token_id, eos_token_id=src.eos_token_id, pad_token_id=src.pad_token_id,
+        num_local_experts=n, num_experts_per_tok=top_k, sliding_window=None)
+    out = MixtralForCausalLM(config).to(next(model.parameters()).dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".mlp." not in name:
+            state[name] = tensor
+    for l, layer in enumerate(layers):
+        experts = layer.mlp.experts if isinstance(layer.mlp, RoutedMLP) else [layer.mlp] * n
+        gate = layer.mlp.router.weight if isinstance(layer.mlp, RoutedMLP) else torch.zeros(n, src.hidden_size)
+        prefix = f"model.layers.{l}.mlp."
+        state[prefix + "gate.weight"] = gate.detach()
+        state[prefix + "experts.gate_up_proj"] = torch.stack(
+            [torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in experts]).detach()
+        state[prefix + "experts.down_proj"] = torch.stack([e.down_proj.weight for e in experts]).detach()
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"Mixtral conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    out.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
