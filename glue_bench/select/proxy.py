@@ -94,7 +94,9 @@ class ProxyFitness:
                  cache=None):
         self.build, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg = (
             build, proxy, tokenizer, tasks_dir, eval_cfg)
-        self.identity = {**identity, "proxy": proxy.key, "tasks": sorted(proxy.items)}
+        # what changes a score: the items, and the eval settings other than batch size and limit
+        settings = {k: v for k, v in vars(eval_cfg).items() if k not in ("batch_size", "limit", "tasks")}
+        self.identity = {**identity, "proxy": proxy.key, "tasks": sorted(proxy.items), "eval": settings}
         self.cache = {} if cache is None else cache
         self.builds, self.build_s, self.eval_s = 0, 0.0, 0.0
 
