@@ -53,8 +53,12 @@ class DataFlow:
         merges, details = {}, {"own_scores": own}
         if self.after_merge:
             warm = self.heuristic.search(problem)
-            merges = {_MERGE: problem.merge_of(warm.weights)}
-            sources = [_MERGE] + sources
+            chosen = problem.merge_of(warm.weights)
+            if "model" in chosen:  # the heuristic kept one model: it leads, as itself
+                sources = [chosen["model"]] + [s for s in sources if s != chosen["model"]]
+            else:
+                merges = {_MERGE: chosen}
+                sources = [_MERGE] + sources
             details["merge"] = {"weights": warm.weights, "score": warm.score}
         layers = builder.num_layers
         slots = [(s, layer) for _ in range(self.repeats) for s in sources for layer in range(layers)]
