@@ -53,7 +53,12 @@ def router_corpus(router_cfg: dict) -> list[str]:
     elif corpus and Path(corpus).is_file():
         raw = Path(corpus).read_text()
         if corpus.endswith(".jsonl"):
-            texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
+            texts = []
+            for number, line in enumerate(raw.splitlines(), 1):
+                try:
+                    texts += [json.loads(line)["text"]] if line.strip() else []
+                except (ValueError, KeyError, TypeError):
+                    raise MixtureError(f"router.corpus={corpus}: line {number} is not JSON with a \"text\" field") from None
         else:
             texts = [doc.strip() for doc in raw.split("\n\n") if doc.strip()]
     else:
