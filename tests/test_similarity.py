@@ -17,9 +17,9 @@ def _direct(a, b):
 
 def test_matches_direct_column_cosine(tmp_path):
     torch.manual_seed(0)
-    tensors = {name: {f"model.layers.0.self_attn.q_proj.weight": torch.randn(6, 4),
-                      f"model.layers.0.mlp.up_proj.weight": torch.randn(8, 4),
-                      f"model.layers.0.mlp.down_proj.weight": torch.randn(4, 8)} for name in ("a", "b")}
+    tensors = {name: {"model.layers.0.self_attn.q_proj.weight": torch.randn(6, 4),
+                      "model.layers.0.mlp.up_proj.weight": torch.randn(8, 4),
+                      "model.layers.0.mlp.down_proj.weight": torch.randn(4, 8)} for name in ("a", "b")}
     for name, t in tensors.items():
         (tmp_path / name).mkdir()
         save_file(t, tmp_path / name / "model.safetensors")
