@@ -8,9 +8,10 @@ Builds, from the zoo's models (prompt-initialised routers, top-1, token routing)
 - block: a block-level mixture (under token routing every block runs, for complete KV caches);
 - hybrid ffn: the FFN-level mixture with its first half of layers dense;
 - model: the model-level mixture (the router's encoder, the base, reads the text; one expert answers).
-Prints, per level (timings interleaved round-robin, so machine noise hits all alike): parameter memory (unique tensors held, bytes) and its ratio to dense; the median
-latency per token of scoring (one forward over a batch of sequences) and of greedy generation
-(prompt, then new tokens one by one with the KV cache), each as a ratio to dense measured beside it.
+Prints, per level (timings interleaved round-robin, so machine noise hits all alike): parameter
+memory (unique tensors held, bytes) and its ratio to dense; the median latency per token of
+scoring (one forward over a batch of sequences) and of greedy generation (prompt, then new tokens
+one by one with the KV cache), each as a ratio to dense measured beside it.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; medians of {args.repeats}")
     print(f"scoring: {args.batch} x {args.seq_len} tokens per forward; generation: {prompt.shape[1]}-token prompt, "
           f"{args.new_tokens} new tokens (time per new token, prompt included)")
-    print(f"{'level':<22}{'params MB':>10}{'x dense':>9}{'score us/tok':>14}{'x dense':>9}{'gen ms/tok':>12}{'x dense':>9}")
+    print(f"{'level':<22}{'params MB':>10}{'x dense':>9}{'score us/tok':>14}{'x dense':>9}"
+          f"{'gen ms/tok':>12}{'x dense':>9}")
     for label, nbytes, score_s, gen_s in rows:
         print(f"{label:<22}{nbytes / 1e6:>10.1f}{nbytes / dense_bytes:>9.2f}{score_s / tokens_scored * 1e6:>14.1f}"
               f"{score_s / dense_score:>9.2f}{gen_s / tokens_generated * 1e3:>12.2f}{gen_s / dense_gen:>9.2f}")

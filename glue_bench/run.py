@@ -123,8 +123,7 @@ def run_job(cfg: DictConfig) -> dict:
 
     # single models (and the base, for reference): one job each, keyed by model + eval settings,
     # so every zoo and sweep shares them
-    for ref in [base] + [r for r in refs if r.key != base.key]:
-        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common)
+    _evaluate_singles(store, refs, base, cfg, eval_cfg, tasks_dir, common)
 
     if cfg.method.name == "none" and not mixture and not stack:
         return {"status": "singles", "job_key": None}
@@ -171,21 +170,24 @@ def run_job(cfg: DictConfig) -> dict:
     return {"status": "done", "job_key": key, "load_s": load_s, "build_s": build_s, **stats}
 
 
-def _evaluate_single(store: ResultStore, ref: ModelRef, cfg: DictConfig, eval_cfg: EvalConfig, tasks_dir,
-                     common: dict, samples: dict | None = None, items: tuple[str, str] | None = None) -> None:
-    """One single model's scores, once per eval settings (and item set: `items` = (key, label))."""
-    key = job_key({"single": ref.key, "eval": _eval_payload(cfg), **({"items": items[0]} if items else {})})
-    if store.has_job(key):
-        return
-    _log(f"evaluating single model {ref.name}" + (f" on the {items[1]}" if items else ""))
-    start = time.perf_counter()
-    model, tok = load_model(ref, eval_cfg.device), load_tokenizer(ref)
-    load_s = time.perf_counter() - start
-    rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg, samples=samples)
-    store.append_job(key, [{**common, **r, "candidate": ref.name, "method": "none", "strategy": "none",
-                            "mixture": "none", "router": "none", "models": ref.name, "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
-                            "items": items[1] if items else None,
-                            "config": json.dumps({"model": ref.location})} for r in rows])
+def _evaluate_singles(store: ResultStore, refs: list[ModelRef], base: ModelRef, cfg: DictConfig,
+                      eval_cfg: EvalConfig, tasks_dir, common: dict, samples: dict | None = None,
+                      items: tuple[str, str] | None = None) -> None:
+    """The base's and each single model's scores, each once per eval settings (and item set:
+    `samples` as lm-eval takes them, `items` = (key, label))."""
+    for ref in [base] + [r for r in refs if r.key != base.key]:
+        key = job_key({"single": ref.key, "eval": _eval_payload(cfg), **({"items": items[0]} if items else {})})
+        if store.has_job(key):
+            continue
+        _log(f"evaluating single model {ref.name}" + (f" on the {items[1]}" if items else ""))
+        start = time.perf_counter()
+        model, tok = load_model(ref, eval_cfg.device), load_tokenizer(ref)
+        load_s = time.perf_counter() - start
+        rows, stats = evaluate_model(model, tok, tasks_dir, eval_cfg, samples=samples)
+        store.append_job(key, [{**common, **r, "candidate": ref.name, "method": "none", "strategy": "none",
+                                "mixture": "none", "router": "none", "models": ref.name, "load_s": load_s,
+                                "build_s": 0.0, "eval_s": stats["eval_s"], "items": items[1] if items else None,
+                                "config": json.dumps({"model": ref.location})} for r in rows])
 
 
 def _instantiate_strategy(cfg: DictConfig):
@@ -292,8 +294,7 @@ def _proxy_and_final_items(cfg, eval_cfg: EvalConfig, tasks_dir):
 def _judge_singles(store, proxy, final, refs, base, cfg, eval_cfg, tasks_dir, common) -> dict:
     """Every single model (and the base) on the final items; returns those items as lm-eval samples."""
     samples = {t: list(i) for t, i in proxy.final.items()}
-    for ref in [base] + [r for r in refs if r.key != base.key]:
-        _evaluate_single(store, ref, cfg, eval_cfg, tasks_dir, common, samples, final)
+    _evaluate_singles(store, refs, base, cfg, eval_cfg, tasks_dir, common, samples, final)
     return samples
 
 
@@ -415,14 +416,15 @@ def _run_mixture(cfg, store, key, payload, members, base, eval_cfg, tasks_dir, c
         f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
     label = f"mixture({cfg.mixture.name}, {cfg.router.name}{details})"
     if cfg.save:
-        _save_mixture(lm, model if level != "model" else None, members, mixture_cfg)
-    store.append_job(key, [{**common, **r, "candidate": label, "method": "none" if level == "model" else cfg.method.name,
-                            "models": names, "build_s": build_s, "eval_s": stats["eval_s"],
+        _save_mixture(model if level != "model" else None, members, mixture_cfg)
+    method = "none" if level == "model" else cfg.method.name
+    store.append_job(key, [{**common, **r, "candidate": label, "method": method, "models": names,
+                            "build_s": build_s, "eval_s": stats["eval_s"],
                             "config": json.dumps({**payload, "routed": routed}, sort_keys=True)} for r in rows])
     return {"status": "done", "job_key": key, "build_s": build_s, "routed": routed, **stats}
 
 
-def _save_mixture(lm, model, members, mixture_cfg: dict) -> None:
+def _save_mixture(model, members, mixture_cfg: dict) -> None:
     """save=true: an FFN-level mixture with linear gates and token routing as a Mixtral checkpoint;
     the others have no standard format (their config and glue_bench rebuild them)."""
     from glue_bench.mixture.layered import save_mixtral

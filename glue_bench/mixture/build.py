@@ -58,7 +58,8 @@ def router_corpus(router_cfg: dict) -> list[str]:
                 try:
                     texts += [json.loads(line)["text"]] if line.strip() else []
                 except (ValueError, KeyError, TypeError):
-                    raise MixtureError(f"router.corpus={corpus}: line {number} is not JSON with a \"text\" field") from None
+                    raise MixtureError(f"router.corpus={corpus}: line {number} is not JSON with a "
+                                       '"text" field') from None
         else:
             texts = [doc.strip() for doc in raw.split("\n\n") if doc.strip()]
     else:
@@ -87,8 +88,7 @@ def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg:
         raise MixtureError(f"mixture.top_k={mixture_cfg['top_k']}: a model-level mixture answers with one "
                            "expert (top_k=1)")
     models = {r.name: (load_model(r, eval_cfg.device), load_tokenizer(r)) for r in refs}
-    prompts = {r.name: [r] for r in refs}
-    return mixture_of(models, prompts, base_ref, router_cfg, eval_cfg)
+    return mixture_of(models, {r.name: [r] for r in refs}, base_ref, router_cfg, eval_cfg)
 
 
 def mixture_of(models: dict[str, tuple], members: dict[str, list], base_ref, router_cfg: dict,
@@ -146,7 +146,8 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
                             TensorSource(base_ref.name, local_dir(base_ref)), device=eval_cfg.device)
             shared = merger.to_model(method_params)
         except MergeError as err:
-            raise MixtureError(f"{level}-level mixture: the experts cannot be merged for the shared parts ({err})") from None
+            raise MixtureError(f"{level}-level mixture: the experts cannot be merged for the shared parts "
+                               f"({err})") from None
     elif shared_from == "base":
         shared = load_model(base_ref, eval_cfg.device)
     else:

@@ -20,10 +20,9 @@ then scores or generates the document with the route fixed.
 from __future__ import annotations
 
 import torch
-from lm_eval.api.model import LM
 from torch import nn
 
-from glue_bench.mixture.model_level import by_document
+from glue_bench.mixture.model_level import DispatchingLM, by_document
 
 
 class _Routed(nn.Module):
@@ -177,7 +176,7 @@ def layer_inputs(model, tokenizer, texts: list[str], at: str = "mlp", batch_size
     return [(s / count).float() for s in sums]
 
 
-class SampleRoutedLM(LM):
+class SampleRoutedLM(DispatchingLM):
     """Scores and generates with an FFN-level mixture routed per document: one pass over the
     document's context fixes each layer's route, then its requests run with the route fixed."""
 
@@ -206,15 +205,6 @@ class SampleRoutedLM(LM):
                 for layer in self.layers:
                     layer.fixed = None
         return out
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "loglikelihood")
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "loglikelihood_rolling")
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "generate_until")
 
 
 def save_mixtral(model, tokenizer, out_dir) -> None:

@@ -17,7 +17,24 @@ from typing import Callable
 from lm_eval.api.model import LM
 
 
-class ModelMixtureLM(LM):
+class DispatchingLM(LM):
+    """An lm-eval LM whose three request types all go through `_dispatch(requests, method)`, which
+    hands them on to inner LMs by that method's name."""
+
+    def _dispatch(self, requests, method: str) -> list:
+        raise NotImplementedError
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "loglikelihood_rolling")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._dispatch(requests, "generate_until")
+
+
+class ModelMixtureLM(DispatchingLM):
     def __init__(self, experts: dict[str, LM], router: Callable[[list[str]], list[int]]):
         super().__init__()
         self.names, self.experts, self.router = list(experts), list(experts.values()), router
@@ -35,14 +52,6 @@ class ModelMixtureLM(LM):
                     out[i] = result
         return out
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "loglikelihood")
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "loglikelihood_rolling")
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._dispatch(requests, "generate_until")
 
 
 def by_document(requests) -> list[tuple[object, list[int]]]:
