@@ -1,59 +1,43 @@
-"""Results tables from the store: rows = candidates, columns = tasks + average + delta to the
-best single model of the zoo.
+"""Results tables from the store.
+
+Printed, per zoo: rows = candidates, columns = tasks + average + delta to the best single model.
+Written, per study table (glue_bench.study), as Markdown, LaTeX and CSV into --out (results/tables/).
 
     python -m glue_bench.tables                       # every zoo in the default store
-    python -m glue_bench.tables --zoo mini4 --results results/store/results.sqlite
+    python -m glue_bench.tables --zoo mini4 --results results/store/results.sqlite --out results/tables
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.results import read_results
-from glue_bench.zoo import ZooError, entry_name, zoo_config
+from glue_bench.study import TABLES, best_single, candidate_scores, final_item_sets, tasks_of
+from glue_bench.zoo import ZooError
 
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
+DEFAULT_OUT = os.path.join("results", "tables")
+FORMATS = ("md", "tex", "csv")
 
 
 def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo, on the whole
     test split (`items=None`) or on the named item set (the final items of a selective search)."""
-    config = zoo_config(zoo)
-    members = [entry_name(m, config["source"]) for m in config["models"]]
-    base = entry_name(config["base"], config["source"])
-    df = df[df["items"].isna()] if items is None else df[df["items"] == items]
-    primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
-    singles = primary[(primary["method"] == "none") & primary["candidate"].isin(members + [base])]
-    built = primary[((primary["method"] != "none") | (primary["mixture"].fillna("none") != "none"))
-                    & (primary["zoo"] == zoo)]
-    rows = pd.concat([singles, built])
-    if rows.empty:
+    scores = candidate_scores(df, zoo, items)
+    if scores.empty:
         return pd.DataFrame()
-    # one candidate name may come from several configs (other weights...): tell them apart by key
-    label = rows["candidate"].where(~rows.duplicated(["candidate", "task"], keep=False),
-                                    rows["candidate"] + " [" + rows["job_key"].str[:6] + "]")
-    table = rows.assign(label=label).pivot_table(index="label", columns="task", values="value", aggfunc="first")
-    table = table[[t for t in PRIMARY_METRIC if t in table.columns]]
-    table.columns = [c.removeprefix("mini_") for c in table.columns]
-    table["avg"] = table.mean(axis=1, skipna=False)
-    single_labels = [m for m in members if m in table.index]
-    best = table.loc[single_labels, "avg"].max() if single_labels else float("nan")
-    table["Δ best single"] = table["avg"] - best
+    table = scores[tasks_of(scores) + ["avg"]].copy()
+    table["Δ best single"] = table["avg"] - best_single(scores)[1]
     # order: the base, the single models, then the candidates; best first within each
-    kind = pd.Series({lbl: 0 if lbl == base else 1 if lbl in single_labels else 2 for lbl in table.index})
-    table = table.assign(kind=kind).sort_values(["kind", "avg"], ascending=[True, False]).drop(columns="kind")
-    return table.rename(index={base: f"{base} (zoo base)"})
-
-
-def final_item_sets(df: pd.DataFrame, zoo: str) -> list[str]:
-    """The item sets on which selective strategies of this zoo were judged."""
-    labels = df.loc[(df["zoo"] == zoo) & (df["strategy"] != "all"), "items"].dropna()
-    return sorted({label for label in labels if label.startswith("final")})
+    order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
+    table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
+    return table.rename(index={lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]})
 
 
 def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str:
@@ -96,12 +80,59 @@ def _swept_zoos(config) -> list[str]:
     return [config.zoo.name]
 
 
+def _cell(column: str, value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        signed = column.startswith("Δ") or "−" in column
+        return f"{value:+.2f}" if "%" in column and signed else f"{value:.2f}" if "%" in column \
+            else f"{value:+.3f}" if signed else f"{value:.3f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    flat = table.reset_index()
+    lines = ["| " + " | ".join(map(str, flat.columns)) + " |", "|" + "---|" * len(flat.columns)]
+    lines += ["| " + " | ".join(_cell(str(c), v) for c, v in row.items()) + " |" for _, row in flat.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Path]:
+    """Regenerate every study table from the store into out_dir as .md, .tex and .csv. A table with
+    no rows in the store has its files removed, so none is left over from an older store."""
+    df = read_results(results_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for study in TABLES:
+        table = study.build(df)
+        paths = {fmt: out / f"{study.name}.{fmt}" for fmt in FORMATS}
+        if table.empty:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+            continue
+        table.to_csv(paths["csv"], float_format="%.4f")
+        paths["md"].write_text(f"## {study.title}\n\nMade by `{study.preset}`; from `{results_path}`.\n\n"
+                               + to_markdown(table))
+        display = table.reset_index().map(lambda v: _cell("", v) if isinstance(v, float) else v)
+        paths["tex"].write_text(display.to_latex(index=False, caption=study.title, label=f"tab:{study.name}"))
+        written += paths.values()
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print results tables from the glue_bench store.")
+    parser = argparse.ArgumentParser(description="Print results tables from the glue_bench store and write "
+                                                 "the study's tables as Markdown, LaTeX and CSV.")
     parser.add_argument("--results", default=os.environ.get("GLUE_BENCH_RESULTS", DEFAULT_RESULTS))
-    parser.add_argument("--zoo", action="append", help="zoo(s) to show (default: all in the store)")
+    parser.add_argument("--zoo", action="append", help="zoo(s) to print (default: all in the store)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where the study tables go (default: %(default)s)")
+    parser.add_argument("--print-only", action="store_true", help="print the zoo tables, write nothing")
     args = parser.parse_args(argv)
     print_tables(args.results, zoos=args.zoo)
+    if not args.print_only:
+        written = write_study_tables(args.results, args.out)
+        names = sorted({p.stem for p in written})
+        print(f"wrote {len(names)} study tables ({', '.join(FORMATS)}) to {args.out}: {', '.join(names)}")
 
 
 if __name__ == "__main__":

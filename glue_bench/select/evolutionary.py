@@ -107,7 +107,8 @@ def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
     if cfg.storage.startswith("sqlite:///"):
         Path(cfg.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     storage = RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=30)
-    name = study_name(problem.names, problem.method, problem.fixed, cfg, problem.fitness.proxy.key, space)
+    # model keys, not names: the same names in the micro and the mini zoo are other models
+    name = study_name([r.key for r in problem.refs], problem.method, problem.fixed, cfg, problem.fitness.proxy.key, space)
     sampler = CmaEsSampler(x0=cfg.x0 or None, sigma0=cfg.sigma0, popsize=cfg.popsize, seed=cfg.seed)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)

@@ -1,0 +1,95 @@
+"""Reproduce the study: every table's preset sweep, then the tables and the figures, in one command.
+
+    python -m glue_bench.reproduce                     # the mini zoo: hours on 2 CPU cores
+    GLUE_BENCH_MINI_SIZE=micro python -m glue_bench.reproduce --quick   # CI: minutes
+
+Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
+(jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
+the study tables to <out>/tables and notebooks/study_figures.ipynb draws the figures into
+<out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
+router training): it checks that everything builds, not what the study found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "heuristic_evolution",
+           "mixture_levels", "mixture_routers", "mixture_routing", "mixture_hybrid", "merge_vs_mixture", "recipe")
+# --quick: per preset, the sweeps to run instead (each a list of overrides of the preset's own), all
+# with QUICK_EVAL; a selective job's final items are all test items outside its proxy set, whatever the limit
+QUICK_EVAL = ["eval.limit=40"]
+_FEW_TRIALS = "strategy.search.n_trials=4"
+QUICK = {
+    "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity"],
+                   ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS]],
+    "method_evolution": [["zoo=mini4", "method=linear,ties", _FEW_TRIALS]],
+    "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "strategy.search.evolutionary.n_trials=3"]],
+    "mixture_levels": [["zoo=mini2"]],
+    "mixture_routers": [["zoo=mini2", "router=mlp", "router.steps=10", "router.documents=32"]],
+    "mixture_routing": [["zoo=mini2"]],
+    "mixture_hybrid": [["zoo=mini2", "mixture.dense_layers=0,1"]],   # the micro models have 2 layers
+    "merge_vs_mixture": [["zoo=mini2"]],
+    "recipe": [["strategy.search.kind=average"]],
+}
+
+
+def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None) -> None:
+    command = [sys.executable, "-m", "glue_bench", f"experiment={preset}", *overrides,
+               f"results_path={results}", "print_table=false"]
+    if hydra_dir is not None:  # else Hydra's own outputs/ and multirun/ folders
+        command += [f"hydra.sweep.dir={hydra_dir}/{preset}/${{now:%H%M%S}}",
+                    f"hydra.run.dir={hydra_dir}/{preset}/${{now:%H%M%S}}"]
+    print(f"[reproduce] {' '.join(command[2:])}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"reproduce: preset {preset} failed (exit {done.returncode}); its finished jobs are kept "
+                         "in the store, rerun to resume")
+    print(f"[reproduce] {preset}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_notebook(results: Path, figures: Path) -> None:
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError:
+        raise SystemExit("reproduce: the figures need the notebook extra: pip install -e '.[notebooks]'") from None
+    path = REPO / "notebooks" / "study_figures.ipynb"
+    env = {"GLUE_BENCH_RESULTS": str(results), "GLUE_BENCH_FIGURES": str(figures)}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    print(f"[reproduce] figures in {figures}: {', '.join(sorted(p.name for p in figures.glob('*.png')))}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small zoos and searches (CI)")
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
+    parser.add_argument("--results", type=Path,
+                        default=Path(os.environ.get("GLUE_BENCH_RESULTS", REPO / "results/store/results.sqlite")))
+    parser.add_argument("--out", type=Path, default=REPO / "results", help="tables/ and figures/ go here")
+    parser.add_argument("--hydra-dir", type=Path, help="the jobs' output folders (default: Hydra's)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the notebook")
+    args = parser.parse_args(argv)
+    results = args.results.resolve()
+    for preset in args.presets:
+        for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]]):
+            run_preset(preset, overrides + (QUICK_EVAL if args.quick else []), results, args.hydra_dir)
+
+    from glue_bench.tables import main as tables
+
+    tables(["--results", str(results), "--out", str(args.out / "tables")])
+    if not args.no_figures:
+        run_notebook(results, (args.out / "figures").resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The Model-GLUE study's tables, regenerated from the results store.
+
+Each `StudyTable` is one table of the study, made by one experiment preset (`conf/experiment/`),
+built from the store by one small function. Scores are the mean of the tasks' primary metrics
+("avg"); selective strategies and the recipe are scored on their final items (the test split minus
+their proxy set), merges and mixtures on the whole test split. Where a reference exists it stands
+beside the measured value with the difference (see `glue_bench.reference`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from glue_bench.evaluate import PRIMARY_METRIC
+from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
+from glue_bench.zoo import ZooError, entry_name, zoo_config
+
+META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "items", "config")
+
+
+def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
+    """One row per candidate scored on the zoo's item set (`items=None`: the whole test split):
+    `kind` (base / single / built), the job's META columns (config parsed), the primary metric per
+    task and their mean `avg`, indexed by a label unique within the zoo."""
+    config = zoo_config(zoo)
+    members = [entry_name(m, config["source"]) for m in config["models"]]
+    base = entry_name(config["base"], config["source"])
+    df = df[df["items"].isna()] if items is None else df[df["items"] == items]
+    primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
+    singles = primary[(primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
+                      & primary["candidate"].isin(members + [base])]
+    built = primary[((primary["method"] != "none") | (primary["mixture"].fillna("none") != "none"))
+                    & (primary["zoo"] == zoo)]
+    rows = pd.concat([singles, built])
+    if rows.empty:
+        return pd.DataFrame(columns=["kind", *META, "avg"])
+    # one candidate name may come from several configs (other weights...): tell them apart by key
+    label = rows["candidate"].where(~rows.duplicated(["candidate", "task"], keep=False),
+                                    rows["candidate"] + " [" + rows["job_key"].str[:6] + "]")
+    rows = rows.assign(label=label)
+    scores = rows.pivot_table(index="label", columns="task", values="value", aggfunc="first")
+    scores = scores[[t for t in PRIMARY_METRIC if t in scores.columns]]
+    scores.columns = [c.removeprefix("mini_") for c in scores.columns]
+    scores["avg"] = scores.mean(axis=1, skipna=False)
+    meta = rows.drop_duplicates("label").set_index("label")[list(META)]
+    meta["config"] = meta["config"].map(lambda c: json.loads(c) if isinstance(c, str) else {})
+    kind = pd.Series({lbl: "base" if lbl == base else "single" if lbl in members else "built"
+                      for lbl in scores.index}, name="kind")
+    return pd.concat([kind, meta, scores], axis=1)
+
+
+def tasks_of(scores: pd.DataFrame) -> list[str]:
+    return [c for c in scores.columns if c not in ("kind", *META, "avg")]
+
+
+def best_single(scores: pd.DataFrame) -> tuple[str | None, float]:
+    singles = scores.loc[scores["kind"] == "single", "avg"].dropna()
+    return (singles.idxmax(), singles.max()) if not singles.empty else (None, float("nan"))
+
+
+def zoos_in(df: pd.DataFrame) -> list[str]:
+    """The store's zoos that still have a config, smallest zoo first."""
+    known = []
+    for zoo in set(df["zoo"].dropna()):
+        try:
+            known.append((len(zoo_config(zoo)["models"]), zoo))
+        except ZooError:  # a zoo config removed since its rows were written
+            continue
+    return [zoo for _, zoo in sorted(known)]
+
+
+def final_item_sets(df: pd.DataFrame, zoo: str) -> list[str]:
+    """The item sets on which selective strategies of this zoo were judged."""
+    labels = df.loc[(df["zoo"] == zoo) & (df["strategy"] != "all"), "items"].dropna()
+    return sorted({label for label in labels if label.startswith("final")})
+
+
+def _setting(config: dict, group: str, key: str, default=None):
+    return (config.get(group) or {}).get(key, default)
+
+
+def _trials(config: dict) -> int | None:
+    search = _setting(config, "strategy", "search", {}) or {}
+    return search.get("n_trials") or (search.get("evolutionary") or {}).get("n_trials")
+
+
+def _whole_zoo(row) -> bool:
+    return _setting(row["config"], "strategy", "models") is None
+
+
+# ---- the tables ---------------------------------------------------------------------------------
+
+def merge_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """Per zoo: the best single model and every merge method's merge of the whole zoo."""
+    parts = []
+    for zoo in zoos_in(df):
+        s = candidate_scores(df, zoo)
+        merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
+                   & s.apply(_whole_zoo, axis=1)]
+        if merges.empty:
+            continue
+        name, best = best_single(s)
+        rows = pd.concat([s.loc[[name]].assign(candidate=f"best single: {name}"), merges]) if name else merges
+        table = rows.assign(zoo=zoo).set_index(["zoo", "candidate"])[tasks_of(s) + ["avg"]]
+        parts.append(table.assign(**{"Δ best single": table["avg"] - best}).sort_values("avg", ascending=False))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def failure_case(df: pd.DataFrame) -> pd.DataFrame:
+    """Merges of two chosen models against the better of the two."""
+    rows = []
+    for zoo in zoos_in(df):
+        s = candidate_scores(df, zoo)
+        for _, row in s[(s["kind"] == "built") & (s["mixture"] == "none")].iterrows():
+            pair = _setting(row["config"], "strategy", "models") or []
+            if len(pair) != 2 or row["strategy"] != "all" or not all(p in s.index for p in pair):
+                continue
+            better = max(pair, key=lambda p: s.loc[p, "avg"])
+            rows.append({"zoo": zoo, "merge": row["candidate"], "avg": row["avg"], "better parent": better,
+                         "parent avg": s.loc[better, "avg"], "Δ better parent": row["avg"] - s.loc[better, "avg"]})
+    return pd.DataFrame(rows).set_index(["zoo", "merge"]) if rows else pd.DataFrame()
+
+
+def _selective_table(df: pd.DataFrame, keep: Callable[[pd.Series], bool]) -> pd.DataFrame:
+    """Rows = the kept selective jobs (labelled strategy(method), with CMA-ES's trials), the best
+    single model and the merge of all candidates; columns = zoo (and proxy set); values = avg on
+    the final items."""
+    columns = {}
+    for zoo in zoos_in(df):
+        sets = final_item_sets(df, zoo)
+        for items in sets:
+            s = candidate_scores(df, zoo, items)
+            chosen = s[(s["kind"] == "built") & (s["strategy"] != "all") & s.apply(keep, axis=1)]
+            if chosen.empty:
+                continue
+            column = zoo if len(sets) == 1 else f"{zoo} {items.removeprefix('final items: test minus proxy ')}"
+            values = {"best single": best_single(s)[1]}
+            for _, row in s[(s["kind"] == "built") & (s["strategy"] == "all")].iterrows():
+                values[f"merge all ({row['method']})"] = row["avg"]
+            for _, row in chosen.iterrows():
+                trials = _trials(row["config"])
+                values[f"{row['strategy']}({row['method']})" + (f", {trials} trials" if trials else "")] = row["avg"]
+            columns[column] = values
+    return pd.DataFrame(columns).rename_axis("candidate")
+
+
+def strategies(df: pd.DataFrame) -> pd.DataFrame:
+    """The merging benchmark's strategy comparison (linear merges)."""
+    return _selective_table(df, lambda row: row["method"] == "linear" and row["strategy"] not in ("glue_recipe",))
+
+
+def method_evolution(df: pd.DataFrame) -> pd.DataFrame:
+    """Evolutionary (CMA-ES) merging with each merge method."""
+    return _selective_table(df, lambda row: row["strategy"] == "evolutionary")
+
+
+def heuristic_evolution(df: pd.DataFrame) -> pd.DataFrame:
+    """The heuristic, CMA-ES, and CMA-ES started from the heuristic's coefficients."""
+    return _selective_table(df, lambda row: row["strategy"] in
+                            ("heuristic_coefficient", "evolutionary", "heuristic_evolutionary"))
+
+
+MIXTURE_DEFAULTS = {"router": "prompt", "routing": "token", "dense_layers": 0}
+
+
+def _mixture_settings(row) -> dict:
+    mixture = row["config"].get("mixture") or {}
+    level = mixture.get("level")
+    layered = level in ("ffn", "block")
+    return {"level": level, "router": row["router"],
+            "routing": mixture.get("routing", "token") if layered else "-",
+            "dense_layers": mixture.get("dense_layers", 0) if layered else "-"}
+
+
+def _mixture_table(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "block", "model")) -> pd.DataFrame:
+    """Rows = mixtures (whole test split) that vary only along `axes` (the others at
+    MIXTURE_DEFAULTS), plus the best single model and the zoo's linear merge; columns = zoo."""
+    columns = {}
+    for zoo in zoos_in(df):
+        s = candidate_scores(df, zoo)
+        mixtures = s[(s["kind"] == "built") & (s["mixture"] != "none") & (s["strategy"] == "all")]
+        values = {}
+        for _, row in mixtures.iterrows():
+            settings = _mixture_settings(row)
+            fixed = all(settings[k] in (v, "-") for k, v in MIXTURE_DEFAULTS.items() if k not in axes)
+            if settings["level"] in levels and fixed and _whole_zoo(row):
+                shown = ("level", *(a for a in axes if a != "level"))
+                values[", ".join(f"{a} {settings[a]}" if a == "dense_layers" else str(settings[a])
+                                 for a in shown)] = row["avg"]
+        if not values:
+            continue
+        _, best = best_single(s)
+        merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
+                   & (s["method"] == "linear") & s.apply(_whole_zoo, axis=1)]
+        columns[zoo] = {"best single": best, **({"linear merge": merges["avg"].iloc[0]} if len(merges) else {}),
+                        **dict(sorted(values.items()))}
+    return pd.DataFrame(columns).rename_axis("candidate")
+
+
+def mixture_levels(df):
+    """FFN-, block- and model-level mixtures (prompt router, token routing)."""
+    return _mixture_table(df, ("level",))
+
+
+def mixture_routers(df):
+    """The training-free prompt router against the trained MLP router, per level."""
+    return _mixture_table(df, ("router",))
+
+
+def mixture_routing(df):
+    """Token against sample routing (FFN and block level, prompt router)."""
+    return _mixture_table(df, ("routing",), levels=("ffn", "block"))
+
+
+def mixture_hybrid(df):
+    """Hybrid mixtures: the first layers dense (the experts' merge), the rest mixed."""
+    return _mixture_table(df, ("dense_layers",), levels=("ffn", "block"))
+
+
+def merge_vs_mixture(df: pd.DataFrame) -> pd.DataFrame:
+    """Per zoo: the best single model, the best merge and the best mixture (whole test split)."""
+    rows = []
+    for zoo in zoos_in(df):
+        s = candidate_scores(df, zoo)
+        built = s[(s["kind"] == "built") & (s["strategy"] == "all") & s.apply(_whole_zoo, axis=1)]
+        merges, mixtures = built[built["mixture"] == "none"], built[built["mixture"] != "none"]
+        if merges.empty or mixtures.empty:
+            continue
+        _, best = best_single(s)
+        merge, mixture = merges["avg"].idxmax(), mixtures["avg"].idxmax()
+        rows.append({"zoo": zoo, "best single": best, "best merge": merges.loc[merge, "avg"],
+                     "best mixture": mixtures.loc[mixture, "avg"], "merge": merge, "mixture": mixture,
+                     "winner": max([("single", best), ("merge", merges.loc[merge, "avg"]),
+                                    ("mixture", mixtures.loc[mixture, "avg"])], key=lambda kv: kv[1])[0]})
+    return pd.DataFrame(rows).set_index("zoo") if rows else pd.DataFrame()
+
+
+def recipe(df: pd.DataFrame) -> pd.DataFrame:
+    """The Model-GLUE recipe on the largest zoo it ran on, on its final items, beside every single
+    model, each family's merge and the model-level mixture of all models; the recipe's gain over
+    the best single model beside the study's (+5.61 % on which16)."""
+    runs = [zoo for zoo in zoos_in(df) if (df.loc[df["zoo"] == zoo, "strategy"] == "glue_recipe").any()]
+    if not runs:
+        return pd.DataFrame()
+    zoo = runs[-1]
+    parts = []
+    for items in final_item_sets(df, zoo):
+        s = candidate_scores(df, zoo, items)
+        shown = s[(s["kind"] == "single") | ((s["kind"] == "built") & (s["strategy"] == "glue_recipe"))]
+        if not (shown["kind"] == "built").any():
+            continue
+        _, best = best_single(s)
+        table = shown.assign(zoo=zoo).set_index(["zoo", "candidate"])[tasks_of(s) + ["avg"]]
+        table["Δ best single"] = table["avg"] - best
+        table["gain %"] = 100 * table["Δ best single"] / best
+        study = pd.Series(float("nan"), index=table.index)
+        recipe_rows = [i for i in table.index if i[1].startswith("glue_recipe(")]
+        study[recipe_rows] = STUDY_RECIPE_GAIN
+        table["study gain % (which16)"] = study
+        table["gain % − study"] = table["gain %"] - study
+        parts.append(table.sort_values("avg", ascending=False))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class StudyTable:
+    name: str
+    preset: str                   # the conf/experiment preset whose sweep fills it
+    build: Callable[[pd.DataFrame], pd.DataFrame]
+
+    @property
+    def title(self) -> str:
+        return " ".join((self.build.__doc__ or self.name).split("\n\n")[0].split())
+
+
+TABLES = [
+    StudyTable("merge_methods", "merge_methods", merge_methods),
+    StudyTable("failure_case", "failure_case", failure_case),
+    StudyTable("strategies", "strategies", strategies),
+    StudyTable("method_evolution", "method_evolution", method_evolution),
+    StudyTable("heuristic_evolution", "heuristic_evolution", heuristic_evolution),
+    StudyTable("mixture_levels", "mixture_levels", mixture_levels),
+    StudyTable("mixture_routers", "mixture_routers", mixture_routers),
+    StudyTable("mixture_routing", "mixture_routing", mixture_routing),
+    StudyTable("mixture_hybrid", "mixture_hybrid", mixture_hybrid),
+    StudyTable("merge_vs_mixture", "merge_vs_mixture", merge_vs_mixture),
+    StudyTable("recipe", "recipe", recipe),
+    StudyTable("single_models_reference", "singles (any preset on a which zoo)", release_and_leaderboard),
+]

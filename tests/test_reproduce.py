@@ -1,0 +1,32 @@
+"""One command, on the micro zoo, builds every study table and figure from the presets' sweeps."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from glue_bench.figures import TABLE_FIGURES
+from glue_bench.study import TABLES
+from glue_bench.tables import FORMATS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDS_HUB = {"single_models_reference"}   # measured values need which-zoo runs (hub + GPU)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_builds_every_table_and_figure(micro_cache, tmp_path):
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro", "HYDRA_FULL_ERROR": "0"}
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "glue_bench.reproduce", "--quick", "--results",
+                           str(tmp_path / "store.sqlite"), "--out", str(out), "--hydra-dir", str(tmp_path / "runs")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    missing = [f"{t.name}.{fmt}" for t in TABLES if t.name not in NEEDS_HUB for fmt in FORMATS
+               if not (out / "tables" / f"{t.name}.{fmt}").is_file()]
+    assert not missing, f"tables not written: {missing}"
+    recipe = (out / "tables" / "recipe.md").read_text()
+    assert "glue_recipe(linear, prompt)" in recipe and "| 5.61 |" in recipe
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    expected = {f"{name}.png" for name in TABLE_FIGURES} | {"convergence.png", "similarity_mini16.png"}
+    assert expected <= figures, f"figures not drawn: {sorted(expected - figures)}"

@@ -1,0 +1,136 @@
+"""The study tables, from hand-made stores: each value checked against arithmetic done here."""
+
+import json
+
+import pytest
+
+from glue_bench.evaluate import EvalConfig, EvalError, selected_tasks
+from glue_bench.reference import STUDY_RECIPE_GAIN
+from glue_bench.results import ResultStore, read_results
+from glue_bench.study import (
+    merge_methods,
+    merge_vs_mixture,
+    mixture_levels,
+    mixture_routing,
+    recipe,
+    release_and_leaderboard,
+    strategies,
+)
+from glue_bench.tables import write_study_tables
+
+FINAL = "final items: test minus proxy (20/task, seed 0, abcd1234)"
+
+
+class Store:
+    """Appends one job per call: scores on mini_arc (acc_norm) and mini_mmlu (acc)."""
+
+    def __init__(self, path):
+        self.store, self.path, self.n = ResultStore(path), path, 0
+
+    def add(self, candidate, arc, mmlu, *, zoo="mini2", method="none", strategy="none", mixture="none",
+            router="none", items=None, config=None):
+        self.n += 1
+        common = dict(zoo=zoo, candidate=candidate, method=method, strategy=strategy, mixture=mixture,
+                      router=router, items=items, config=json.dumps(config or {}))
+        self.store.append_job(f"job{self.n}", [dict(common, task="mini_arc", metric="acc_norm", value=arc),
+                                               dict(common, task="mini_mmlu", metric="acc", value=mmlu)])
+
+    def df(self):
+        return read_results(self.path)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.add("base", 0.2, 0.2)
+    s.add("chat_a", 0.4, 0.6)     # avg .5, the best single of mini2
+    s.add("chat_b", 0.3, 0.5)     # avg .4
+    return s
+
+
+def test_merge_methods_rows_and_delta_to_best_single(store):
+    store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"strategy": {"models": None}})
+    store.add("ties(chat_a+chat_b)", 0.9, 0.9, method="ties", strategy="all",  # a pair, not the zoo: left out
+              config={"strategy": {"models": ["chat_a", "chat_b"]}})
+    table = merge_methods(store.df())
+    assert list(table.index) == [("mini2", "linear(mini2)"), ("mini2", "best single: chat_a")]
+    assert table.loc[("mini2", "linear(mini2)"), "avg"] == pytest.approx(0.6)
+    assert table.loc[("mini2", "linear(mini2)"), "Δ best single"] == pytest.approx(0.6 - 0.5)
+
+
+def test_strategies_on_final_items_with_trials(store):
+    store.add("chat_a", 0.3, 0.3, items=FINAL)
+    store.add("chat_b", 0.5, 0.3, items=FINAL)          # on the final items chat_b is the best single: .4
+    store.add("linear(all 2)", 0.2, 0.4, method="linear", strategy="all", items=FINAL)
+    store.add("evolutionary(linear)", 0.5, 0.4, method="linear", strategy="evolutionary", items=FINAL,
+              config={"strategy": {"search": {"n_trials": 7}}})
+    store.add("heuristic_average(linear)", 0.9, 0.9, method="linear", strategy="heuristic_average")  # whole split
+    column = strategies(store.df())["mini2"]
+    assert column["best single"] == pytest.approx(0.4)
+    assert column["merge all (linear)"] == pytest.approx(0.3)
+    assert column["evolutionary(linear), 7 trials"] == pytest.approx(0.45)
+    assert "heuristic_average(linear)" not in column.index  # not judged on final items
+
+
+def mixture(level, routing="token"):
+    return {"strategy": {"models": None}, "mixture": {"level": level, "routing": routing, "dense_layers": 0}}
+
+
+def test_mixture_tables_keep_only_their_axis(store):
+    store.add("mixture(ffn, prompt, token)", 0.5, 0.7, method="linear", strategy="all", mixture="ffn",
+              router="prompt", config=mixture("ffn"))
+    store.add("mixture(ffn, prompt, sample)", 0.7, 0.7, method="linear", strategy="all", mixture="ffn",
+              router="prompt", config=mixture("ffn", "sample"))
+    store.add("mixture(model, prompt)", 0.6, 0.6, strategy="all", mixture="model", router="prompt",
+              config=mixture("model"))
+    levels = mixture_levels(store.df())["mini2"].dropna()
+    assert dict(levels) == pytest.approx({"best single": 0.5, "ffn": 0.6, "model": 0.6})
+    routing = mixture_routing(store.df())["mini2"].dropna()
+    assert dict(routing) == pytest.approx({"best single": 0.5, "ffn, sample": 0.7, "ffn, token": 0.6})
+    store.add("linear(mini2)", 0.4, 0.4, method="linear", strategy="all", config={"strategy": {"models": None}})
+    row = merge_vs_mixture(store.df()).loc["mini2"]
+    assert (row["best merge"], row["best mixture"], row["winner"]) == (pytest.approx(0.4), pytest.approx(0.7),
+                                                                        "mixture")
+
+
+def test_recipe_gain_beside_the_study(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    for name, arc in [("instruct_reason", 0.4), ("code", 0.5), ("story", 0.3), ("math", 0.2)]:
+        s.add(name, arc, arc, zoo="mini4", items=FINAL)
+    s.add("glue_recipe(linear, prompt)", 0.6, 0.6, zoo="mini4", method="linear", strategy="glue_recipe",
+          mixture="model", router="prompt", items=FINAL)
+    table = recipe(s.df())
+    row = table.loc[("mini4", "glue_recipe(linear, prompt)")]
+    assert row["gain %"] == pytest.approx(100 * (0.6 - 0.5) / 0.5)
+    assert row["study gain % (which16)"] == STUDY_RECIPE_GAIN == 5.61
+    assert row["gain % − study"] == pytest.approx(20 - 5.61)
+    assert table.loc[("mini4", "code"), "Δ best single"] == 0
+
+
+def test_reference_beside_a_measured_hub_single(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.store.append_job("vicuna", [dict(zoo="which2", candidate="lmsys/vicuna-7b-v1.5", method="none",
+                                       strategy="none", mixture="none", router="none", task="tinyArc",
+                                       metric="acc_norm", value=0.5)])
+    row = release_and_leaderboard(s.df()).loc[("lmsys/vicuna-7b-v1.5", "tinyArc")]
+    # modelglue_model_acc.csv: arc_challenge 0.537542662; open_llm_leaderboard_v1.csv: arc 53.24
+    assert row["Δ release"] == pytest.approx(0.5 - 0.537542662)
+    assert row["Δ leaderboard"] == pytest.approx(0.5 - 0.5324)
+
+
+def test_written_tables_and_stale_ones_removed(store, tmp_path):
+    out = tmp_path / "tables"
+    out.mkdir()
+    (out / "strategies.md").write_text("from an older store")
+    store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"strategy": {"models": None}})
+    written = {p.name for p in write_study_tables(str(store.path), out)}
+    assert {"merge_methods.md", "merge_methods.tex", "merge_methods.csv"} <= written
+    assert not (out / "strategies.md").exists()  # no strategy rows in this store
+    assert "| mini2 | linear(mini2) | 0.600 | 0.600 | 0.600 | +0.100 |" in (out / "merge_methods.md").read_text()
+    assert "\\begin{tabular}" in (out / "merge_methods.tex").read_text()
+
+
+def test_lm_eval_registry_tasks_are_accepted_and_unknown_ones_named():
+    assert selected_tasks(EvalConfig(tasks=["tinyArc", "mini_arc"])) == ["tinyArc", "mini_arc"]
+    with pytest.raises(EvalError, match="unknown task.*tinyNope"):
+        selected_tasks(EvalConfig(tasks=["tinyNope"]))
