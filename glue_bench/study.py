@@ -62,12 +62,16 @@ def best_single(scores: pd.DataFrame) -> tuple[str | None, float]:
     return (singles.idxmax(), singles.max()) if not singles.empty else (None, float("nan"))
 
 
+def zoo_size(zoo: str) -> int:
+    return len(zoo_config(zoo)["models"])
+
+
 def zoos_in(df: pd.DataFrame) -> list[str]:
     """The store's zoos that still have a config, smallest zoo first."""
     known = []
     for zoo in set(df["zoo"].dropna()):
         try:
-            known.append((len(zoo_config(zoo)["models"]), zoo))
+            known.append((zoo_size(zoo), zoo))
         except ZooError:  # a zoo config removed since its rows were written
             continue
     return [zoo for _, zoo in sorted(known)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from glue_bench.findings import FINDINGS_TABLE
 from glue_bench.results import read_results
 from glue_bench.study import TABLES, best_single, candidate_scores, final_item_sets, tasks_of
 from glue_bench.zoo import ZooError
@@ -104,7 +105,7 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for study in TABLES:
+    for study in [*TABLES, FINDINGS_TABLE]:
         table = study.build(df)
         paths = {fmt: out / f"{study.name}.{fmt}" for fmt in FORMATS}
         if table.empty:

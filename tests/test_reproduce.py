@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from glue_bench.figures import TABLE_FIGURES
+from glue_bench.findings import FINDINGS_TABLE
 from glue_bench.study import TABLES
 from glue_bench.tables import FORMATS
 
@@ -22,11 +23,12 @@ def test_reproduce_quick_builds_every_table_and_figure(micro_cache, tmp_path):
                            str(tmp_path / "store.sqlite"), "--out", str(out), "--hydra-dir", str(tmp_path / "runs")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    missing = [f"{t.name}.{fmt}" for t in TABLES if t.name not in NEEDS_HUB for fmt in FORMATS
+    missing = [f"{t.name}.{fmt}" for t in [*TABLES, FINDINGS_TABLE] if t.name not in NEEDS_HUB for fmt in FORMATS
                if not (out / "tables" / f"{t.name}.{fmt}").is_file()]
     assert not missing, f"tables not written: {missing}"
     recipe = (out / "tables" / "recipe.md").read_text()
     assert "glue_recipe(linear, prompt)" in recipe and "| 5.61 |" in recipe
+    assert "not run" not in (out / "tables" / "findings.md").read_text()  # every finding's preset ran
     figures = {p.name for p in (out / "figures").glob("*.png")}
     expected = {f"{name}.png" for name in TABLE_FIGURES} | {"convergence.png", "similarity_mini16.png"}
     assert expected <= figures, f"figures not drawn: {sorted(expected - figures)}"

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from glue_bench.evaluate import EvalConfig, EvalError, selected_tasks
+from glue_bench.findings import findings
 from glue_bench.reference import STUDY_RECIPE_GAIN
 from glue_bench.results import ResultStore, read_results
 from glue_bench.study import (
@@ -134,3 +135,19 @@ def test_lm_eval_registry_tasks_are_accepted_and_unknown_ones_named():
     assert selected_tasks(EvalConfig(tasks=["tinyArc", "mini_arc"])) == ["tinyArc", "mini_arc"]
     with pytest.raises(EvalError, match="unknown task.*tinyNope"):
         selected_tasks(EvalConfig(tasks=["tinyNope"]))
+
+
+def test_findings_verdicts_follow_the_measured_order(store):
+    store.add("mixture(ffn, prompt, token)", 0.5, 0.5, method="linear", strategy="all", mixture="ffn",
+              router="prompt", config=mixture("ffn"))
+    store.add("mixture(ffn, prompt, sample)", 0.7, 0.7, method="linear", strategy="all", mixture="ffn",
+              router="prompt", config=mixture("ffn", "sample"))
+    store.add("mixture(model, prompt)", 0.6, 0.6, strategy="all", mixture="model", router="prompt",
+              config=mixture("model"))
+    table = findings(store.df())
+    # mini2 is a chat zoo: the study expects token routing to win there; here sample does
+    assert table.loc[("token routing better for chat zoos, sample routing for domain experts", "mini2 ffn"),
+                     "verdict"] == "DISAGREES"
+    # token-routed ffn .5 against model .6: the sample-routed .7 is not a level's default setting
+    assert table.loc[("model-level mixture is the best level", "mini2"), "verdict"] == "agrees"
+    assert table.loc[("the Model-GLUE recipe beats the best single model", "-"), "measured"] == "not run (recipe)"
