@@ -55,7 +55,7 @@ def search_storage(path: Path) -> str:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name, offset in (("evolutionary-linear-0123456789ab", 0.0), ("evolutionary-ties-ba9876543210", 0.1)):
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-        study.optimize(lambda t: offset + t.suggest_float("w", 0, 1), n_trials=5)
+        study.optimize(lambda t, offset=offset: offset + t.suggest_float("w", 0, 1), n_trials=5)
     return storage
 
 
