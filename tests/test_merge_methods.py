@@ -77,6 +77,25 @@ def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes():
     assert no_ties.tolist() == [0.0, -3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 5.0]
 
 
+@pytest.mark.parametrize("distinct", [40, None])  # few distinct magnitudes (fp16/bf16 deltas) or all distinct
+def test_top_magnitude_on_large_tensors_matches_a_stable_sort(distinct):
+    """Above 65536 entries, tie-heavy magnitudes are selected by counting, others by introselect:
+    both against the first k of a stable sort by descending magnitude."""
+    from glue_bench.merge.sparsify import top_magnitude
+
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(200_003).astype(np.float32)
+    if distinct is not None:
+        values = np.round(values * distinct / 4) / (distinct / 4)   # about `distinct` magnitudes
+    for density in (0.01, 0.37, 0.5, 0.99):
+        k = max(1, int(density * values.size))
+        expected = np.zeros_like(values)
+        first_k = np.argsort(-np.abs(values), kind="stable")[:k]
+        expected[first_k] = values[first_k]
+        kept, _ = top_magnitude(torch.from_numpy(values.copy()), density)
+        assert np.array_equal(kept.numpy(), expected), density
+
+
 def _fixed_generators(seeds):
     return lambda i: np.random.Generator(np.random.PCG64(seeds[i]))
 
