@@ -25,25 +25,26 @@ PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "h
 # --quick: per preset, the sweeps to run instead (each a list of overrides of the preset's own), all
 # with QUICK_EVAL; a selective job's final items are all test items outside its proxy set, whatever the limit
 QUICK_EVAL = ["eval.limit=40"]
-_FEW_TRIALS = "strategy.search.n_trials=4"
-_SMALL_PROXY = "strategy.proxy.size=5"
+_FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the swept strategy is chosen
+_SMALL_PROXY = "++strategy.proxy.size=5"
 QUICK = {
     "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY],
                    ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
     "method_evolution": [["zoo=mini4", "method=linear,ties", _FEW_TRIALS, _SMALL_PROXY]],
-    "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "strategy.search.evolutionary.n_trials=3",
+    "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "++strategy.search.evolutionary.n_trials=3",
                              _SMALL_PROXY]],
     "mixture_levels": [["zoo=mini2"]],
     "mixture_routers": [["zoo=mini2", "router=mlp", "router.steps=10", "router.documents=32"]],
     "mixture_routing": [["zoo=mini2"]],
     "mixture_hybrid": [["zoo=mini2", "mixture.dense_layers=0,1"]],   # the micro models have 2 layers
     "merge_vs_mixture": [["zoo=mini2"]],
-    "recipe": [["strategy.search.kind=average", _SMALL_PROXY]],
+    "recipe": [["++strategy.search.kind=average", _SMALL_PROXY]],
 }
 
 
 def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None) -> None:
-    command = [sys.executable, "-m", "glue_bench", f"experiment={preset}", *overrides,
+    # --multirun: a preset's hydra.mode alone is not enough once an override reaches into a swept group
+    command = [sys.executable, "-m", "glue_bench", "--multirun", f"experiment={preset}", *overrides,
                f"results_path={results}", "print_table=false"]
     if hydra_dir is not None:  # else Hydra's own outputs/ and multirun/ folders
         command += [f"hydra.sweep.dir={hydra_dir}/{preset}/${{now:%H%M%S}}",

@@ -1,0 +1,81 @@
+"""Streamed merge throughput at the paper's tensor scale, beside the bandwidth baseline.
+
+    python benchmarks/layer_merge_bench.py [--models 8] [--shape 11008x4096] [--dtype bfloat16] [--repeats 5]
+
+merge_bench.py measures the mini zoo, whose tensors (< 1 MB) stay in the CPU's caches. Here every
+model (and the base) is one Llama-2-7B-sized MLP tensor, stored like the hub checkpoints (bf16 by
+default, so fine-tuning deltas take few distinct values and top-k selection meets many ties),
+written as safetensors to a temp dir and read back through the engine. Printed: the torch-sum
+baseline's GB/s over the same files, then each method's streamed merge (Merger.tensors) in GB/s
+of input read and as a ratio to the baseline. Medians of --repeats, page cache warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from merge_bench import METHOD_PARAMS, input_bytes, median_time, sum_baseline  # noqa: E402
+
+from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
+
+KEY = "model.layers.0.mlp.up_proj.weight"
+
+
+def write_models(root: Path, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[list[Path], Path]:
+    """The base, and n fine-tunes of it (base + N(0, 0.01^2) noise), each rounded to `dtype`."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(shape, generator=generator)
+    dirs = []
+    for i in range(n + 1):
+        weights = base if i == 0 else base + 0.01 * torch.randn(shape, generator=generator)
+        directory = root / ("base" if i == 0 else f"model{i}")
+        directory.mkdir()
+        save_file({KEY: weights.to(dtype).contiguous()}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps({"num_hidden_layers": 1}))
+        dirs.append(directory)
+    return dirs[1:], dirs[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--shape", default="11008x4096")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_PARAMS))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.shape.split("x"))
+    with tempfile.TemporaryDirectory() as scratch:
+        dirs, base_dir = write_models(Path(scratch), args.models, shape, getattr(torch, args.dtype))
+        sources = [TensorSource(d.name, d) for d in dirs]
+        base = TensorSource("base", base_dir)
+        read = input_bytes(sources)
+        print(f"# layer_merge_bench: {args.models} models + base, one {args.shape} {args.dtype} tensor each "
+              f"({input_bytes([base]) / 1e6:.0f} MB), torch threads {torch.get_num_threads()}, "
+              f"medians of {args.repeats}")
+        sum_s = median_time(lambda: sum_baseline(sources), args.repeats)
+        print(f"baseline: torch sum over {args.models} models: {read / sum_s / 1e9:.2f} GB/s ({sum_s * 1e3:.0f} ms)")
+        for method in args.methods:
+            bytes_read = read + (input_bytes([base]) if Merger(sources, method, base).method.base == "required" else 0)
+
+            def streamed():
+                for _ in Merger(sources, method, base).tensors(METHOD_PARAMS[method]):
+                    pass
+
+            merge_s = median_time(streamed, args.repeats)
+            print(f"{method}: {bytes_read / merge_s / 1e9:.2f} GB/s ({merge_s * 1e3:.0f} ms), "
+                  f"{(bytes_read / merge_s) / (read / sum_s):.2f}x the sum baseline")
+
+
+if __name__ == "__main__":
+    main()
