@@ -149,7 +149,7 @@ def _selective_table(df: pd.DataFrame, keep: Callable[[pd.Series], bool]) -> pd.
                 trials = _trials(row["config"])
                 values[f"{row['strategy']}({row['method']})" + (f", {trials} trials" if trials else "")] = row["avg"]
             columns[column] = values
-    return pd.DataFrame(columns).rename_axis("candidate")
+    return _baselines_first(pd.DataFrame(columns))
 
 
 def strategies(df: pd.DataFrame) -> pd.DataFrame:
@@ -201,8 +201,14 @@ def _mixture_table(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "bloc
         merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
                    & (s["method"] == "linear") & s.apply(_whole_zoo, axis=1)]
         columns[zoo] = {"best single": best, **({"linear merge": merges["avg"].iloc[0]} if len(merges) else {}),
-                        **dict(sorted(values.items()))}
-    return pd.DataFrame(columns).rename_axis("candidate")
+                        **values}
+    return _baselines_first(pd.DataFrame(columns))
+
+
+def _baselines_first(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows: the best single model and the merges of all first, then the candidates by name."""
+    first = [i for i in table.index if i == "best single" or i.startswith(("merge all", "linear merge"))]
+    return table.loc[first + sorted(i for i in table.index if i not in first)].rename_axis("candidate")
 
 
 def mixture_levels(df):
