@@ -137,4 +137,4 @@ def findings(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["finding", "where"])
 
 
-FINDINGS_TABLE = study.StudyTable("findings", "every preset", findings)
+FINDINGS_TABLE = study.StudyTable("findings", findings, "every preset")

@@ -65,8 +65,8 @@ def run_notebook(results: Path, figures: Path) -> None:
     except ImportError:
         raise SystemExit("reproduce: the figures need the notebook extra: pip install -e '.[notebooks]'") from None
     path = REPO / "notebooks" / "study_figures.ipynb"
-    env = {"GLUE_BENCH_RESULTS": str(results), "GLUE_BENCH_FIGURES": str(figures)}
-    os.environ.update(env)  # the kernel inherits this process's environment
+    # the kernel inherits this process's environment
+    os.environ.update({"GLUE_BENCH_RESULTS": str(results), "GLUE_BENCH_FIGURES": str(figures)})
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     print(f"[reproduce] figures in {figures}: {', '.join(sorted(p.name for p in figures.glob('*.png')))}")

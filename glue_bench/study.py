@@ -279,8 +279,12 @@ def recipe(df: pd.DataFrame) -> pd.DataFrame:
 @dataclass(frozen=True)
 class StudyTable:
     name: str
-    preset: str                   # the conf/experiment preset whose sweep fills it
     build: Callable[[pd.DataFrame], pd.DataFrame]
+    made_by: str = ""             # what fills it, when not the conf/experiment preset of the same name
+
+    @property
+    def preset(self) -> str:
+        return self.made_by or self.name
 
     @property
     def title(self) -> str:
@@ -288,16 +292,16 @@ class StudyTable:
 
 
 TABLES = [
-    StudyTable("merge_methods", "merge_methods", merge_methods),
-    StudyTable("failure_case", "failure_case", failure_case),
-    StudyTable("strategies", "strategies", strategies),
-    StudyTable("method_evolution", "method_evolution", method_evolution),
-    StudyTable("heuristic_evolution", "heuristic_evolution", heuristic_evolution),
-    StudyTable("mixture_levels", "mixture_levels", mixture_levels),
-    StudyTable("mixture_routers", "mixture_routers", mixture_routers),
-    StudyTable("mixture_routing", "mixture_routing", mixture_routing),
-    StudyTable("mixture_hybrid", "mixture_hybrid", mixture_hybrid),
-    StudyTable("merge_vs_mixture", "merge_vs_mixture", merge_vs_mixture),
-    StudyTable("recipe", "recipe", recipe),
-    StudyTable("single_models_reference", "singles (any preset on a which zoo)", release_and_leaderboard),
+    StudyTable("merge_methods", merge_methods),
+    StudyTable("failure_case", failure_case),
+    StudyTable("strategies", strategies),
+    StudyTable("method_evolution", method_evolution),
+    StudyTable("heuristic_evolution", heuristic_evolution),
+    StudyTable("mixture_levels", mixture_levels),
+    StudyTable("mixture_routers", mixture_routers),
+    StudyTable("mixture_routing", mixture_routing),
+    StudyTable("mixture_hybrid", mixture_hybrid),
+    StudyTable("merge_vs_mixture", merge_vs_mixture),
+    StudyTable("recipe", recipe),
+    StudyTable("single_models_reference", release_and_leaderboard, "singles (any preset on a which zoo)"),
 ]

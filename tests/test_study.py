@@ -77,13 +77,18 @@ def mixture(level, routing="token"):
     return {"strategy": {"models": None}, "mixture": {"level": level, "routing": routing, "dense_layers": 0}}
 
 
-def test_mixture_tables_keep_only_their_axis(store):
-    store.add("mixture(ffn, prompt, token)", 0.5, 0.7, method="linear", strategy="all", mixture="ffn",
+def add_mixtures(store, ffn_token_mmlu):
+    """mini2 mixtures, prompt router: FFN token (.5, ffn_token_mmlu), FFN sample (.7, .7), model (.6, .6)."""
+    store.add("mixture(ffn, prompt, token)", 0.5, ffn_token_mmlu, method="linear", strategy="all", mixture="ffn",
               router="prompt", config=mixture("ffn"))
     store.add("mixture(ffn, prompt, sample)", 0.7, 0.7, method="linear", strategy="all", mixture="ffn",
               router="prompt", config=mixture("ffn", "sample"))
     store.add("mixture(model, prompt)", 0.6, 0.6, strategy="all", mixture="model", router="prompt",
               config=mixture("model"))
+
+
+def test_mixture_tables_keep_only_their_axis(store):
+    add_mixtures(store, ffn_token_mmlu=0.7)
     levels = mixture_levels(store.df())["mini2"].dropna()
     assert dict(levels) == pytest.approx({"best single": 0.5, "ffn": 0.6, "model": 0.6})
     routing = mixture_routing(store.df())["mini2"].dropna()
@@ -138,12 +143,7 @@ def test_lm_eval_registry_tasks_are_accepted_and_unknown_ones_named():
 
 
 def test_findings_verdicts_follow_the_measured_order(store):
-    store.add("mixture(ffn, prompt, token)", 0.5, 0.5, method="linear", strategy="all", mixture="ffn",
-              router="prompt", config=mixture("ffn"))
-    store.add("mixture(ffn, prompt, sample)", 0.7, 0.7, method="linear", strategy="all", mixture="ffn",
-              router="prompt", config=mixture("ffn", "sample"))
-    store.add("mixture(model, prompt)", 0.6, 0.6, strategy="all", mixture="model", router="prompt",
-              config=mixture("model"))
+    add_mixtures(store, ffn_token_mmlu=0.5)
     table = findings(store.df())
     # mini2 is a chat zoo: the study expects token routing to win there; here sample does
     assert table.loc[("token routing better for chat zoos, sample routing for domain experts", "mini2 ffn"),
