@@ -5,17 +5,19 @@
 For each method, over the zoo's members (and its base, for task-vector methods), on this machine:
 (a) throughput of one streamed merge into an in-memory model, in GB/s of input weights read, and
     its ratio to a plain torch sum over the same tensors read the same way (the bandwidth
-    baseline); also a sum over tensors read with safetensors' own `safe_open`, for reference;
+    baseline), run alternately with it (the median of the pairs' ratios); also a sum over tensors
+    read with safetensors' own `safe_open`, for reference;
 (b) one merge written to disk: glue_bench's `Merger.save` against mergekit's `run_merge` (what
     `mergekit-yaml` calls), both in this process after a warm-up; and the `mergekit-yaml` command's
     own wall time, start-up included;
 (c) a loop of 10 random coefficient vectors: glue_bench in memory (inputs cached, the output model
     reused) against merging each to disk with mergekit and loading it with transformers;
 (d) peak resident memory of one streamed merge (fresh process, warmed up by the same merge, peak
-    reset) against one model's size and the bound 1.5 x model + N x largest tensor. Twice: with
+    reset; median of 3 processes, as it varies by a few MB from one to the next) against one
+    model's size and the bound 1.5 x model + N x largest tensor. Twice: with
     glibc's default allocator, and with its mmap threshold pinned at 64 KiB. glibc always maps
     blocks above 32 MiB (every large tensor of a 7B model) and returns them when freed, but keeps
-    the mini zoo's sub-MiB temporaries in its heap, where fragmentation adds a few MB; the pinned
+    the mini zoo's blocks (a few MiB at most) in its heap, where fragmentation adds a few MB; the pinned
     run shows the merge's own working set, as it is at the paper's scale.
 Times are medians of --repeats runs; the page cache is warm, so "read" means memory bandwidth, not
 disk. Needs the `test` extra (mergekit).
@@ -64,6 +66,21 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_times(first, second, repeats: int) -> list[tuple[float, float]]:
+    """Times of `first` and `second` run alternately: on a shared machine whose load drifts, each
+    pair sees about the same load, so their ratio is steadier than a ratio of separate medians."""
+    first(), second()  # warm-up
+    pairs = []
+    for _ in range(repeats):
+        times = []
+        for fn in (first, second):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        pairs.append(tuple(times))
+    return pairs
 
 
 def input_bytes(sources: list[TensorSource]) -> int:
@@ -177,10 +194,12 @@ def main() -> None:
             def streamed():
                 Merger(sources, method, base, device=args.device).to_model(params, model)
 
-            merge_s = median_time(streamed, args.repeats)
-            ratio = (bytes_read / merge_s) / (read / sum_s)
+            pairs = paired_times(lambda: sum_baseline(sources), streamed, args.repeats)
+            merge_s = statistics.median(m for _, m in pairs)
+            ratio = statistics.median((bytes_read / m) / (read / b) for b, m in pairs)
             print(f"\n## {method}\n(a) streamed merge: {bytes_read / merge_s / 1e9:.2f} GB/s "
-                  f"({merge_s * 1e3:.1f} ms), {ratio:.2f}x the sum baseline")
+                  f"({merge_s * 1e3:.1f} ms), {ratio:.2f}x the sum baseline (median ratio of "
+                  f"{args.repeats} pairs, each baseline run just before its merge)")
 
             ours_disk = median_time(lambda: Merger(sources, method, base).save(
                 params, _fresh(scratch / "ours")), args.repeats)
@@ -218,10 +237,11 @@ def main() -> None:
             bound = 1.5 * one_model + n * largest
             for allocator, env in (("glibc defaults", None),
                                    ("mmap threshold 64 KiB", {"MALLOC_MMAP_THRESHOLD_": "65536"})):
-                rss = peak_rss_of_merge(method, dirs, base_dir, env)
-                grew = rss["peak"] - rss["before"]
-                print(f"(d) peak RSS of one streamed merge, {allocator}: +{grew / 1e6:.1f} MB over the "
-                      f"{rss['before'] / 1e6:.0f} MB process = {grew / one_model:.2f}x one model; bound "
+                runs = [peak_rss_of_merge(method, dirs, base_dir, env) for _ in range(3)]
+                grew = statistics.median(rss["peak"] - rss["before"] for rss in runs)
+                print(f"(d) peak RSS of one streamed merge, {allocator}, median of 3 processes: "
+                      f"+{grew / 1e6:.1f} MB over the {runs[0]['before'] / 1e6:.0f} MB process = "
+                      f"{grew / one_model:.2f}x one model; bound "
                       f"1.5 x model + {n} x largest tensor = {bound / 1e6:.1f} MB: "
                       f"{'within' if grew <= bound else 'ABOVE'}")
 

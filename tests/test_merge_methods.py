@@ -96,6 +96,45 @@ def test_top_magnitude_on_large_tensors_matches_a_stable_sort(distinct):
         assert np.array_equal(kept.numpy(), expected), density
 
 
+def _first_k_by_stable_sort(values, density):
+    expected = np.zeros_like(values)
+    first_k = np.argsort(-np.abs(values), kind="stable")[:max(1, int(density * values.size))]
+    expected[first_k] = values[first_k]
+    return expected
+
+
+@pytest.mark.parametrize("densities", [[0.3] * 8, [0.3, 0.3, 0.6, 0.3, 1.0, 0.05, 0.3, 0.3]])
+def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(densities):
+    """Every model's top-k at once: rows selected in groups (20000-entry rows: 3 to a group), with
+    one k for all or one per row, some rows full of tied magnitudes, one kept whole (density 1)."""
+    from glue_bench.merge.sparsify import top_magnitude_rows
+
+    rng = np.random.default_rng(2)
+    rows = rng.standard_normal((8, 20_000)).astype(np.float32)
+    rows[1::3] = np.round(rows[1::3] * 4) / 4            # few distinct magnitudes: many ties at the k-th
+    expected = np.stack([_first_k_by_stable_sort(row, d) if d < 1 else row for row, d in zip(rows, densities)])
+    kept = torch.from_numpy(rows.copy())
+    top_magnitude_rows(kept, densities)
+    assert np.array_equal(kept.numpy(), expected)
+
+
+def test_a_merge_s_stacking_buffer_serves_tensors_of_any_size_in_turn():
+    """The engine hands a merge's tensors one after another the same workspace: a smaller tensor
+    uses part of the buffer, a larger one grows it; each merged as if alone."""
+    method = get_method("ties")
+    workspace, largest = {}, 0
+    torch.manual_seed(4)
+    for numel in (60, 20, 200, 60):
+        largest = max(largest, numel)
+        base, *models = torch.randn(4, numel)
+        alone = method.fn(models, base=base, weights=[1.0, 0.5, 2.0], density=[0.4] * 3, normalize=True,
+                          **{"lambda": 1.0})
+        shared = method.fn(models, base=base, weights=[1.0, 0.5, 2.0], density=[0.4] * 3, normalize=True,
+                           workspace=workspace, **{"lambda": 1.0})
+        assert torch.equal(shared, alone)
+        assert workspace["stack"].numel() == 3 * largest  # grown once, never shrunk
+
+
 def _fixed_generators(seeds):
     return lambda i: np.random.Generator(np.random.PCG64(seeds[i]))
 

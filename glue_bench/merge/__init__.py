@@ -31,6 +31,7 @@ class MergeMethod:
     randomized: bool = False
     check: Callable[[dict], None] | None = None   # checks of resolved values across parameters
     memoizes: bool = False    # takes `memo`: a dict kept across calls for the same tensor (cache=True)
+    stacks: bool = False      # takes `workspace`: a dict of buffers reused across one merge's tensors
     doc: str = ""
 
     def validate(self, params: dict, n_models: int) -> dict:
@@ -50,11 +51,11 @@ METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", min_models: int = 2,
              max_models: int | None = None, randomized: bool = False,
-             check: Callable[[dict], None] | None = None, memoizes: bool = False):
+             check: Callable[[dict], None] | None = None, memoizes: bool = False, stacks: bool = False):
     def wrap(fn):
         doc = (fn.__doc__ or "").strip().split("\n")[0]
         METHODS[name] = MergeMethod(name, fn, tuple(params), base, min_models, max_models, randomized,
-                                    check, memoizes, doc)
+                                    check, memoizes, stacks, doc)
         return fn
     return wrap
 

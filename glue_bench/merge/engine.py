@@ -11,8 +11,10 @@ result to the output: an in-memory model (`to_model`) or a sharded HF checkpoint
 `cache=True` the inputs stay on the device between calls, within a memory budget (and methods may
 keep per-tensor work in `memo`), so a search loop pays arithmetic, not a reload, per candidate.
 
-Peak memory of one in-memory merge: the output model, plus the tensors the method holds at once
-(one input and a few accumulators for the task-vector methods; all inputs for e.g. multislerp).
+Peak memory of one in-memory merge: the output model, plus the tensors the method holds at once:
+one input and an accumulator for linear and task arithmetic; every model's task vector of the
+current tensor for the sign-electing methods (TIES and its kin stack them, in a `workspace` buffer
+reused from tensor to tensor); all inputs for e.g. multislerp.
 """
 
 from __future__ import annotations
@@ -266,6 +268,7 @@ class Merger:
         """Merged tensors one by one (float32, on the merge device), in checkpoint order."""
         checked, uses_base = self._prepare(params)
         by_depth: dict[float, dict] = {}
+        workspace: dict[str, torch.Tensor] = {}  # buffers a stacking method reuses from tensor to tensor
         merge_s = 0.0  # reading included: pages are faulted in as the method reads its inputs
         keys = self.keys
         if self.progress:
@@ -282,6 +285,8 @@ class Merger:
                 kwargs["base"] = base
             if self.method.randomized:
                 kwargs["generator"] = self._generators(checked["seed"], key)
+            if self.method.stacks:
+                kwargs["workspace"] = workspace
             memo = self._memo_for(key) if self.method.memoizes else None
             if memo is not None:
                 kwargs["memo"] = memo

@@ -9,13 +9,14 @@ mergekit's behaviour (see sparsify.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from glue_bench.merge import MergeError, register
 from glue_bench.merge.params import Param
-from glue_bench.merge.sparsify import RESCALES, magnitude_band, random_keep, rank_keep, top_magnitude
+from glue_bench.merge.sparsify import RESCALES, magnitude_band, random_keep, rank_keep, top_magnitude_rows
 
 # parameters several methods share, declared once
 WEIGHTS = Param("weights", 1.0, "one per model (or one for all)", per_model=True)
@@ -73,106 +74,109 @@ def _dense(tensors, base):
 
 @dataclass
 class _Stack:
-    """Every model's sparsified task vector for one tensor, as rows of one matrix, with what the
-    sign election reads. Kept in the engine's cache across the candidates of a search: a new
-    weight vector then costs one matrix-vector product per running sum of `_combine`."""
-    deltas: torch.Tensor                   # [N, n]
+    """Every model's sparsified task vector for one tensor, as the rows of one matrix: what TIES's
+    sign election reads, and what the engine's cache keeps across the candidates of a search (a
+    new weight vector then costs a few passes over the matrix, not a re-sparsification)."""
+    deltas: torch.Tensor    # [N, numel]
     factors: list[float]
-    positive_parts: torch.Tensor | None    # max(deltas, 0)
-    signs: torch.Tensor | None             # sign(deltas)
-    nonzero: torch.Tensor | None           # |sign(deltas)|
+    shared: bool            # kept for later candidates: never overwritten
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.deltas, self.positive_parts, self.signs,
-                                                          self.nonzero) if t is not None)
+        return self.deltas.numel() * self.deltas.element_size()
 
 
-def _sparsified(tensors, base, sparsify, memo, key, sign_consensus):
-    """The task vectors, streamed; or with a memo (the engine's cache for this tensor), stacked
-    once per sparsification `key` (method and parameters, which the weights are not) and reused."""
-    if memo is None:
-        return _task_vectors(tensors, base, sparsify)
-    key = (key, sign_consensus)
-    if key not in memo:
-        deltas = torch.empty((len(tensors), base.numel()), dtype=base.dtype, device=base.device)
-        factors = []
-        for row, (delta, factor) in zip(deltas, _task_vectors(tensors, base, sparsify)):
-            row.copy_(delta.view(-1))
+def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None) -> _Stack:
+    """The task vectors in the rows of one matrix (inputs still read one at a time), sparsified
+    in place row by row by `sparsify` (as in `_task_vectors`), or all at once by
+    `sparsify_rows(deltas) -> factors`. Holds N x the tensor: the memory the engine allows a merge
+    beyond its output. Made in the `workspace`'s buffer when given (to be overwritten by the next
+    tensor's), else kept (shared) for the next candidates of a search."""
+    shape = (len(tensors), base.numel())
+    if workspace is None:
+        deltas = torch.empty(shape, dtype=base.dtype, device=base.device)
+    else:  # one buffer for all of a merge's tensors: no allocation per tensor, none left fragmented
+        buffer = workspace.get("stack")
+        if buffer is None or buffer.numel() < math.prod(shape) or buffer.device != base.device:
+            buffer = workspace["stack"] = torch.empty(math.prod(shape), dtype=base.dtype, device=base.device)
+        deltas = buffer[:math.prod(shape)].view(shape)
+    factors = []
+    for i, tensor in enumerate(tensors):
+        row = torch.sub(tensor, base, out=deltas[i].view_as(base))
+        if sparsify is not None:
+            kept, factor = sparsify(i, row)
+            if kept.data_ptr() != row.data_ptr():
+                row.copy_(kept)
             factors.append(factor)
-        signs = torch.sign(deltas) if sign_consensus else None
-        memo[key] = _Stack(deltas, factors, deltas.clamp(min=0) if sign_consensus else None, signs,
-                           signs.abs() if sign_consensus else None)
-    return memo[key]
+    if sparsify_rows is not None:
+        factors = sparsify_rows(deltas)
+    return _Stack(deltas, factors, shared=workspace is None)
+
+
+def _sparsified(tensors, base, sparsify, sign_consensus, memo=None, key=None, sparsify_rows=None,
+                workspace=None):
+    """The sparsified task vectors: stacked when the sign election needs them all at once, or when
+    a memo (the engine's cache for this tensor) keeps them for the next candidates, under the
+    sparsification's `key` (method and parameters, which the weights are not); else streamed."""
+    if memo is not None:
+        if key not in memo:
+            memo[key] = _stack(tensors, base, sparsify, sparsify_rows)
+        return memo[key]
+    if sign_consensus or sparsify is None:
+        # called without the engine's workspace: a throwaway one, the stack being this call's alone
+        return _stack(tensors, base, sparsify, sparsify_rows, workspace if workspace is not None else {})
+    return _task_vectors(tensors, base, sparsify)
 
 
 def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
     """base + lambda * (sum_i w_i f_i delta_i) / divisor, from (delta_i, f_i) pairs taken one at a
-    time (or a `_Stack` of them). Without sign_consensus the divisor is sum_i w_i (when normalize).
-
-    With sign_consensus (TIES) each entry keeps only the terms w_i f_i delta_i whose sign agrees
-    with the sign of their sum (a zero sum elects +, as mergekit does; zero terms never agree), and
-    the divisor is the sum of those terms' weights w_i. Streamed, this needs four running sums per
-    entry: all terms (`total`), the positive terms (`positive`), and of the weights, sum_i w_i
-    [term_i != 0] (`nonzero`) and sum_i w_i sign(term_i) (`signed`); the agreeing terms are then
-    the positive ones or the rest, and their weights (nonzero +- signed) / 2. All are float ops:
-    on CPU, torch's comparisons and boolean masks are about four times slower."""
-    sums = _stacked_sums if isinstance(task_vectors, _Stack) else _streamed_sums
-    total, positive, nonzero, signed = sums(task_vectors, base, weights, sign_consensus)
-    if sign_consensus:  # float ops, in place: exact, as each product below is by 1, -1 or 0
-        elected = torch.sign(total).add_(0.5).sign_()   # +1 where the sum is >= 0, else -1
-        divisor = nonzero.add_(signed.mul_(elected)).div_(2)
-        negative = total.sub_(positive)
-        elected_positive = elected.clamp_(min=0)        # 1 or 0
-        mixed = positive.mul_(elected_positive).add_(negative.mul_(elected_positive.sub_(1).neg_()))
-        divisor.add_(torch.sign(divisor).abs_().sub_(1).neg_())  # 0 (no agreeing term) -> 1
+    time or a `_Stack` of them. The divisor is sum_i w_i when normalize (else 1); with
+    sign_consensus (TIES) only the agreeing terms count, see `_elect_signs`."""
+    if sign_consensus:
+        return _elect_signs(task_vectors, base, weights, lambda_, normalize)
+    if isinstance(task_vectors, _Stack):
+        coefficients = _vector([w * f for w, f in zip(weights, task_vectors.factors)], base)
+        total = (coefficients @ task_vectors.deltas).view_as(base)
     else:
-        mixed = total
-        divisor = sum(weights)
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-    if normalize:
-        mixed.div_(divisor)
-    return mixed.mul_(lambda_).add_(base)
-
-
-def _streamed_sums(task_vectors, base, weights, sign_consensus):
-    if not sign_consensus:
         total = torch.zeros_like(base)
-    else:  # one block: fewer allocations, so less memory left fragmented between tensors
-        total, positive, nonzero, signed, part = torch.zeros((5, *base.shape), device=base.device)
-    for (delta, factor), weight in zip(task_vectors, weights):
-        coefficient = weight * factor
-        if coefficient == 0:
-            continue  # zero terms: nothing to add, and they never agree
-        total.add_(delta, alpha=coefficient)
-        if sign_consensus:
-            # sign(term) = sign(delta) * sign(coefficient): a negative weight flips which part counts
-            torch.clamp(delta, **({"min": 0} if coefficient > 0 else {"max": 0}), out=part)
-            positive.add_(part, alpha=coefficient)
-            torch.sign(delta, out=part)
-            signed.add_(part, alpha=abs(weight))  # w_i * sign(term_i) = |w_i| * sign(delta_i)
-            nonzero.add_(part.abs_(), alpha=weight)
-    return (total, positive, nonzero, signed) if sign_consensus else (total, None, None, None)
+        for (delta, factor), weight in zip(task_vectors, weights):
+            if weight * factor != 0:
+                total.add_(delta, alpha=weight * factor)
+    divisor = sum(weights) if normalize else 1.0
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+    return total.div_(divisor).mul_(lambda_).add_(base)
 
 
-def _stacked_sums(stack, base, weights, sign_consensus):
-    """The same sums as `_streamed_sums`, each one product of a coefficient vector and a matrix.
-    The positive terms: c_i max(delta_i, 0) where c_i > 0, c_i min(delta_i, 0) = c_i delta_i -
-    c_i max(delta_i, 0) where c_i < 0; together |c| @ max(deltas, 0) + min(c, 0) @ deltas."""
-    def vector(values):
-        return torch.tensor(values, dtype=base.dtype, device=base.device)
+def _elect_signs(stack: _Stack, base, weights, lambda_, normalize):
+    """TIES: each entry keeps only the terms c_i delta_i (c_i = w_i f_i) whose sign agrees with
+    the sign s of their sum (a zero sum elects +, as mergekit does; zero terms never agree), and
+    divides by the sum of those terms' weights w_i. With g_i = sign(c_i) and
+    P_i = max(g_i delta_i s, 0), term i agrees where P_i > 0, so
+        sum of agreeing terms = s * sum_i |c_i| P_i,    their weights = sum_i w_i [P_i > 0]:
+    three matrix-vector products and three passes over the stack, in place unless it is shared.
+    All float ops (on CPU, torch's comparisons and boolean masks are about four times slower)."""
+    coefficients = [w * f for w, f in zip(weights, stack.factors)]
+    # the three weight vectors, made in one call: c, |c| and the weights of nonzero terms
+    signed, absolute, active = _vector([coefficients, [abs(c) for c in coefficients],
+                                        [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]], base)
+    elected = torch.mv(stack.deltas.T, signed)
+    elected.sign_().add_(0.5).sign_()                    # +1 where the sum is >= 0, else -1
+    agreeing = torch.mul(stack.deltas, elected, out=None if stack.shared else stack.deltas)
+    for i, coefficient in enumerate(coefficients):
+        if coefficient < 0:
+            agreeing[i].neg_()
+    agreeing.clamp_(min=0)
+    merged = torch.mv(agreeing.T, absolute).mul_(elected)
+    if normalize:
+        agreeing.sign_()                                  # 1 where term i agrees, else 0
+        divisor = torch.mv(agreeing.T, active, out=elected)
+        merged.div_(divisor.masked_fill_(divisor == 0, 1.0))  # no agreeing term (or weights that cancel)
+    return merged.mul_(lambda_).view_as(base).add_(base)
 
-    coefficients = vector([w * f for w, f in zip(weights, stack.factors)])
-    total = (coefficients @ stack.deltas).view_as(base)
-    if not sign_consensus:
-        return total, None, None, None
-    active = vector([w if w * f != 0 else 0.0 for w, f in zip(weights, stack.factors)])
-    positive = coefficients.abs() @ stack.positive_parts
-    if (coefficients < 0).any():
-        positive += coefficients.clamp(max=0) @ stack.deltas
-    return (total, positive.view_as(base), (active @ stack.nonzero).view_as(base),
-            (active.abs() @ stack.signs).view_as(base))
+
+def _vector(values, like):
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
 @register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required")
@@ -181,17 +185,21 @@ def task_arithmetic(tensors, base, weights, normalize, **params):
     return _combine(_dense(tensors, base), base, weights, params["lambda"], normalize, False)
 
 
-@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True)
-def ties(tensors, base, weights, density, normalize, memo=None, **params):
+@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True)
+def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
-    deltas = _sparsified(tensors, base, lambda i, delta: top_magnitude(delta, density[i]), memo,
-                         ("top", tuple(density)), True)
+    def sparsify_rows(deltas):  # every model's top-k at once: much faster on small tensors
+        top_magnitude_rows(deltas, density)
+        return [1.0] * len(density)
+
+    deltas = _sparsified(tensors, base, None, True, memo, ("top", tuple(density)), sparsify_rows, workspace)
     return _combine(deltas, base, weights, params["lambda"], normalize, True)
 
 
-def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed):
+def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
+          workspace=None):
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
-                         memo, ("random", tuple(density), rescale, seed), consensus)
+                         consensus, memo, ("random", tuple(density), rescale, seed), workspace=workspace)
     return _combine(deltas, base, weights, lambda_, normalize, consensus)
 
 
@@ -204,34 +212,36 @@ def dare_linear(tensors, base, weights, density, normalize, rescale, generator, 
 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True)
-def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, **params):
+          randomized=True, memoizes=True, stacks=True)
+def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, workspace=None,
+              **params):
     """DARE's random drop, then TIES's sign election."""
     return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], True,
-                 memo, seed)
+                 memo, seed, workspace)
 
 
 _BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept", per_model=True,
                              low=0, high=1, low_open=True)
 
 
-def _breadcrumbs(tensors, base, density, gamma):
-    return _task_vectors(tensors, base, lambda i, delta: magnitude_band(delta, density[i], gamma[i]))
+def _breadcrumbs(tensors, base, density, gamma, sign_consensus, workspace=None):
+    return _sparsified(tensors, base, lambda i, delta: magnitude_band(delta, density[i], gamma[i]),
+                       sign_consensus, workspace=workspace)
 
 
 @register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required")
 def breadcrumbs(tensors, base, weights, density, gamma, normalize, **params):
     """Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add up."""
-    return _combine(_breadcrumbs(tensors, base, density, gamma), base, weights, params["lambda"],
+    return _combine(_breadcrumbs(tensors, base, density, gamma, False), base, weights, params["lambda"],
                     normalize, False)
 
 
 @register("breadcrumbs_ties", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE),
-          base="required")
-def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, **params):
+          base="required", stacks=True)
+def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, workspace=None, **params):
     """Model Breadcrumbs' band, then TIES's sign election."""
-    return _combine(_breadcrumbs(tensors, base, density, gamma), base, weights, params["lambda"],
-                    normalize, True)
+    return _combine(_breadcrumbs(tensors, base, density, gamma, True, workspace), base, weights,
+                    params["lambda"], normalize, True)
 
 
 def _check_della(resolved):
@@ -244,15 +254,15 @@ def _check_della(resolved):
 _DELLA = (WEIGHTS, DENSITY, EPSILON, LAMBDA, NORMALIZE, RESCALE, SEED)
 
 
-def _della(tensors, base, density, epsilon, rescale, generator):
-    return _task_vectors(tensors, base, lambda i, delta: rank_keep(delta, density[i], epsilon[i], rescale,
-                                                                   generator(i)))
+def _della(tensors, base, density, epsilon, rescale, generator, sign_consensus, workspace=None):
+    return _sparsified(tensors, base, lambda i, delta: rank_keep(delta, density[i], epsilon[i], rescale,
+                                                                 generator(i)), sign_consensus, workspace=workspace)
 
 
-@register("della", _DELLA, base="required", randomized=True, check=_check_della)
-def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
+@register("della", _DELLA, base="required", randomized=True, check=_check_della, stacks=True)
+def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, workspace=None, **params):
     """DELLA: drop task-vector entries with probabilities by magnitude rank, elect signs, average."""
-    return _combine(_della(tensors, base, density, epsilon, rescale, generator), base, weights,
+    return _combine(_della(tensors, base, density, epsilon, rescale, generator, True, workspace), base, weights,
                     params["lambda"], normalize, True)
 
 
@@ -260,7 +270,7 @@ def della(tensors, base, weights, density, epsilon, normalize, rescale, generato
           randomized=True, check=_check_della)
 def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
     """DELLA's rank-based drop, then a plain weighted sum (no sign election)."""
-    return _combine(_della(tensors, base, density, epsilon, rescale, generator), base, weights,
+    return _combine(_della(tensors, base, density, epsilon, rescale, generator, False), base, weights,
                     params["lambda"], normalize, False)
 
 

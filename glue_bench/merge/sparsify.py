@@ -30,19 +30,35 @@ RESCALES = ("inverse_density", "l1", "none")
 
 
 def top_magnitude(delta: torch.Tensor, density: float) -> tuple[torch.Tensor, float]:
-    if density >= 1:
-        return delta, 1.0
-    flat = delta.view(-1)
-    k = max(1, int(density * flat.numel()))
-    threshold, n_above = _kth_largest_magnitude(flat, k)
-    if threshold == 0:
-        return delta, 1.0  # every nonzero entry is among the k: zeroing zeros changes nothing
+    top_magnitude_rows(delta.view(1, -1), [density])
+    return delta, 1.0
+
+
+def top_magnitude_rows(rows: torch.Tensor, densities: list[float]) -> None:
+    """`top_magnitude` of each row of `rows` [N, n] (the task vectors of N models), in place, with
+    one numpy call for all rows where they share k: on small tensors the per-call costs add up to
+    more than the selection itself."""
+    n = rows.shape[1]
+    ks = [max(1, int(density * n)) for density in densities]
+    todo = [r for r, density in enumerate(densities) if density < 1 and ks[r] < n]
+    if not todo:
+        return
+    if rows.device.type == "cpu":
+        thresholds, n_above = _kth_largest_magnitudes(rows, ks, todo)
+    else:
+        thresholds, n_above = zip(*[_kth_largest_magnitude_on_device(rows[r], ks[r]) for r in todo])
+        thresholds = np.array(thresholds, dtype=np.float32)
     # hardshrink zeroes |x| <= lambda in one float pass (a boolean mask costs about four times as
     # much); lambda is the float32 just below the threshold, so exactly |x| >= threshold survive
-    torch.hardshrink(flat, float(np.nextafter(np.float32(threshold), np.float32(0))), out=flat)
-    if n_above is not None:  # more than k entries reach the threshold: keep the first tied ones
-        _drop_ties_after(flat, threshold, k - n_above)
-    return delta, 1.0
+    lambdas = np.nextafter(thresholds, np.float32(0)).tolist()
+    each_row = rows.unbind()
+    for r, threshold, lambda_, above in zip(todo, thresholds.tolist(), lambdas, n_above):
+        if threshold == 0:
+            continue  # every nonzero entry is among the k: zeroing zeros changes nothing
+        row = each_row[r]
+        torch.hardshrink(row, lambda_, out=row)
+        if above is not None:  # more than k entries reach the threshold: keep the first tied ones
+            _drop_ties_after(row, threshold, ks[r] - above)
 
 
 def _drop_ties_after(flat: torch.Tensor, threshold: float, keep: int) -> None:
@@ -56,43 +72,75 @@ def _drop_ties_after(flat: torch.Tensor, threshold: float, keep: int) -> None:
         flat[(flat.abs() == threshold).nonzero().view(-1)[keep:]] = 0
 
 
-def _kth_largest_magnitude(flat: torch.Tensor, k: int) -> tuple[float, int | None]:
-    """The k-th largest |x| of a 1-D float32 tensor, and, when a magnitude equal to it lies outside
-    the top k, how many magnitudes exceed it (else None). On CPU the magnitudes' bit patterns are
-    selected as int32 (being >= 0, they sort like the floats): 10-20x faster than torch's topk or
-    kthvalue on this CPU."""
-    n = flat.numel()
-    if flat.device.type != "cpu":
-        magnitude = flat.abs()
-        threshold = magnitude.kthvalue(n - k + 1).values
-        tied_outside = int((magnitude >= threshold).sum()) > k
-        return float(threshold), int((magnitude > threshold).sum()) if tied_outside else None
-    bits = flat.abs().numpy().view(np.int32)
-    kth, n_above, n_equal = _kth_largest_bits(bits, k)
-    threshold = float(np.array([kth], dtype=np.int32).view(np.float32)[0])
-    return threshold, n_above if n_above + n_equal > k else None
+def _kth_largest_magnitude_on_device(flat: torch.Tensor, k: int) -> tuple[float, int | None]:
+    """The k-th largest |x|, and, when a magnitude equal to it lies outside the top k, how many
+    magnitudes exceed it (else None)."""
+    magnitude = flat.abs()
+    threshold = magnitude.kthvalue(flat.numel() - k + 1).values
+    tied_outside = int((magnitude >= threshold).sum()) > k
+    return float(threshold), int((magnitude > threshold).sum()) if tied_outside else None
 
 
-def _kth_largest_bits(bits: np.ndarray, k: int) -> tuple[int, int, int]:
-    """(v, #entries > v, #entries == v) for v the k-th largest of non-negative int32s; `bits` may
-    be reordered. numpy's introselect, except when values repeat a lot, as in the deltas of fp16 /
-    bf16 checkpoints (some 20k distinct values in a 45M-entry tensor), where it slows down ~10x:
-    then it is found by counting instead."""
-    n = bits.size
-    sample = bits[:: max(1, n // 4096)]
-    if n < 1 << 16 or len(np.unique(sample)) > 0.95 * len(sample):
-        bits.partition(n - k)  # in place: [n-k] is the k-th largest, smaller ones before, larger after
-        kth = int(bits[n - k])
-        n_above = int(np.count_nonzero(bits[n - k:] > kth))
-        tied_below = n > k and bits[:n - k].max() == kth
-        n_equal = k - n_above + (int(np.count_nonzero(bits[:n - k] == kth)) if tied_below else 0)
-        return kth, n_above, n_equal
-    # two 16-bit histograms: the high half's picks the bucket, the low half's the value within it
+def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) -> tuple[np.ndarray, list]:
+    """`_kth_largest_magnitude_on_device` for rows `todo` of `rows` on the CPU, as float32
+    thresholds and counts. The magnitudes are selected as int32 bit patterns (being >= 0, they sort
+    like the floats; numpy's selection on them is 10-20x faster than torch's topk or kthvalue on
+    this CPU), copied a few rows at a time: at most `_SELECTED_AT_ONCE` entries, or one row."""
+    n = rows.shape[1]
+    per_group = max(1, _SELECTED_AT_ONCE // n)
+    buffer = torch.empty((min(per_group, len(todo)), n), dtype=rows.dtype)
+    found = []
+    for start in range(0, len(todo), per_group):
+        group = todo[start:start + per_group]
+        magnitudes = torch.index_select(rows, 0, torch.tensor(group), out=buffer[:len(group)]).abs_()
+        bits = magnitudes.numpy().view(np.int32)
+        heavy = _repeats_a_lot(bits)
+        group_ks = [ks[r] for r in group]
+        if len(set(group_ks)) == 1 and not heavy.any():
+            found += _kth_largest_by_partition(bits, group_ks[0])  # the group's rows at once
+        else:
+            found += [(_kth_largest_by_counting if heavy[j] else _kth_largest_by_partition)(bits[j:j + 1], k)[0]
+                      for j, k in enumerate(group_ks)]
+    kth, n_above = zip(*found)
+    return np.array(kth, dtype=np.int32).view(np.float32), n_above
+
+
+_SELECTED_AT_ONCE = 1 << 16  # magnitudes copied for selection at once: 256 KiB, unless a row is longer
+
+
+def _repeats_a_lot(bits: np.ndarray) -> np.ndarray:
+    """Per row: do values repeat a lot, as in the deltas of fp16 / bf16 checkpoints (some 20k
+    distinct values in a 45M-entry tensor)? numpy's introselect slows down ~10x on those.
+    Judged on a 4096-entry sample."""
+    rows, n = bits.shape
+    if n < 1 << 16:
+        return np.zeros(rows, dtype=bool)
+    sample = np.sort(bits[:, :: n // 4096], axis=1)
+    distinct = 1 + np.count_nonzero(np.diff(sample, axis=1), axis=1)
+    return distinct <= 0.95 * sample.shape[1]
+
+
+def _kth_largest_by_partition(bits: np.ndarray, k: int) -> list[tuple[int, int | None]]:
+    """Per row of non-negative int32s (reordered in place): its k-th largest v, and, when a value
+    equal to v lies outside the top k, how many values exceed v (else None). numpy's introselect."""
+    n = bits.shape[1]
+    bits.partition(n - k, axis=1)  # [:, n-k] is the k-th largest, smaller ones before, larger after
+    kth = bits[:, n - k]
+    tied_below = bits[:, :n - k].max(axis=1) == kth if n > k else np.zeros(len(bits), dtype=bool)
+    return [(value, int(np.count_nonzero(row[n - k:] > value)) if tied else None)
+            for row, value, tied in zip(bits, kth.tolist(), tied_below.tolist())]
+
+
+def _kth_largest_by_counting(bits: np.ndarray, k: int) -> list[tuple[int, int | None]]:
+    """The same for one row whose values repeat a lot: two 16-bit histograms, the high half's
+    picks the bucket, the low half's the value within it. Exact, no sort."""
+    bits = bits[0]
     high = bits >> 16
     bucket, n_higher, _ = _kth_largest_count(np.bincount(high, minlength=1 << 15), k)
     low_counts = np.bincount(bits[high == bucket] & 0xFFFF, minlength=1 << 16)
     low, n_above, n_equal = _kth_largest_count(low_counts, k - n_higher)
-    return bucket << 16 | low, n_higher + n_above, n_equal
+    n_above += n_higher
+    return [(bucket << 16 | low, n_above if n_above + n_equal > k else None)]
 
 
 def _kth_largest_count(counts: np.ndarray, k: int) -> tuple[int, int, int]:
@@ -126,11 +174,15 @@ def random_keep(delta: torch.Tensor, density: float, rescale: str,
     levels = max(1, round(density * 65536))
     n = delta.numel()
     l1_before = delta.abs().sum() if rescale == "l1" else None
-    # keep where bits < levels - 32768, as a 0/1 float mask: (bits - cut) clamped to [-1, 0], negated
-    keep = torch.from_numpy(rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]).to(
-        delta.device, torch.float32).sub_(levels - 32768).clamp_(-1, 0).neg_()
-    kept = delta.mul_(keep.view_as(delta))
-    del keep
+    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]  # kept where < levels - 32768
+    if delta.device.type == "cpu":  # two numpy calls: a third of the time of torch's float mask
+        kept = delta.view(-1).numpy()
+        np.multiply(kept, bits < levels - 32768, out=kept)
+        kept = delta
+    else:  # a 0/1 float mask: (bits - cut) clamped to [-1, 0], negated
+        keep = torch.from_numpy(bits).to(delta.device, torch.float32).sub_(levels - 32768).clamp_(-1, 0).neg_()
+        kept = delta.mul_(keep.view_as(delta))
+        del keep
     if rescale == "inverse_density":
         return kept, 65536 / levels
     return kept, _l1_factor(l1_before, kept) if rescale == "l1" else 1.0
