@@ -136,11 +136,16 @@ def _kth_largest_by_counting(bits: np.ndarray, k: int) -> list[tuple[int, int | 
     picks the bucket, the low half's the value within it. Exact, no sort."""
     bits = bits[0]
     high = bits >> 16
-    bucket, n_higher, _ = _kth_largest_count(np.bincount(high, minlength=1 << 15), k)
-    low_counts = np.bincount(bits[high == bucket] & 0xFFFF, minlength=1 << 16)
+    bucket, n_higher, _ = _kth_largest_count(_histogram(high, 1 << 15), k)
+    low_counts = _histogram(bits[high == bucket] & 0xFFFF, 1 << 16)
     low, n_above, n_equal = _kth_largest_count(low_counts, k - n_higher)
     n_above += n_higher
     return [(bucket << 16 | low, n_above if n_above + n_equal > k else None)]
+
+
+def _histogram(values: np.ndarray, size: int) -> np.ndarray:
+    """np.bincount of int32s, by torch's: numpy's first copies them to int64 (2.6x slower on 45M)."""
+    return torch.bincount(torch.from_numpy(values), minlength=size).numpy()
 
 
 def _kth_largest_count(counts: np.ndarray, k: int) -> tuple[int, int, int]:
