@@ -104,13 +104,17 @@ def _first_k_by_stable_sort(values, density):
 
 
 @pytest.mark.parametrize("densities", [[0.3] * 8, [0.3, 0.3, 0.6, 0.3, 1.0, 0.05, 0.3, 0.3]])
-def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(densities):
-    """Every model's top-k at once: rows selected in groups (20000-entry rows: 3 to a group), with
-    one k for all or one per row, some rows full of tied magnitudes, one kept whole (density 1)."""
+@pytest.mark.parametrize("n, per_group", [(20_000, 3), (100_000, 2)])
+def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(monkeypatch, densities, n, per_group):
+    """Every model's top-k at once: rows selected in groups, with one k for all or one per row, a
+    third of the rows full of tied magnitudes (above 65536 entries these are selected by counting,
+    beside rows selected by introselect), one kept whole (density 1)."""
+    from glue_bench.merge import sparsify
     from glue_bench.merge.sparsify import top_magnitude_rows
 
+    monkeypatch.setattr(sparsify, "_SELECTED_AT_ONCE", per_group * n)
     rng = np.random.default_rng(2)
-    rows = rng.standard_normal((8, 20_000)).astype(np.float32)
+    rows = rng.standard_normal((8, n)).astype(np.float32)
     rows[1::3] = np.round(rows[1::3] * 4) / 4            # few distinct magnitudes: many ties at the k-th
     expected = np.stack([_first_k_by_stable_sort(row, d) if d < 1 else row for row, d in zip(rows, densities)])
     kept = torch.from_numpy(rows.copy())
