@@ -5,7 +5,8 @@ dropped entries zeroed (in place where that is cheapest), and the factor the kep
 be multiplied by, which the caller folds into the model's weight instead of spending a pass over
 the tensor on it:
 - `top_magnitude`: keep the k = max(1, int(density * n)) largest |delta| (TIES). Among entries
-  tied with the k-th largest magnitude, the lowest indices are kept, so exactly k survive;
+  tied with the k-th largest magnitude, the lowest indices are kept, so exactly k survive
+  (`top_magnitude_rows` does it to every model's task vector at once);
 - `magnitude_band`: drop the gamma * n largest |delta| as outliers and the smallest, keeping
   int(density * n) (Model Breadcrumbs);
 - `random_keep`: keep each entry with probability density (to 1/65536) (DARE);
@@ -35,9 +36,9 @@ def top_magnitude(delta: torch.Tensor, density: float) -> tuple[torch.Tensor, fl
 
 
 def top_magnitude_rows(rows: torch.Tensor, densities: list[float]) -> None:
-    """`top_magnitude` of each row of `rows` [N, n] (the task vectors of N models), in place, with
-    one numpy call for all rows where they share k: on small tensors the per-call costs add up to
-    more than the selection itself."""
+    """`top_magnitude` of each row of `rows` [N, n] (the task vectors of N models), in place. Rows
+    that share k are selected together, a group of them per numpy call: on small tensors the
+    per-call costs add up to more than the selection itself."""
     n = rows.shape[1]
     ks = [max(1, int(density * n)) for density in densities]
     todo = [r for r, density in enumerate(densities) if density < 1 and ks[r] < n]
