@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from merge_bench import METHOD_PARAMS, input_bytes, median_time, paired_times, sum_baseline  # noqa: E402
 
+from glue_bench.merge import get_method  # noqa: E402
 from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
 
 KEY = "model.layers.0.mlp.up_proj.weight"
@@ -67,7 +68,7 @@ def main() -> None:
         sum_s = median_time(lambda: sum_baseline(sources), args.repeats)
         print(f"baseline: torch sum over {args.models} models: {read / sum_s / 1e9:.2f} GB/s ({sum_s * 1e3:.0f} ms)")
         for method in args.methods:
-            bytes_read = read + (input_bytes([base]) if Merger(sources, method, base).method.base == "required" else 0)
+            bytes_read = read + (input_bytes([base]) if get_method(method).base == "required" else 0)
 
             def streamed():
                 for _ in Merger(sources, method, base).tensors(METHOD_PARAMS[method]):

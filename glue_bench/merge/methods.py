@@ -9,7 +9,6 @@ mergekit's behaviour (see sparsify.py).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -86,20 +85,20 @@ class _Stack:
         return self.deltas.numel() * self.deltas.element_size()
 
 
-def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None) -> _Stack:
+def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, shared=False) -> _Stack:
     """The task vectors in the rows of one matrix (inputs still read one at a time), sparsified
     in place row by row by `sparsify` (as in `_task_vectors`), or all at once by
     `sparsify_rows(deltas) -> factors`. Holds N x the tensor: the memory the engine allows a merge
     beyond its output. Made in the `workspace`'s buffer when given (to be overwritten by the next
-    tensor's), else kept (shared) for the next candidates of a search."""
-    shape = (len(tensors), base.numel())
+    tensor's); `shared` when kept for the next candidates of a search."""
+    size = len(tensors) * base.numel()
     if workspace is None:
-        deltas = torch.empty(shape, dtype=base.dtype, device=base.device)
+        buffer = torch.empty(size, dtype=base.dtype, device=base.device)
     else:  # one buffer for all of a merge's tensors: no allocation per tensor, none left fragmented
         buffer = workspace.get("stack")
-        if buffer is None or buffer.numel() < math.prod(shape) or buffer.device != base.device:
-            buffer = workspace["stack"] = torch.empty(math.prod(shape), dtype=base.dtype, device=base.device)
-        deltas = buffer[:math.prod(shape)].view(shape)
+        if buffer is None or buffer.numel() < size or buffer.device != base.device:
+            buffer = workspace["stack"] = torch.empty(size, dtype=base.dtype, device=base.device)
+    deltas = buffer[:size].view(len(tensors), base.numel())
     factors = []
     for i, tensor in enumerate(tensors):
         row = torch.sub(tensor, base, out=deltas[i].view_as(base))
@@ -110,7 +109,7 @@ def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None) -> 
             factors.append(factor)
     if sparsify_rows is not None:
         factors = sparsify_rows(deltas)
-    return _Stack(deltas, factors, shared=workspace is None)
+    return _Stack(deltas, factors, shared)
 
 
 def _sparsified(tensors, base, sparsify, sign_consensus, memo=None, key=None, sparsify_rows=None,
@@ -120,11 +119,10 @@ def _sparsified(tensors, base, sparsify, sign_consensus, memo=None, key=None, sp
     sparsification's `key` (method and parameters, which the weights are not); else streamed."""
     if memo is not None:
         if key not in memo:
-            memo[key] = _stack(tensors, base, sparsify, sparsify_rows)
+            memo[key] = _stack(tensors, base, sparsify, sparsify_rows, shared=True)
         return memo[key]
     if sign_consensus or sparsify is None:
-        # called without the engine's workspace: a throwaway one, the stack being this call's alone
-        return _stack(tensors, base, sparsify, sparsify_rows, workspace if workspace is not None else {})
+        return _stack(tensors, base, sparsify, sparsify_rows, workspace)
     return _task_vectors(tensors, base, sparsify)
 
 

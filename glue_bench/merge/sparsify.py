@@ -82,6 +82,9 @@ def _kth_largest_magnitude_on_device(flat: torch.Tensor, k: int) -> tuple[float,
     return float(threshold), int((magnitude > threshold).sum()) if tied_outside else None
 
 
+_SELECTED_AT_ONCE = 1 << 18  # magnitudes copied for selection at once: 1 MiB, unless a row is longer
+
+
 def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) -> tuple[np.ndarray, list]:
     """`_kth_largest_magnitude_on_device` for rows `todo` of `rows` on the CPU, as float32
     thresholds and counts. The magnitudes are selected as int32 bit patterns (being >= 0, they sort
@@ -105,9 +108,6 @@ def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) 
                       for j, k in enumerate(group_ks)]
     kth, n_above = zip(*found)
     return np.array(kth, dtype=np.int32).view(np.float32), n_above
-
-
-_SELECTED_AT_ONCE = 1 << 18  # magnitudes copied for selection at once: 1 MiB, unless a row is longer
 
 
 def _repeats_a_lot(bits: np.ndarray) -> np.ndarray:
@@ -181,13 +181,14 @@ def random_keep(delta: torch.Tensor, density: float, rescale: str,
     levels = max(1, round(density * 65536))
     n = delta.numel()
     l1_before = delta.abs().sum() if rescale == "l1" else None
-    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]  # kept where < levels - 32768
+    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]
+    cut = levels - 32768  # kept where bits < cut: probability levels / 65536
     if delta.device.type == "cpu":  # two numpy calls: a third of the time of torch's float mask
-        kept = delta.view(-1).numpy()
-        np.multiply(kept, bits < levels - 32768, out=kept)
+        values = delta.view(-1).numpy()
+        np.multiply(values, bits < cut, out=values)
         kept = delta
     else:  # a 0/1 float mask: (bits - cut) clamped to [-1, 0], negated
-        keep = torch.from_numpy(bits).to(delta.device, torch.float32).sub_(levels - 32768).clamp_(-1, 0).neg_()
+        keep = torch.from_numpy(bits).to(delta.device, torch.float32).sub_(cut).clamp_(-1, 0).neg_()
         kept = delta.mul_(keep.view_as(delta))
         del keep
     if rescale == "inverse_density":
