@@ -97,7 +97,11 @@ def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) 
     found = []
     for start in range(0, len(todo), per_group):
         group = todo[start:start + per_group]
-        magnitudes = np.abs(np.take(values, group, axis=0, out=buffer[:len(group)]), out=buffer[:len(group)])
+        if group[-1] - group[0] == len(group) - 1:  # consecutive rows (the rule): a slice, not np.take's copy
+            magnitudes = np.abs(values[group[0]:group[-1] + 1], out=buffer[:len(group)])
+        else:
+            magnitudes = np.abs(np.take(values, group, axis=0, out=buffer[:len(group)], mode="clip"),
+                                out=buffer[:len(group)])
         bits = magnitudes.view(np.int32)
         heavy = _repeats_a_lot(bits)
         group_ks = [ks[r] for r in group]
