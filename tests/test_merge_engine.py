@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glue_bench.merge import MergeError, get_method
+from glue_bench.merge import METHODS, MergeError, get_method
+from glue_bench.merge import methods as _registers_the_methods  # noqa: F401
 from glue_bench.merge.engine import Merger, TensorSource, check_compatible, merge_models
 
 MODELS = ("chat_a", "chat_b")
@@ -176,3 +177,20 @@ def test_cached_sparsified_task_vectors_give_the_same_merges(dirs, method, param
         # the same arithmetic, on a stack kept for the next weights or on one made for this merge
         assert all(torch.equal(ours[k], fresh[k]) for k in fresh)
     assert cached._memo and all(len(m) == 1 for m in cached._memo.values())  # one stack, reused
+
+
+WRITES_OUT = sorted(name for name, m in METHODS.items() if m.writes_out)
+
+
+@pytest.mark.parametrize("method", WRITES_OUT)
+def test_methods_that_write_into_the_model_s_tensors_give_the_same_merge(dirs, method):
+    base = TensorSource("base", dirs["base"])
+    params = {"weights": [0.7, 0.4]}
+    fresh = dict(Merger(sources(dirs), method, base).tensors(params))
+    merger = Merger(sources(dirs), method, base)
+    outputs = {key: torch.full_like(tensor, float("nan")) for key, tensor in fresh.items()}
+    for key, merged in merger.tensors(params, outputs):
+        assert merged is outputs[key], f"{method} did not write {key} into its output"
+        assert torch.equal(merged, fresh[key]), key
+    model = merger.to_model(params)  # the same through the model's own parameters
+    assert all(torch.equal(p, fresh[k]) for k, p in model.named_parameters())

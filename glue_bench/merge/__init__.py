@@ -4,8 +4,9 @@ A method receives, for one tensor name, that tensor from every input model (floa
 device), the base model's tensor when it uses one, and its parameters resolved for that tensor
 (see params.py). It returns the merged tensor and never modifies its inputs. Randomised methods
 also receive `generator(i)`, a seeded numpy Generator for model i and this tensor, so a merge is
-reproducible whatever the order tensors are visited in. `engine.Merger` streams every tensor of
-the models through it.
+reproducible whatever the order tensors are visited in. Methods registered with `writes_out` also
+receive `out`: the output model's own tensor, to write the result into instead of a new one (saves
+the engine a copy), or None. `engine.Merger` streams every tensor of the models through it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MergeMethod:
     check: Callable[[dict], None] | None = None   # checks of resolved values across parameters
     memoizes: bool = False    # takes `memo`: a dict kept across calls for the same tensor (cache=True)
     stacks: bool = False      # takes `workspace`: a dict of buffers reused across one merge's tensors
+    writes_out: bool = False  # takes `out`: the tensor to write the result into (the model's own), or None
     doc: str = ""
 
     def validate(self, params: dict, n_models: int) -> dict:
@@ -51,11 +53,12 @@ METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", min_models: int = 2,
              max_models: int | None = None, randomized: bool = False,
-             check: Callable[[dict], None] | None = None, memoizes: bool = False, stacks: bool = False):
+             check: Callable[[dict], None] | None = None, memoizes: bool = False, stacks: bool = False,
+             writes_out: bool = False):
     def wrap(fn):
         doc = (fn.__doc__ or "").strip().split("\n")[0]
         METHODS[name] = MergeMethod(name, fn, tuple(params), base, min_models, max_models, randomized,
-                                    check, memoizes, stacks, doc)
+                                    check, memoizes, stacks, writes_out, doc)
         return fn
     return wrap
 

@@ -59,6 +59,7 @@ class TensorSource:
         self.entries: dict[str, tuple[int, torch.dtype, tuple[int, ...], int, int]] = {}
         for file in files:
             self._open(self.directory / file)
+        self.shapes = {key: entry[2] for key, entry in self.entries.items()}
         self.config = _read_json(self.directory / "config.json")
 
     def _open(self, path: Path) -> None:
@@ -85,7 +86,7 @@ class TensorSource:
         return list(self.entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self.entries[key][2]
+        return self.shapes[key]
 
     def nbytes(self, key: str) -> int:
         _, _, _, begin, end = self.entries[key]
@@ -123,6 +124,8 @@ def check_compatible(sources: list[TensorSource]) -> list[str]:
     `check_shared_vocab` and `Merger._merge_rows`), or one line naming the first difference.
     Returns the tensor names."""
     first = sources[0]
+    if all(other.shapes == first.shapes for other in sources[1:]):
+        return list(first.entries)  # the rule, found in one comparison per model: nothing to name
     for other in sources[1:]:
         missing = sorted(set(first.entries) ^ set(other.entries))
         if missing:
@@ -264,8 +267,11 @@ class Merger:
         return checked, uses_base
 
     # ---- the merge ---------------------------------------------------------------------------
-    def tensors(self, params: dict) -> Iterator[tuple[str, torch.Tensor]]:
-        """Merged tensors one by one (float32, on the merge device), in checkpoint order."""
+    def tensors(self, params: dict, outputs: dict[str, torch.Tensor] | None = None
+                ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Merged tensors one by one (float32, on the merge device), in checkpoint order; written
+        into `outputs[key]` (float32, contiguous, the tensor's shape, on the merge device) by the
+        methods that can, which then yield that very tensor."""
         checked, uses_base = self._prepare(params)
         by_depth: dict[float, dict] = {}
         workspace: dict[str, torch.Tensor] = {}  # buffers a stacking method reuses from tensor to tensor
@@ -287,6 +293,8 @@ class Merger:
                 kwargs["generator"] = self._generators(checked["seed"], key)
             if self.method.stacks:
                 kwargs["workspace"] = workspace
+            if self.method.writes_out:
+                kwargs["out"] = outputs.get(key) if outputs else None
             memo = self._memo_for(key) if self.method.memoizes else None
             if memo is not None:
                 kwargs["memo"] = memo
@@ -359,6 +367,8 @@ class Merger:
             return self.method.fn(inputs, **kwargs)
         shared = min(rows)
         trimmed = dict(kwargs)
+        if "out" in trimmed:
+            trimmed["out"] = None  # the method's result has the shared rows only
         if trimmed.get("base") is not None:
             trimmed["base"] = trimmed["base"][:shared]
         inputs = list(inputs)
@@ -388,13 +398,17 @@ class Merger:
             model = self.empty_model()
         load_s = time.perf_counter() - start
         targets = dict(model.named_parameters())
+        keys = set(self.keys)
+        writable = {key: t for key, t in targets.items() if key in keys and t.dtype == torch.float32
+                    and t.device == self.device and t.is_contiguous() and t.shape == self.template.shape(key)}
         filled = set()
         with torch.no_grad():
-            for key, merged in self.tensors(params):
+            for key, merged in self.tensors(params, writable):
                 target = targets.get(key)
                 if target is None:
                     continue  # e.g. a buffer saved by an older transformers
-                target.copy_(merged)
+                if merged is not target:
+                    target.copy_(merged)
                 filled.add(key)
         unfilled = sorted(set(targets) - filled)
         if unfilled:

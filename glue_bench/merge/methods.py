@@ -42,14 +42,13 @@ def _check_weights_not_all_zero(resolved):
         raise MergeError(f"weights are all zero ({resolved['weights']}): nothing to average")
 
 
-@register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero)
-def linear(tensors, weights, normalize):
+@register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero, writes_out=True)
+def linear(tensors, weights, normalize, out=None):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
-    out = None
-    for tensor, weight in zip(tensors, weights):  # one model at a time: the engine streams them
-        if out is None:
-            out = tensor * (weight / total)
+    for i, (tensor, weight) in enumerate(zip(tensors, weights)):  # one model at a time: the engine streams them
+        if i == 0:
+            out = torch.mul(tensor, weight / total, out=out)
         else:
             out.add_(tensor, alpha=weight / total)
     return out
@@ -127,27 +126,28 @@ def _sparsified(tensors, base, sparsify, sign_consensus, memo=None, key=None, sp
     return _task_vectors(tensors, base, sparsify)
 
 
-def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus):
+def _combine(task_vectors, base, weights, lambda_, normalize, sign_consensus, out=None):
     """base + lambda * (sum_i w_i f_i delta_i) / divisor, from (delta_i, f_i) pairs taken one at a
-    time or a `_Stack` of them. The divisor is sum_i w_i when normalize (else 1); with
-    sign_consensus (TIES) only the agreeing terms count, see `_elect_signs`."""
+    time or a `_Stack` of them, into `out` when given. The divisor is sum_i w_i when normalize
+    (else 1); with sign_consensus (TIES) only the agreeing terms count, see `_elect_signs`."""
     if sign_consensus:
-        return _elect_signs(task_vectors, base, weights, lambda_, normalize)
+        return _elect_signs(task_vectors, base, weights, lambda_, normalize, out)
+    total = torch.empty_like(base) if out is None else out
     if isinstance(task_vectors, _Stack):
         coefficients = _vector([w * f for w, f in zip(weights, task_vectors.factors)], base)
-        total = (coefficients @ task_vectors.deltas).view_as(base)
+        torch.mv(task_vectors.deltas.T, coefficients, out=total.view(-1))
     else:
-        total = torch.zeros_like(base)
+        total.zero_()
         for (delta, factor), weight in zip(task_vectors, weights):
             if weight * factor != 0:
                 total.add_(delta, alpha=weight * factor)
     divisor = sum(weights) if normalize else 1.0
     if abs(divisor) < 1e-8:
         divisor = 1.0
-    return total.div_(divisor).mul_(lambda_).add_(base)
+    return torch.add(base, total, alpha=lambda_ / divisor, out=total)
 
 
-def _elect_signs(stack: _Stack, base, weights, lambda_, normalize):
+def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
     """TIES: each entry keeps only the terms c_i delta_i (c_i = w_i f_i) whose sign agrees with
     the sign s of their sum (a zero sum elects +, as mergekit does; zero terms never agree), and
     divides by the sum of those terms' weights w_i. With g_i = sign(c_i) and
@@ -166,12 +166,13 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize):
         if coefficient < 0:
             agreeing[i].neg_()
     agreeing.clamp_(min=0)
-    merged = torch.mv(agreeing.T, absolute).mul_(elected)
+    merged = torch.mv(agreeing.T, absolute, out=None if out is None else out.view(-1)).mul_(elected)
     if normalize:
         agreeing.sign_()                                  # 1 where term i agrees, else 0
         divisor = torch.mv(agreeing.T, active, out=elected)
         merged.div_(_ones_for_zeros(divisor))  # no agreeing term (or weights that cancel)
-    return merged.mul_(lambda_).view_as(base).add_(base)
+    merged = merged.view_as(base) if out is None else out
+    return torch.add(base, merged, alpha=lambda_, out=merged)
 
 
 def _ones_for_zeros(divisor: torch.Tensor) -> torch.Tensor:
@@ -190,45 +191,47 @@ def _vector(values, like):
     return torch.from_numpy(np.array(values, dtype=np.float32)).to(like.device, like.dtype)
 
 
-@register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required")
-def task_arithmetic(tensors, base, weights, normalize, **params):
+@register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required", writes_out=True)
+def task_arithmetic(tensors, base, weights, normalize, out=None, **params):
     """base + lambda * sum_i w_i (theta_i - base)."""
-    return _combine(_dense(tensors, base), base, weights, params["lambda"], normalize, False)
+    return _combine(_dense(tensors, base), base, weights, params["lambda"], normalize, False, out)
 
 
-@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True)
-def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, **params):
+@register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True,
+          writes_out=True)
+def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, out=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
     def sparsify_rows(deltas):  # every model's top-k at once: much faster on small tensors
         top_magnitude_rows(deltas, density)
         return [1.0] * len(density)
 
     deltas = _sparsified(tensors, base, None, True, memo, ("top", tuple(density)), sparsify_rows, workspace)
-    return _combine(deltas, base, weights, params["lambda"], normalize, True)
+    return _combine(deltas, base, weights, params["lambda"], normalize, True, out)
 
 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
-          workspace=None):
+          workspace=None, out=None):
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
                          consensus, memo, ("random", tuple(density), rescale, seed), workspace=workspace)
-    return _combine(deltas, base, weights, lambda_, normalize, consensus)
+    return _combine(deltas, base, weights, lambda_, normalize, consensus, out)
 
 
 @register("dare_linear", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True)
-def dare_linear(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, **params):
+          randomized=True, memoizes=True, writes_out=True)
+def dare_linear(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, out=None,
+                **params):
     """DARE: drop each task-vector entry with probability 1 - density, rescale, add up."""
     return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], False,
-                 memo, seed)
+                 memo, seed, out=out)
 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True, stacks=True)
+          randomized=True, memoizes=True, stacks=True, writes_out=True)
 def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, workspace=None,
-              **params):
+              out=None, **params):
     """DARE's random drop, then TIES's sign election."""
     return _dare(tensors, base, weights, density, normalize, rescale, generator, params["lambda"], True,
-                 memo, seed, workspace)
+                 memo, seed, workspace, out)
 
 
 _BREADCRUMBS_DENSITY = Param("density", 0.9, "fraction of each task vector kept", per_model=True,
@@ -240,19 +243,20 @@ def _breadcrumbs(tensors, base, density, gamma, sign_consensus, workspace=None):
                        sign_consensus, workspace=workspace)
 
 
-@register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required")
-def breadcrumbs(tensors, base, weights, density, gamma, normalize, **params):
+@register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required",
+          writes_out=True)
+def breadcrumbs(tensors, base, weights, density, gamma, normalize, out=None, **params):
     """Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add up."""
     return _combine(_breadcrumbs(tensors, base, density, gamma, False), base, weights, params["lambda"],
-                    normalize, False)
+                    normalize, False, out)
 
 
 @register("breadcrumbs_ties", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE),
-          base="required", stacks=True)
-def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, workspace=None, **params):
+          base="required", stacks=True, writes_out=True)
+def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, workspace=None, out=None, **params):
     """Model Breadcrumbs' band, then TIES's sign election."""
     return _combine(_breadcrumbs(tensors, base, density, gamma, True, workspace), base, weights,
-                    params["lambda"], normalize, True)
+                    params["lambda"], normalize, True, out)
 
 
 def _check_della(resolved):
@@ -270,19 +274,20 @@ def _della(tensors, base, density, epsilon, rescale, generator, sign_consensus, 
                                                                  generator(i)), sign_consensus, workspace=workspace)
 
 
-@register("della", _DELLA, base="required", randomized=True, check=_check_della, stacks=True)
-def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, workspace=None, **params):
+@register("della", _DELLA, base="required", randomized=True, check=_check_della, stacks=True, writes_out=True)
+def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, workspace=None, out=None,
+          **params):
     """DELLA: drop task-vector entries with probabilities by magnitude rank, elect signs, average."""
     return _combine(_della(tensors, base, density, epsilon, rescale, generator, True, workspace), base, weights,
-                    params["lambda"], normalize, True)
+                    params["lambda"], normalize, True, out)
 
 
 @register("della_linear", _DELLA[:4] + (_NO_NORMALIZE,) + _DELLA[5:], base="required",
-          randomized=True, check=_check_della)
-def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, **params):
+          randomized=True, check=_check_della, writes_out=True)
+def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, out=None, **params):
     """DELLA's rank-based drop, then a plain weighted sum (no sign election)."""
     return _combine(_della(tensors, base, density, epsilon, rescale, generator, False), base, weights,
-                    params["lambda"], normalize, False)
+                    params["lambda"], normalize, False, out)
 
 
 # ---- geometric methods -----------------------------------------------------------------------
