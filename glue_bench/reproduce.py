@@ -24,7 +24,7 @@ PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "h
            "mixture_levels", "mixture_routers", "mixture_routing", "mixture_hybrid", "merge_vs_mixture", "recipe")
 # --quick: per preset, the sweeps to run instead (each a list of overrides of the preset's own), all
 # with QUICK_EVAL; a selective job's final items are all test items outside its proxy set, whatever the limit
-QUICK_EVAL = ["eval.limit=40"]
+QUICK_EVAL = ["eval.limit=20"]
 _FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the swept strategy is chosen
 _SMALL_PROXY = "++strategy.proxy.size=5"
 QUICK = {

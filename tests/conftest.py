@@ -12,6 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first, and the longest of them (the study's reproduction, most of CI's time) first
+    of all: under `-n 2 --dist worksteal` one worker starts it at once while the other works
+    through everything else, stealing the first worker's queue when it runs out."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "test_reproduce.py" not in item.nodeid))
+
+
 @pytest.fixture(scope="session")
 def micro_cache(tmp_path_factory) -> Path:
     """A cache holding the micro zoo's base and mini2 models (GLUE_BENCH_TEST_CACHE reuses one)."""
