@@ -11,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and per subprocess it starts), before torch is imported: two workers'
+    # OpenMP threads spinning on two cores cost CI more than they gave (25 min against 28 serially)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(items):
     """Slow tests first, and the longest of them (the study's reproduction, most of CI's time) first
