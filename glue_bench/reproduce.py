@@ -27,8 +27,10 @@ PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "h
 QUICK_EVAL = ["eval.limit=20"]
 _FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the swept strategy is chosen
 _SMALL_PROXY = "++strategy.proxy.size=5"
+_SHORT_GRID = "++strategy.search.grid=[0.3,0.7]"  # the heuristics' shares tried: 2, not 9
 QUICK = {
-    "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY],
+    "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY,
+                    _SHORT_GRID],
                    ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
     "method_evolution": [["zoo=mini4", "method=linear,ties", _FEW_TRIALS, _SMALL_PROXY]],
     "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "++strategy.search.evolutionary.n_trials=3",
