@@ -12,8 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one thread per worker (and per subprocess it starts), before torch is imported: two workers'
-    # OpenMP threads spinning on two cores cost CI more than they gave (25 min against 28 serially)
+    # one thread per worker (and per subprocess it starts), set before torch is imported: with two
+    # OpenMP threads each, two workers' spinning threads fought over two cores (CI: 25 min, 20 without)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
