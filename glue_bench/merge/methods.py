@@ -79,6 +79,7 @@ class _Stack:
     deltas: torch.Tensor    # [N, numel]
     factors: list[float]
     shared: bool            # kept for later candidates: never overwritten
+    scratch: torch.Tensor | None = None  # [numel], the election's to overwrite (else it allocates)
 
     @property
     def nbytes(self) -> int:
@@ -90,14 +91,17 @@ def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, sha
     in place row by row by `sparsify` (as in `_task_vectors`), or all at once by
     `sparsify_rows(deltas) -> factors`. Holds N x the tensor: the memory the engine allows a merge
     beyond its output. Made in the `workspace`'s buffer when given (to be overwritten by the next
-    tensor's); `shared` when kept for the next candidates of a search."""
+    tensor's), with one row more as the election's scratch; `shared` when kept for the next
+    candidates of a search."""
     size = len(tensors) * base.numel()
+    scratch = None
     if workspace is None:
         buffer = torch.empty(size, dtype=base.dtype, device=base.device)
     else:  # one buffer for all of a merge's tensors: no allocation per tensor, none left fragmented
         buffer = workspace.get("stack")
-        if buffer is None or buffer.numel() < size or buffer.device != base.device:
-            buffer = workspace["stack"] = torch.empty(size, dtype=base.dtype, device=base.device)
+        if buffer is None or buffer.numel() < size + base.numel() or buffer.device != base.device:
+            buffer = workspace["stack"] = torch.empty(size + base.numel(), dtype=base.dtype, device=base.device)
+        scratch = buffer[size:size + base.numel()]
     deltas = buffer[:size].view(len(tensors), base.numel())
     factors = []
     for i, tensor in enumerate(tensors):
@@ -109,7 +113,7 @@ def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, sha
             factors.append(factor)
     if sparsify_rows is not None:
         factors = sparsify_rows(deltas)
-    return _Stack(deltas, factors, shared)
+    return _Stack(deltas, factors, shared, scratch)
 
 
 def _sparsified(tensors, base, sparsify, sign_consensus, memo=None, key=None, sparsify_rows=None,
@@ -159,7 +163,7 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
     # the three weight vectors, made in one call: c, |c| and the weights of nonzero terms
     signed, absolute, active = _vector([coefficients, [abs(c) for c in coefficients],
                                         [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]], base)
-    elected = torch.mv(stack.deltas.T, signed)
+    elected = torch.mv(stack.deltas.T, signed, out=stack.scratch)
     elected.sign_().add_(0.5).sign_()                    # +1 where the sum is >= 0, else -1
     agreeing = torch.mul(stack.deltas, elected, out=None if stack.shared else stack.deltas)
     for i, coefficient in enumerate(coefficients):

@@ -82,7 +82,10 @@ def _kth_largest_magnitude_on_device(flat: torch.Tensor, k: int) -> tuple[float,
     return float(threshold), int((magnitude > threshold).sum()) if tied_outside else None
 
 
-_SELECTED_AT_ONCE = 1 << 18  # magnitudes copied for selection at once: 1 MiB, unless a row is longer
+# magnitudes copied for selection at once: 512 KiB, unless a row is longer. Several rows of a small
+# tensor share a numpy call; a row of mini8's largest tensor (131072 entries) goes alone, since the
+# copy is memory held beyond the stack (two rows at once put mini8's TIES merge 0.5 MB higher)
+_SELECTED_AT_ONCE = 1 << 17
 
 
 def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) -> tuple[np.ndarray, list]:
