@@ -1,6 +1,8 @@
 """Each merge method against an independent direct computation on small tensors."""
 
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -8,6 +10,21 @@ import torch
 
 from glue_bench.merge import MergeError, get_method
 from glue_bench.merge.params import at_depth, resolve
+
+
+@pytest.fixture(params=["kernels", "torch"])
+def backend(request, monkeypatch):
+    """The CPU's C kernels (kernels.c), or the torch path that CUDA and compiler-less machines use."""
+    from glue_bench.merge import kernels
+
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "_library", None)
+        monkeypatch.setattr(kernels, "_tried", True)
+    elif kernels.library() is None:
+        if shutil.which(os.environ.get("CC", "cc")):
+            pytest.fail("a C compiler is on PATH but glue_bench's kernels did not build")
+        pytest.skip("no C compiler: the kernels cannot be built here")
+    return request.param
 
 
 def merge(name, tensors, base=None, generator=None, **params):
@@ -29,7 +46,7 @@ def test_task_arithmetic_is_base_plus_scaled_sum_of_deltas():
     assert torch.allclose(out, base + 0.7 * (0.5 * (a - base) + 2.0 * (b - base)), atol=1e-6)
 
 
-def test_ties_trims_elects_signs_and_averages_agreeing_entries():
+def test_ties_trims_elects_signs_and_averages_agreeing_entries(backend):
     base = torch.zeros(6)
     a = torch.tensor([3.0, -1.0, 0.5, 2.0, -4.0, 0.1])
     b = torch.tensor([-1.0, -2.0, 0.2, 3.0, 1.0, -5.0])
@@ -47,7 +64,7 @@ def test_ties_trims_elects_signs_and_averages_agreeing_entries():
 
 
 @pytest.mark.parametrize("weights", [[0.7, 0.2, 1.3], [0.7, -0.4, 1.3], [0.0, 0.5, 2.0]])
-def test_ties_with_any_weights_follows_the_entrywise_definition(weights):
+def test_ties_with_any_weights_follows_the_entrywise_definition(weights, backend):
     torch.manual_seed(3)
     base, *models = torch.randn(4, 7, 6)
     out = merge("ties", models, base, weights=weights, density=0.4, **{"lambda": 0.9})
@@ -67,7 +84,7 @@ def test_ties_with_any_weights_follows_the_entrywise_definition(weights):
     assert torch.allclose(out.flatten(), expected, atol=1e-5)
 
 
-def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes():
+def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes(backend):
     from glue_bench.merge.sparsify import top_magnitude
 
     kept, factor = top_magnitude(torch.tensor([1.0, -1.0, 1.0, 1.0, 0.5, 2.0]), 0.5)
@@ -78,7 +95,7 @@ def test_ties_keeps_exactly_k_entries_the_first_of_tied_magnitudes():
 
 
 @pytest.mark.parametrize("distinct", [40, None])  # few distinct magnitudes (fp16/bf16 deltas) or all distinct
-def test_top_magnitude_on_large_tensors_matches_a_stable_sort(distinct):
+def test_top_magnitude_on_large_tensors_matches_a_stable_sort(distinct, backend):
     """Above 65536 entries, tie-heavy magnitudes are selected by counting, others by introselect:
     both against the first k of a stable sort by descending magnitude."""
     from glue_bench.merge.sparsify import top_magnitude
@@ -105,7 +122,7 @@ def _first_k_by_stable_sort(values, density):
 
 @pytest.mark.parametrize("densities", [[0.3] * 8, [0.3, 0.3, 0.6, 0.3, 1.0, 0.05, 0.3, 0.3]])
 @pytest.mark.parametrize("n, per_group", [(20_000, 3), (100_000, 2)])
-def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(monkeypatch, densities, n, per_group):
+def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(monkeypatch, densities, n, per_group, backend):
     """Every model's top-k at once: rows selected in groups, with one k for all or one per row, a
     third of the rows full of tied magnitudes (above 65536 entries these are selected by counting,
     beside rows selected by introselect), one kept whole (density 1)."""
@@ -122,7 +139,7 @@ def test_top_magnitude_rows_selects_each_row_as_a_stable_sort_would(monkeypatch,
     assert np.array_equal(kept.numpy(), expected)
 
 
-def test_a_merge_s_stacking_buffer_serves_tensors_of_any_size_in_turn():
+def test_a_merge_s_stacking_buffer_serves_tensors_of_any_size_in_turn(backend):
     """The engine hands a merge's tensors one after another the same workspace: a smaller tensor
     uses part of the buffer, a larger one grows it; each merged as if alone, and no result lives in
     the buffer (the next tensor would overwrite it)."""
@@ -147,7 +164,7 @@ def _fixed_generators(seeds):
 
 
 @pytest.mark.parametrize("rescale", ["inverse_density", "l1", "none"])
-def test_dare_linear_drops_with_the_seeded_mask_and_rescales(rescale):
+def test_dare_linear_drops_with_the_seeded_mask_and_rescales(rescale, backend):
     torch.manual_seed(1)
     base, a, b = torch.randn(3, 50, 40)
     out = merge("dare_linear", [a, b], base, _fixed_generators([11, 12]), weights=[0.6, 0.4], density=0.3,
@@ -164,6 +181,25 @@ def test_dare_linear_drops_with_the_seeded_mask_and_rescales(rescale):
     assert torch.allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 255, 256, 257, 1021, 50_000])
+def test_dare_s_kernel_draws_numpy_s_pcg64_stream(n):
+    """The C kernel makes numpy's PCG64 draws itself (two interleaved chains): the same mask as
+    random_raw's, for any length (partial words and blocks), and the generator left where
+    random_raw leaves it."""
+    from glue_bench.merge import kernels
+
+    if kernels.library() is None:
+        pytest.skip("no C kernels here")
+    values = torch.from_numpy(np.random.default_rng(n).standard_normal(n).astype(np.float32))
+    for seed, cut in ((5, -20000), (6, 0), (7, 30000)):
+        ours, theirs = np.random.PCG64(seed), np.random.PCG64(seed)
+        kept = values.clone()
+        kernels.dare_keep(kept, ours, cut)
+        expected = values.numpy() * (theirs.random_raw((n + 3) // 4).view(np.int16)[:n] < cut)
+        assert np.array_equal(kept.numpy(), expected)
+        assert ours.state == theirs.state
+
+
 def test_dare_rescaled_by_inverse_density_is_unbiased():
     torch.manual_seed(2)
     base, a = torch.zeros(2000), torch.randn(2000)
@@ -174,7 +210,7 @@ def test_dare_rescaled_by_inverse_density_is_unbiased():
     assert 0.15 < float((outs[0] != 0).float().mean()) < 0.45  # two independent 20% masks
 
 
-def test_dare_ties_elects_signs_on_dropped_deltas():
+def test_dare_ties_elects_signs_on_dropped_deltas(backend):
     base = torch.zeros(4)
     a, b = torch.tensor([1.0, -2.0, 3.0, -4.0]), torch.tensor([-1.0, 1.0, 1.0, 1.0])
     out = merge("dare_ties", [a, b], base, _fixed_generators([0, 0]), density=1.0)  # nothing dropped

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from glue_bench.merge import MergeError, register
+from glue_bench.merge import MergeError, kernels, register
 from glue_bench.merge.params import Param
 from glue_bench.merge.sparsify import RESCALES, magnitude_band, random_keep, rank_keep, top_magnitude_rows
 
@@ -157,12 +157,17 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
     divides by the sum of those terms' weights w_i. With g_i = sign(c_i) and
     P_i = max(g_i delta_i s, 0), term i agrees where P_i > 0, so
         sum of agreeing terms = s * sum_i |c_i| P_i,    their weights = sum_i w_i [P_i > 0]:
-    three matrix-vector products and three passes over the stack, in place unless it is shared.
-    All float ops (on CPU, torch's comparisons and boolean masks are about four times slower)."""
+    on the CPU, one pass of the C kernel (kernels.c); else three matrix-vector products and three
+    passes over the stack, in place unless it is shared, all float ops (torch's comparisons and
+    boolean masks are about four times slower)."""
     coefficients = [w * f for w, f in zip(weights, stack.factors)]
-    # the three weight vectors, made in one call: c, |c| and the weights of nonzero terms
-    signed, absolute, active = _vector([coefficients, [abs(c) for c in coefficients],
-                                        [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]], base)
+    # the three weight vectors: c, |c| and the weights of nonzero terms
+    vectors = [coefficients, [abs(c) for c in coefficients],
+               [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]]
+    if kernels.usable(stack.deltas, base, *([] if out is None else [out])):  # all of it in one pass
+        return kernels.ties_combine(stack.deltas, *vectors, base, lambda_, normalize,
+                                    torch.empty_like(base) if out is None else out)
+    signed, absolute, active = _vector(vectors, base)  # made in one call
     elected = torch.mv(stack.deltas.T, signed, out=stack.scratch)
     elected.sign_().add_(0.5).sign_()                    # +1 where the sum is >= 0, else -1
     agreeing = torch.mul(stack.deltas, elected, out=None if stack.shared else stack.deltas)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glue_bench.merge import kernels
+
 RESCALES = ("inverse_density", "l1", "none")
 
 
@@ -43,6 +45,10 @@ def top_magnitude_rows(rows: torch.Tensor, densities: list[float]) -> None:
     ks = [max(1, int(density * n)) for density in densities]
     todo = [r for r, density in enumerate(densities) if density < 1 and ks[r] < n]
     if not todo:
+        return
+    if kernels.usable(rows):  # the thresholds by numpy, the trim in one C pass per row
+        thresholds, _ = _kth_largest_magnitudes(rows, ks, todo, counts=False)
+        kernels.keep_top(rows, todo, thresholds.view(np.int32), [ks[r] for r in todo])
         return
     if rows.device.type == "cpu":
         thresholds, n_above = _kth_largest_magnitudes(rows, ks, todo)
@@ -88,11 +94,13 @@ def _kth_largest_magnitude_on_device(flat: torch.Tensor, k: int) -> tuple[float,
 _SELECTED_AT_ONCE = 1 << 17
 
 
-def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) -> tuple[np.ndarray, list]:
+def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int],
+                            counts: bool = True) -> tuple[np.ndarray, list]:
     """`_kth_largest_magnitude_on_device` for rows `todo` of `rows` on the CPU, as float32
-    thresholds and counts. The magnitudes are selected as int32 bit patterns (being >= 0, they sort
-    like the floats; numpy's selection on them is 10-20x faster than torch's topk or kthvalue on
-    this CPU), copied a few rows at a time: at most `_SELECTED_AT_ONCE` entries, or one row."""
+    thresholds and counts (all None unless `counts`, which costs a pass). The magnitudes are
+    selected as int32 bit patterns (being >= 0, they sort like the floats; numpy's selection on
+    them is 10-20x faster than torch's topk or kthvalue on this CPU), copied a few rows at a time:
+    at most `_SELECTED_AT_ONCE` entries, or one row."""
     n = rows.shape[1]
     per_group = max(1, _SELECTED_AT_ONCE // n)
     values = rows.numpy()
@@ -109,10 +117,10 @@ def _kth_largest_magnitudes(rows: torch.Tensor, ks: list[int], todo: list[int]) 
         heavy = _repeats_a_lot(bits)
         group_ks = [ks[r] for r in group]
         if len(set(group_ks)) == 1 and not heavy.any():
-            found += _kth_largest_by_partition(bits, group_ks[0])  # the group's rows at once
+            found += _kth_largest_by_partition(bits, group_ks[0], counts)  # the group's rows at once
         else:
-            found += [(_kth_largest_by_counting if heavy[j] else _kth_largest_by_partition)(bits[j:j + 1], k)[0]
-                      for j, k in enumerate(group_ks)]
+            found += [_kth_largest_by_counting(bits[j:j + 1], k)[0] if heavy[j]
+                      else _kth_largest_by_partition(bits[j:j + 1], k, counts)[0] for j, k in enumerate(group_ks)]
     kth, n_above = zip(*found)
     return np.array(kth, dtype=np.int32).view(np.float32), n_above
 
@@ -129,12 +137,15 @@ def _repeats_a_lot(bits: np.ndarray) -> np.ndarray:
     return distinct <= 0.95 * sample.shape[1]
 
 
-def _kth_largest_by_partition(bits: np.ndarray, k: int) -> list[tuple[int, int | None]]:
+def _kth_largest_by_partition(bits: np.ndarray, k: int, counts: bool = True) -> list[tuple[int, int | None]]:
     """Per row of non-negative int32s (reordered in place): its k-th largest v, and, when a value
-    equal to v lies outside the top k, how many values exceed v (else None). numpy's introselect."""
+    equal to v lies outside the top k, how many values exceed v (else None; always None unless
+    `counts`). numpy's introselect."""
     n = bits.shape[1]
     bits.partition(n - k, axis=1)  # [:, n-k] is the k-th largest, smaller ones before, larger after
     kth = bits[:, n - k]
+    if not counts:
+        return [(value, None) for value in kth.tolist()]
     tied_below = bits[:, :n - k].max(axis=1) == kth if n > k else np.zeros(len(bits), dtype=bool)
     return [(value, int(np.count_nonzero(row[n - k:] > value)) if tied else None)
             for row, value, tied in zip(bits, kth.tolist(), tied_below.tolist())]
@@ -188,13 +199,17 @@ def random_keep(delta: torch.Tensor, density: float, rescale: str,
     levels = max(1, round(density * 65536))
     n = delta.numel()
     l1_before = delta.abs().sum() if rescale == "l1" else None
-    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]
     cut = levels - 32768  # kept where bits < cut: probability levels / 65536
-    if delta.device.type == "cpu":  # two numpy calls: a third of the time of torch's float mask
+    if kernels.usable(delta) and isinstance(rng.bit_generator, np.random.PCG64):
+        kernels.dare_keep(delta, rng.bit_generator, cut)  # the same draws, made and applied in one pass
+        kept = delta
+    elif delta.device.type == "cpu":  # two numpy calls: a third of the time of torch's float mask
+        bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]
         values = delta.view(-1).numpy()
         np.multiply(values, bits < cut, out=values)
         kept = delta
     else:  # a 0/1 float mask: (bits - cut) clamped to [-1, 0], negated
+        bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.int16)[:n]
         keep = torch.from_numpy(bits).to(delta.device, torch.float32).sub_(cut).clamp_(-1, 0).neg_()
         kept = delta.mul_(keep.view_as(delta))
         del keep

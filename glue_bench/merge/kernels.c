@@ -1,0 +1,152 @@
+/* Fused CPU kernels for the sparsify-and-elect merge methods: each makes one or two passes where
+ * torch and numpy make a dozen, with their temporaries. Built and loaded by kernels.py, which
+ * also says which Python code each one stands in for (the torch path, kept for CUDA).
+ *
+ * Compiled with -fno-trapping-math: without it gcc may not turn the comparisons below into
+ * vector selects (a comparison may trap), and these loops run 25x slower. No -ffast-math: it
+ * would reorder sums and, in a shared library, switch the whole process to flush-to-zero. */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#define BLOCK 256  /* entries per block of ties_combine: its three accumulators stay in L1 */
+
+/* TIES: out = base + lambda * s * (sum_i |c_i| P_i) / (sum_i w_i [P_i > 0]) with
+ * s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0); the divisor is
+ * used only when `normalize`, and a zero divisor counts as 1. deltas: [n_models, numel], row i
+ * holding model i's task vector d_i; c = `signed`, |c| = `absolute`, w = `active`. Reads the
+ * stack, never writes it (a search's cache keeps it for the next candidate). */
+void ties_combine(const float *deltas, int64_t n_models, int64_t numel, const float *signed_c,
+                  const float *absolute, const float *active, const float *base, float lambda,
+                  int normalize, float *out) {
+    float sign[BLOCK], total[BLOCK], divisor[BLOCK];
+    for (int64_t start = 0; start < numel; start += BLOCK) {
+        int64_t n = numel - start < BLOCK ? numel - start : BLOCK;
+        memset(sign, 0, sizeof sign);
+        memset(total, 0, sizeof total);
+        memset(divisor, 0, sizeof divisor);
+        for (int64_t i = 0; i < n_models; i++) {
+            const float *d = deltas + i * numel + start;
+            float c = signed_c[i];
+            for (int64_t j = 0; j < n; j++) sign[j] += c * d[j];
+        }
+        for (int64_t j = 0; j < n; j++) sign[j] = 1.0f - 2.0f * (float)(sign[j] < 0);
+        for (int64_t i = 0; i < n_models; i++) {
+            if (signed_c[i] == 0) continue;  /* a zero term never agrees */
+            const float *d = deltas + i * numel + start;
+            float g = signed_c[i] > 0 ? 1.0f : -1.0f, a = absolute[i], w = active[i];
+            for (int64_t j = 0; j < n; j++) {
+                float x = g * d[j] * sign[j];
+                float agreeing = 0.5f * (x + fabsf(x));  /* max(x, 0), exactly */
+                total[j] += a * agreeing;
+                divisor[j] += w * (float)(agreeing > 0);
+            }
+        }
+        for (int64_t j = 0; j < n; j++) {
+            float merged = sign[j] * total[j];
+            if (normalize) merged /= divisor[j] + (float)(divisor[j] == 0);
+            out[start + j] = base[start + j] + lambda * merged;
+        }
+    }
+}
+
+static inline uint32_t magnitude_bits(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits & 0x7fffffffu;  /* |x|, as an integer that orders like the float */
+}
+
+/* Zeroes the entries of x [n] below `threshold` in magnitude (as +0); counts those above and at
+ * it. Counted in int32 per chunk, which gcc vectorizes (int64 counters it does not). */
+static void zero_below(float *x, int64_t n, uint32_t threshold, int64_t *above, int64_t *tied) {
+    const int32_t t = (int32_t)threshold;  /* magnitudes' bits are < 2^31 */
+    *above = *tied = 0;
+    for (int64_t start = 0; start < n; start += 1 << 20) {
+        int64_t count = n - start < 1 << 20 ? n - start : 1 << 20;
+        int32_t chunk_above = 0, chunk_tied = 0;
+        float *chunk = x + start;
+        for (int64_t j = 0; j < count; j++) {
+            int32_t bits = (int32_t)magnitude_bits(chunk[j]);
+            chunk_above += bits > t;
+            chunk_tied += bits == t;
+            chunk[j] = bits < t ? 0.0f : chunk[j];
+        }
+        *above += chunk_above;
+        *tied += chunk_tied;
+    }
+}
+
+/* TIES's trim: in each row r of `rows` [.., n] listed in `todo`, keep the k[r] entries of largest
+ * magnitude, given the k-th largest magnitude's bits `kth`; of the entries tied at it, the lowest
+ * indices are kept, so exactly k survive. Zeroed entries become +0. */
+void keep_top(float *rows, int64_t n, const int64_t *todo, int64_t n_todo, const uint32_t *kth,
+              const int64_t *k) {
+    for (int64_t t = 0; t < n_todo; t++) {
+        float *x = rows + todo[t] * n;
+        uint32_t threshold = kth[t];
+        if (threshold == 0) continue;  /* every nonzero entry is among the k */
+        int64_t above, tied;
+        zero_below(x, n, threshold, &above, &tied);
+        if (above + tied <= k[t]) continue;
+        int64_t keep = k[t] - above;  /* the first `keep` tied entries stay */
+        for (int64_t j = 0; j < n; j++) {
+            if (magnitude_bits(x[j]) == threshold) {
+                if (keep > 0) keep--;
+                else x[j] = 0.0f;
+            }
+        }
+    }
+}
+
+static inline uint64_t pcg64_output(unsigned __int128 state) {  /* XSL-RR */
+    uint64_t folded = (uint64_t)(state >> 64) ^ (uint64_t)state;
+    unsigned rotation = (unsigned)(state >> 122);
+    return (folded >> rotation) | (folded << ((-rotation) & 63));
+}
+
+/* numpy's PCG64 (a 128-bit LCG, state = a * state + inc, and the XSL-RR output of each new state):
+ * `count` 64-bit draws, as random_raw gives them. Made by two chains that each step two states
+ * at once (a^2 * state + (a + 1) * inc), which the CPU runs side by side: twice the speed of one
+ * chain, whose every multiply waits on the previous one. */
+static void pcg64_fill(unsigned __int128 *state_io, unsigned __int128 inc, uint64_t *draws, int64_t count) {
+    const unsigned __int128 a = ((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL;
+    unsigned __int128 state = *state_io;  /* a local: kept in registers */
+    int64_t q = 0;
+    if (count >= 2) {
+        const unsigned __int128 a2 = a * a, inc2 = (a + 1) * inc;
+        unsigned __int128 even = a * state + inc, odd = a * even + inc;
+        for (; q + 2 <= count; q += 2) {
+            draws[q] = pcg64_output(even);
+            draws[q + 1] = pcg64_output(odd);
+            state = odd;
+            even = a2 * even + inc2;
+            odd = a2 * odd + inc2;
+        }
+    }
+    for (; q < count; q++) {
+        state = a * state + inc;
+        draws[q] = pcg64_output(state);
+    }
+    *state_io = state;
+}
+
+/* DARE's drop: entry j of `x` [n] survives where the j-th 16-bit piece of numpy's
+ * random_raw((n + 3) / 4) stream, as int16 (little-endian, as numpy's .view(np.int16) reads it),
+ * is below `cut`; a dropped entry is multiplied by 0, as numpy's `x * mask` does. The stream starts
+ * from the PCG64 state (state_high:state_low, inc_high:inc_low), which is left advanced. The draws
+ * go through a small buffer: made serially, then applied by vector instructions. */
+void dare_keep(float *x, int64_t n, uint64_t *state_words, const uint64_t *inc_words, int32_t cut) {
+    unsigned __int128 state = ((unsigned __int128)state_words[0] << 64) | state_words[1];
+    unsigned __int128 inc = ((unsigned __int128)inc_words[0] << 64) | inc_words[1];
+    uint64_t draws[BLOCK / 4];
+    int16_t pieces[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        pcg64_fill(&state, inc, draws, (count + 3) / 4);
+        memcpy(pieces, draws, sizeof pieces);  /* little-endian: piece 4q + r is bits 16r.. of draw q */
+        float *block = x + start;
+        for (int64_t j = 0; j < count; j++) block[j] *= (float)(pieces[j] < cut);
+    }
+    state_words[0] = (uint64_t)(state >> 64);
+    state_words[1] = (uint64_t)state;
+}

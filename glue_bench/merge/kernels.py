@@ -1,0 +1,144 @@
+"""Fused CPU kernels (kernels.c) for TIES's trim and sign election and DARE's random drop.
+
+On the CPU these steps are a dozen torch and numpy calls each, on tensors small enough that
+per-call costs and temporaries outweigh the arithmetic; each kernel does its step in one or two
+passes. They compute what the torch path computes (kept for CUDA, and for machines without a C
+compiler): the same formulas, the same kept entries, the same random stream; only the election's
+sums may add up in another order (a few ulp). The tests run both paths against direct formulas.
+
+Built on first use with the system's C compiler ($CC, else cc) for this CPU (-march=native), into
+$GLUE_BENCH_CACHE/kernels/ under a name hashed from the source, the flags and the CPU, and loaded
+with ctypes (which releases the GIL during a call). If no compiler works, a warning says so once
+and merges take the torch path. GLUE_BENCH_KERNELS=0 turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC"]
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_SIGNATURES = {
+    "ties_combine": [_P, _I64, _I64, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int, _P],
+    "keep_top": [_P, _I64, _P, _I64, _P, _P],
+    "dare_keep": [_P, _I64, _P, _P, ctypes.c_int32],
+}
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on the first call; None when turned off or not buildable."""
+    global _library, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("GLUE_BENCH_KERNELS", "1") != "0":
+            try:
+                _library = _load(_build())
+            except (OSError, subprocess.SubprocessError) as err:
+                warnings.warn(f"glue_bench: no C kernels ({err}); merging on the CPU with torch ops, "
+                              "about 1.3x slower for TIES and DARE", RuntimeWarning, stacklevel=2)
+    return _library
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: float32, contiguous, in CPU memory."""
+    for tensor in tensors:
+        if tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
+            return False
+    return (_library if _tried else library()) is not None
+
+
+def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Tensor, lambda_: float,
+                 normalize: bool, out: torch.Tensor) -> torch.Tensor:
+    """TIES's election and average of the stacked task vectors `deltas` [N, numel] into `out`
+    (see kernels.c); signed, absolute, active: the election's N coefficients."""
+    coefficients = np.array([signed, absolute, active], dtype=np.float32)
+    library().ties_combine(deltas.data_ptr(), deltas.shape[0], deltas.shape[1], coefficients[0].ctypes.data,
+                           coefficients[1].ctypes.data, coefficients[2].ctypes.data, base.data_ptr(),
+                           lambda_, int(normalize), out.data_ptr())
+    return out
+
+
+def keep_top(rows: torch.Tensor, todo: list[int], kth_bits: np.ndarray, ks: list[int]) -> None:
+    """Keep the ks[t] largest magnitudes of row todo[t] of `rows` [N, n], in place, given the k-th
+    largest magnitude as int32 bits; the lowest indices of tied ones are kept."""
+    todo_ = np.array(todo, dtype=np.int64)
+    kth = np.ascontiguousarray(kth_bits, dtype=np.uint32)
+    ks_ = np.array(ks, dtype=np.int64)
+    library().keep_top(rows.data_ptr(), rows.shape[1], todo_.ctypes.data, len(todo), kth.ctypes.data,
+                       ks_.ctypes.data)
+
+
+def dare_keep(values: torch.Tensor, bit_generator: np.random.PCG64, cut: int) -> None:
+    """Zero the entries of `values` whose 16-bit draw from `bit_generator` is not below `cut`:
+    `values *= random_raw(ceil(n / 4)).view(int16)[:n] < cut`, without the draws' array. The
+    generator is left advanced past those draws, as random_raw leaves it."""
+    state = bit_generator.state
+    words = _UINT64_PAIR(*_halves(state["state"]["state"]))
+    library().dare_keep(values.data_ptr(), values.numel(), words, _UINT64_PAIR(*_halves(state["state"]["inc"])),
+                        cut)
+    state["state"]["state"] = words[0] << 64 | words[1]
+    bit_generator.state = state
+
+
+_UINT64_PAIR = ctypes.c_uint64 * 2
+
+
+def _halves(value: int) -> tuple[int, int]:
+    return value >> 64, value & (1 << 64) - 1
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CC", "cc")
+    source = _SOURCE.read_bytes()
+    tag = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), compiler.encode(),
+                                      _cpu_description().encode()])).hexdigest()[:16]
+    from glue_bench.zoo.mini.build import cache_root
+
+    target = cache_root() / "kernels" / f"kernels-{tag}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # built beside the target and renamed into place: concurrent builds (test workers) never
+    # load a half-written library
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        result = subprocess.run([compiler, *_FLAGS, "-o", str(built), str(_SOURCE)], capture_output=True,
+                                text=True, timeout=120)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no message"])[0]
+            raise OSError(f"{compiler} failed on {_SOURCE.name}: {first}")
+        os.replace(built, target)
+    return target
+
+
+def _cpu_description() -> str:
+    """What -march=native builds for: the CPU's model and flags (a cache shared by several
+    machines keeps one library per kind of CPU)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = None
+    return lib
