@@ -210,6 +210,36 @@ def test_dare_rescaled_by_inverse_density_is_unbiased():
     assert 0.15 < float((outs[0] != 0).float().mean()) < 0.45  # two independent 20% masks
 
 
+@pytest.mark.parametrize("rescale", ["inverse_density", "l1", "none"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_dare_ties_drops_with_the_seeded_masks_then_elects_signs(backend, rescale, normalize):
+    torch.manual_seed(5)
+    base, *models = torch.randn(4, 30, 20)
+    weights, densities, seeds = [0.6, 1.1, 0.8], [0.3, 0.65, 1.0], [21, 22, 23]
+    out = merge("dare_ties", models, base, _fixed_generators(seeds), weights=weights, density=densities,
+                rescale=rescale, normalize=normalize)
+    terms = []
+    for model, weight, density, seed in zip(models, weights, densities, seeds):
+        delta = (model - base).flatten().double()
+        if density < 1:
+            levels = round(density * 65536)
+            words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(150)
+            kept = delta * torch.from_numpy(words.view(np.int16).astype(np.int64) + 32768 < levels)
+            scale = {"inverse_density": 65536 / levels, "l1": float(delta.abs().sum() / kept.abs().sum()),
+                     "none": 1.0}[rescale]
+        else:
+            kept, scale = delta, 1.0
+        terms.append(weight * scale * kept)
+    expected = []
+    for j in range(600):  # the terms with the sign of their sum; divided by their weights if normalize
+        column = [float(t[j]) for t in terms]
+        sign = 1.0 if sum(column) >= 0 else -1.0
+        agreeing = [(term, w) for term, w in zip(column, weights) if term != 0 and math.copysign(1, term) == sign]
+        divisor = (sum(w for _, w in agreeing) or 1.0) if normalize else 1.0
+        expected.append(float(base.flatten()[j]) + sum(term for term, _ in agreeing) / divisor)
+    assert torch.allclose(out.flatten(), torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+
+
 def test_dare_ties_elects_signs_on_dropped_deltas(backend):
     base = torch.zeros(4)
     a, b = torch.tensor([1.0, -2.0, 3.0, -4.0]), torch.tensor([-1.0, 1.0, 1.0, 1.0])

@@ -150,3 +150,13 @@ void dare_keep(float *x, int64_t n, uint64_t *state_words, const uint64_t *inc_w
     state_words[0] = (uint64_t)(state >> 64);
     state_words[1] = (uint64_t)state;
 }
+
+/* dare_keep on rows todo[t] of `rows` [.., n], each from its own PCG64 state (states, incs: the
+ * 128-bit values as high, low pairs) and with its own cut; the states are not written back. */
+void dare_keep_rows(float *rows, int64_t n, const int64_t *todo, int64_t n_todo, const uint64_t *states,
+                    const uint64_t *incs, const int32_t *cuts) {
+    for (int64_t t = 0; t < n_todo; t++) {
+        uint64_t state[2] = {states[2 * t], states[2 * t + 1]};
+        dare_keep(rows + todo[t] * n, n, state, incs + 2 * t, cuts[t]);
+    }
+}

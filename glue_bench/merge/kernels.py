@@ -34,6 +34,7 @@ _SIGNATURES = {
     "ties_combine": [_P, _I64, _I64, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int, _P],
     "keep_top": [_P, _I64, _P, _I64, _P, _P],
     "dare_keep": [_P, _I64, _P, _P, ctypes.c_int32],
+    "dare_keep_rows": [_P, _I64, _P, _I64, _P, _P, _P],
 }
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -92,6 +93,17 @@ def dare_keep(values: torch.Tensor, bit_generator: np.random.PCG64, cut: int) ->
                         cut)
     state["state"]["state"] = words[0] << 64 | words[1]
     bit_generator.state = state
+
+
+def dare_keep_rows(rows: torch.Tensor, todo: list[int], states: list[int], incs: list[int], cuts: list[int]) -> None:
+    """`dare_keep` on rows todo[t] of `rows` [N, n], each from the PCG64 state states[t] (with
+    increment incs[t]: numpy's 128-bit values) and with cut cuts[t], in one call."""
+    todo_ = np.array(todo, dtype=np.int64)
+    states_ = np.array([half for value in states for half in _halves(value)], dtype=np.uint64)
+    incs_ = np.array([half for value in incs for half in _halves(value)], dtype=np.uint64)
+    cuts_ = np.array(cuts, dtype=np.int32)
+    library().dare_keep_rows(rows.data_ptr(), rows.shape[1], todo_.ctypes.data, len(todo), states_.ctypes.data,
+                             incs_.ctypes.data, cuts_.ctypes.data)
 
 
 _UINT64_PAIR = ctypes.c_uint64 * 2

@@ -16,7 +16,8 @@ import torch
 
 from glue_bench.merge import MergeError, kernels, register
 from glue_bench.merge.params import Param
-from glue_bench.merge.sparsify import RESCALES, magnitude_band, random_keep, rank_keep, top_magnitude_rows
+from glue_bench.merge.sparsify import (RESCALES, magnitude_band, random_keep, random_keep_rows, rank_keep,
+                                      top_magnitude_rows)
 
 # parameters several methods share, declared once
 WEIGHTS = Param("weights", 1.0, "one per model (or one for all)", per_model=True)
@@ -88,7 +89,7 @@ class _Stack:
 
 def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, shared=False) -> _Stack:
     """The task vectors in the rows of one matrix (inputs still read one at a time), sparsified
-    in place row by row by `sparsify` (as in `_task_vectors`), or all at once by
+    in place row by row by `sparsify` (as in `_task_vectors`), or, when given, all at once by
     `sparsify_rows(deltas) -> factors`. Holds N x the tensor: the memory the engine allows a merge
     beyond its output. Made in the `workspace`'s buffer when given (to be overwritten by the next
     tensor's), with one row more as the election's scratch; `shared` when kept for the next
@@ -106,7 +107,7 @@ def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, sha
     factors = []
     for i, tensor in enumerate(tensors):
         row = torch.sub(tensor, base, out=deltas[i].view_as(base))
-        if sparsify is not None:
+        if sparsify is not None and sparsify_rows is None:
             kept, factor = sparsify(i, row)
             if kept.data_ptr() != row.data_ptr():
                 row.copy_(kept)
@@ -221,7 +222,8 @@ def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
           workspace=None, out=None):
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
-                         consensus, memo, ("random", tuple(density), rescale, seed), workspace=workspace)
+                         consensus, memo, ("random", tuple(density), rescale, seed),
+                         lambda rows: random_keep_rows(rows, density, rescale, generator), workspace)
     return _combine(deltas, base, weights, lambda_, normalize, consensus, out)
 
 

@@ -215,7 +215,31 @@ def random_keep(delta: torch.Tensor, density: float, rescale: str,
         del keep
     if rescale == "inverse_density":
         return kept, 65536 / levels
-    return kept, _l1_factor(l1_before, kept) if rescale == "l1" else 1.0
+    return kept, _l1_factor(l1_before, kept.abs().sum()) if rescale == "l1" else 1.0
+
+
+def random_keep_rows(rows: torch.Tensor, densities: list[float], rescale: str, generator) -> list[float]:
+    """`random_keep` of each row of `rows` [N, n] (row i with generator(i)), in place; returns the
+    factors. On the CPU one kernel call does every row (the generators' states read first: each is
+    valid only until the next is asked for), and leaves the generators where they were."""
+    if not kernels.usable(rows):
+        return [random_keep(row, density, rescale, generator(i))[1]
+                for i, (row, density) in enumerate(zip(rows.unbind(), densities))]
+    todo = [i for i, density in enumerate(densities) if density < 1]
+    levels = [max(1, round(densities[i] * 65536)) for i in todo]
+    states = [generator(i).bit_generator.state["state"] for i in todo]
+    l1_before = rows.abs().sum(dim=1).tolist() if rescale == "l1" else None
+    kernels.dare_keep_rows(rows, todo, [state["state"] for state in states], [state["inc"] for state in states],
+                           [level - 32768 for level in levels])
+    factors = [1.0] * len(densities)
+    if rescale == "inverse_density":
+        for i, level in zip(todo, levels):
+            factors[i] = 65536 / level
+    elif rescale == "l1":
+        l1_after = rows.abs().sum(dim=1).tolist()
+        for i in todo:
+            factors[i] = _l1_factor(l1_before[i], l1_after[i])
+    return factors
 
 
 def rank_keep(delta: torch.Tensor, density: float, epsilon: float, rescale: str,
@@ -233,9 +257,9 @@ def rank_keep(delta: torch.Tensor, density: float, epsilon: float, rescale: str,
     if rescale == "inverse_density":
         rows.div_(keep_probability)
         return delta, 1.0
-    return delta, _l1_factor(l1_before, delta) if rescale == "l1" else 1.0
+    return delta, _l1_factor(l1_before, delta.abs().sum()) if rescale == "l1" else 1.0
 
 
-def _l1_factor(l1_before: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> float:
-    before, after = float(l1_before), float(kept.abs().sum())
+def _l1_factor(l1_before: torch.Tensor | float, l1_after: torch.Tensor | float, eps: float = 1e-7) -> float:
+    before, after = float(l1_before), float(l1_after)
     return 1.0 if before < eps or after < eps else before / after
