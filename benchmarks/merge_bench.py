@@ -20,7 +20,8 @@ For each method, over the zoo's members (and its base, for task-vector methods),
     the mini zoo's blocks (a few MiB at most) in its heap, where fragmentation adds a few MB; the pinned
     run shows the merge's own working set, as it is at the paper's scale.
 Times are medians of --repeats runs; the page cache is warm, so "read" means memory bandwidth, not
-disk. Needs the `test` extra (mergekit).
+disk. On the CPU, TIES and DARE use glue_bench's C kernels; GLUE_BENCH_KERNELS=0 measures the torch
+path instead. Needs the `test` extra (mergekit).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glue_bench.merge import get_method  # noqa: E402
+from glue_bench.merge import get_method, kernels  # noqa: E402
 from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
 from glue_bench.zoo import local_dir  # noqa: E402
 
@@ -172,9 +173,10 @@ def main() -> None:
     base = TensorSource("base", base_dir)
     one_model = input_bytes([base])
     largest = max(base.nbytes(k) for k in base.keys())
+    cpu_kernels = "on" if kernels.library() is not None else "off (GLUE_BENCH_KERNELS=0, or none built)"
     print(f"# merge_bench: zoo {args.zoo} ({args.size}), {len(dirs)} models of {one_model / 1e6:.1f} MB "
           f"(largest tensor {largest / 1e6:.2f} MB), device {args.device}, torch threads "
-          f"{torch.get_num_threads()}, medians of {args.repeats}")
+          f"{torch.get_num_threads()}, CPU kernels {cpu_kernels}, medians of {args.repeats}")
 
     sum_s = median_time(lambda: sum_baseline(sources), args.repeats)
     safe_s = median_time(lambda: safe_open_baseline(dirs), args.repeats)

@@ -59,7 +59,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     for tensor in tensors:
         if tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
             return False
-    return (_library if _tried else library()) is not None
+    return library() is not None
 
 
 def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Tensor, lambda_: float,

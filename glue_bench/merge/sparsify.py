@@ -9,7 +9,8 @@ the tensor on it:
   (`top_magnitude_rows` does it to every model's task vector at once);
 - `magnitude_band`: drop the gamma * n largest |delta| as outliers and the smallest, keeping
   int(density * n) (Model Breadcrumbs);
-- `random_keep`: keep each entry with probability density (to 1/65536) (DARE);
+- `random_keep`: keep each entry with probability density (to 1/65536) (DARE;
+  `random_keep_rows` does it to every model's task vector at once);
 - `rank_keep`: keep each entry with a probability that grows with its magnitude rank within its
   row, from density - epsilon to density + epsilon (DELLA's MagPrune). Its rescale differs entry
   by entry, so it is applied here and the returned factor is 1, or the L1 factor.
@@ -20,6 +21,9 @@ Rescaling of what is kept (`rescale`):
 - "l1": scale the kept entries so the tensor's L1 norm is unchanged. This is what mergekit does
   for DARE and DELLA when `rescale: true`, and its results match mergekit's.
 - "none": no rescaling.
+
+On the CPU the trim of `top_magnitude_rows` and the drops of `random_keep(_rows)` run as C kernels
+(kernels.py), with the same results as the numpy and torch code beside them.
 """
 
 from __future__ import annotations
@@ -220,15 +224,17 @@ def random_keep(delta: torch.Tensor, density: float, rescale: str,
 
 def random_keep_rows(rows: torch.Tensor, densities: list[float], rescale: str, generator) -> list[float]:
     """`random_keep` of each row of `rows` [N, n] (row i with generator(i)), in place; returns the
-    factors. On the CPU one kernel call does every row (the generators' states read first: each is
-    valid only until the next is asked for), and leaves the generators where they were."""
-    if not kernels.usable(rows):
+    factors. On the CPU one kernel call does every row from the PCG64 states read first (so a
+    generator may be valid only until the next is asked for, as the engine's are); it leaves them
+    unadvanced."""
+    todo = [i for i, density in enumerate(densities) if density < 1]
+    states = [generator(i).bit_generator.state for i in todo] if kernels.usable(rows) else None
+    if states is None or any(state["bit_generator"] != "PCG64" for state in states):
         return [random_keep(row, density, rescale, generator(i))[1]
                 for i, (row, density) in enumerate(zip(rows.unbind(), densities))]
-    todo = [i for i, density in enumerate(densities) if density < 1]
+    states = [state["state"] for state in states]
     levels = [max(1, round(densities[i] * 65536)) for i in todo]
-    states = [generator(i).bit_generator.state["state"] for i in todo]
-    l1_before = rows.abs().sum(dim=1).tolist() if rescale == "l1" else None
+    l1_before = torch.linalg.vector_norm(rows, 1, dim=1).tolist() if rescale == "l1" else None  # no |rows| copy
     kernels.dare_keep_rows(rows, todo, [state["state"] for state in states], [state["inc"] for state in states],
                            [level - 32768 for level in levels])
     factors = [1.0] * len(densities)
@@ -236,7 +242,7 @@ def random_keep_rows(rows: torch.Tensor, densities: list[float], rescale: str, g
         for i, level in zip(todo, levels):
             factors[i] = 65536 / level
     elif rescale == "l1":
-        l1_after = rows.abs().sum(dim=1).tolist()
+        l1_after = torch.linalg.vector_norm(rows, 1, dim=1).tolist()
         for i in todo:
             factors[i] = _l1_factor(l1_before[i], l1_after[i])
     return factors
