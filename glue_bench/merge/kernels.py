@@ -50,7 +50,7 @@ def library() -> ctypes.CDLL | None:
                 _library = _load(_build())
             except (OSError, subprocess.SubprocessError) as err:
                 warnings.warn(f"glue_bench: no C kernels ({err}); merging on the CPU with torch ops, "
-                              "about 1.3x slower for TIES and DARE", RuntimeWarning, stacklevel=2)
+                              "1.5-2x slower for TIES and DARE on mini8", RuntimeWarning, stacklevel=2)
     return _library
 
 
