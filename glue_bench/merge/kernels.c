@@ -106,8 +106,8 @@ static inline uint64_t pcg64_output(unsigned __int128 state) {  /* XSL-RR */
 
 /* numpy's PCG64 (a 128-bit LCG, state = a * state + inc, and the XSL-RR output of each new state):
  * `count` 64-bit draws, as random_raw gives them. Made by two chains that each step two states
- * at once (a^2 * state + (a + 1) * inc), which the CPU runs side by side: twice the speed of one
- * chain, whose every multiply waits on the previous one. */
+ * at once (a^2 * state + (a + 1) * inc), which the CPU runs side by side, where one chain's every
+ * multiply waits on the previous one (dare_keep on 49152 entries: 39 -> 33 us). */
 static void pcg64_fill(unsigned __int128 *state_io, unsigned __int128 inc, uint64_t *draws, int64_t count) {
     const unsigned __int128 a = ((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL;
     unsigned __int128 state = *state_io;  /* a local: kept in registers */
