@@ -10,31 +10,36 @@ beside the measured value with the difference (see `glue_bench.reference`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
-from glue_bench.zoo import ZooError, entry_name, zoo_config
+from glue_bench.zoo import ZooError, resolve_zoo, zoo_config
 
 META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "items", "config")
 
 
-def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
+def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zoo_cfg: dict | None = None,
+                     mini_size: str | None = None) -> pd.DataFrame:
     """One row per candidate scored on the zoo's item set (`items=None`: the whole test split):
     `kind` (base / single / built), the job's META columns (config parsed), the primary metric per
-    task and their mean `avg`, indexed by a label unique within the zoo."""
-    config = zoo_config(zoo)
-    members = [entry_name(m, config["source"]) for m in config["models"]]
-    base = entry_name(config["base"], config["source"])
+    task and their mean `avg`, indexed by a label unique within the zoo.
+
+    Single models are found by their key (what they resolve to), not their name: two zoos may
+    each hold a `base`. `zoo_cfg`: the zoo's config when it is not in conf/zoo (--config-dir);
+    `mini_size`: which size of the mini zoo (default: the one the zoo's candidates were built at)."""
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
-    singles = primary[(primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
-                      & primary["candidate"].isin(members + [base])]
-    built = primary[((primary["method"] != "none") | (primary["mixture"].fillna("none") != "none"))
-                    & (primary["zoo"] == zoo)]
+    single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
+    built = primary[~single_rows & (primary["zoo"] == zoo)]
+    refs, base = resolve_zoo(zoo_cfg or zoo_config(zoo), mini_size or table_mini_size(df, zoo))
+    singles = primary[single_rows]
+    singles = singles[[bool(_ids(c) & (_known(refs) | _known([base]))) for c in singles["config"]]]
     rows = pd.concat([singles, built])
     if rows.empty:
         return pd.DataFrame(columns=["kind", *META, "avg"])
@@ -48,9 +53,38 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd
     scores["avg"] = scores.mean(axis=1, skipna=False)
     meta = rows.drop_duplicates("label").set_index("label")[list(META)]
     meta["config"] = meta["config"].map(lambda c: json.loads(c) if isinstance(c, str) else {})
-    kind = pd.Series({lbl: "base" if lbl == base else "single" if lbl in members else "built"
+    ids = rows.drop_duplicates("label").set_index("label")["config"].map(_ids)
+    kind = pd.Series({lbl: "base" if ids[lbl] & _known([base]) else "single" if ids[lbl] & _known(refs) else "built"
                       for lbl in scores.index}, name="kind")
     return pd.concat([kind, meta, scores], axis=1)
+
+
+def table_mini_size(df: pd.DataFrame, zoo: str) -> str:
+    """The mini-zoo size the zoo's candidates were built at, when they agree on one; else
+    $GLUE_BENCH_MINI_SIZE, else mini."""
+    configs = df.loc[(df["zoo"] == zoo) & (df["method"] != "none"), "config"].dropna().unique()
+    sizes = {json.loads(c).get("mini_size") for c in configs} - {None}
+    return sizes.pop() if len(sizes) == 1 else os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
+
+
+def _known(refs: list) -> set[str]:
+    """What single-model rows may call these models: their keys, and for hub and GGUF models the
+    location that rows written before keys were stored give."""
+    return {r.key for r in refs} | {r.location for r in refs if r.source in ("hub", "gguf")}
+
+
+def _ids(config) -> set[str]:
+    """The model a row's config names, as `_known` spells it. Rows written before keys were stored
+    give a location: a mini-zoo model's is <cache>/<version>/<size>/models/<name-fingerprint>."""
+    parsed = json.loads(config) if isinstance(config, str) else {}
+    if "key" in parsed:
+        return {parsed["key"]}
+    if "model" not in parsed:
+        return set()
+    location = Path(parsed["model"])
+    if location.parent.name == "models" and location.parent.parent.parent.name.startswith("mini-v"):
+        return {f"{location.parent.parent.parent.name}/{location.parent.parent.name}/{location.name}"}
+    return {parsed["model"]}
 
 
 def tasks_of(scores: pd.DataFrame) -> list[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from glue_bench.findings import FINDINGS_TABLE
 from glue_bench.results import read_results
@@ -27,10 +29,11 @@ DEFAULT_OUT = os.path.join("results", "tables")
 FORMATS = ("md", "tex", "csv")
 
 
-def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
+def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, **where) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo, on the whole
-    test split (`items=None`) or on the named item set (the final items of a selective search)."""
-    scores = candidate_scores(df, zoo, items)
+    test split (`items=None`) or on the named item set (the final items of a selective search).
+    `where`: the zoo's config and mini size, as `candidate_scores` takes them."""
+    scores = candidate_scores(df, zoo, items, **where)
     if scores.empty:
         return pd.DataFrame()
     table = scores[tasks_of(scores) + ["avg"]].copy()
@@ -47,38 +50,61 @@ def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str
     return f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1) ==\n{body}\n"
 
 
-def print_tables(results_path: str, zoos: list[str] | None = None) -> None:
-    """Print one table per zoo (default: every zoo in the store)."""
+def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> None:
+    """Print one table per zoo (default: every zoo in the store). `where`: the zoo's config and
+    mini size (`candidate_scores`), for one zoo."""
     df = read_results(results_path)
     if zoos is None:
         zoos = sorted(set(df["zoo"].dropna()))
     for zoo in zoos:
         for items in [None, *final_item_sets(df, zoo)]:
             try:
-                table = zoo_table(df, zoo, items)
-            except ZooError:  # a zoo config removed since its rows were written
+                table = zoo_table(df, zoo, items, **where)
+            except ZooError as err:  # its config is gone, or not where this process looks
+                print(f"no table for zoo {zoo}: {err}", flush=True)
                 break
             if not table.empty:
                 print(format_table(table, zoo, items), flush=True)
 
 
 class PrintTableCallback(Callback):
-    """Prints the tables of the swept zoos when a run, or a whole sweep, ends (launching process)."""
+    """Prints the tables of the zoos a run or sweep used, when it ends (in the launching process)."""
 
     def on_run_end(self, config, **kwargs) -> None:
         if config.get("print_table", True) and os.path.exists(config.results_path):
-            print_tables(config.results_path, zoos=_swept_zoos(config))
+            zoo = OmegaConf.to_container(config.zoo, resolve=True)
+            print_tables(config.results_path, zoos=[config.zoo.name], zoo_cfg=zoo, mini_size=config.mini_size)
 
-    on_multirun_end = on_run_end
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not (config.get("print_table", True) and os.path.exists(config.results_path)):
+            return
+        for zoo in _swept_zoos(config):
+            where = {"zoo_cfg": _zoo_config(config.hydra.job.config_name, zoo), "mini_size": config.mini_size}
+            print_tables(config.results_path, zoos=[zoo], **where)
 
 
 def _swept_zoos(config) -> list[str]:
-    """Zoo names from a `zoo=a,b` sweep override, else the config's zoo."""
+    """Zoo names from the last `zoo=a,b` override (Hydra's last one wins), else the config's zoo."""
+    zoos = [config.zoo.name]
     for override in config.hydra.overrides.task:
         key, _, value = override.partition("=")
         if key.lstrip("+~") == "zoo":
-            return [z.strip() for z in value.split(",") if z.strip()]
-    return [config.zoo.name]
+            zoos = [z.strip() for z in value.split(",") if z.strip()]
+    return zoos
+
+
+def _zoo_config(config_name: str, name: str) -> dict | None:
+    """The zoo's config as this run composed it: found on Hydra's search path (--config-dir too)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    if loader is None:
+        return None
+    try:
+        zoo = loader.load_configuration(config_name, overrides=[f"zoo={name}"], run_mode=RunMode.RUN).zoo
+    except Exception:  # noqa: BLE001  not composable here: the table then looks in conf/zoo
+        return None
+    return OmegaConf.to_container(zoo, resolve=True)
 
 
 def _cell(column: str, value) -> str:

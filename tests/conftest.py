@@ -40,11 +40,11 @@ def run_cli(micro_cache, tmp_path):
     """Run `python -m glue_bench ...` on the micro zoo with a private results store."""
     results = tmp_path / "results.sqlite"
 
-    def run(*args: str, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: int = 600, extra_env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
         env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
                "GLUE_BENCH_RESULTS": str(results), "HYDRA_FULL_ERROR": "0", **(extra_env or {})}
         return subprocess.run([sys.executable, "-m", "glue_bench", *args, f"hydra.sweep.dir={tmp_path}/multirun",
-                               f"hydra.run.dir={tmp_path}/run"], cwd=REPO, env=env,
+                               f"hydra.run.dir={tmp_path}/run"], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
 
     run.results = results

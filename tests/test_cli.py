@@ -1,6 +1,8 @@
 """`python -m glue_bench` end to end on the micro zoo: sweeps, launchers, skip/kill/re-run, bad input."""
 
 import json
+import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -163,15 +165,40 @@ def test_corrupt_results_file_is_reported_and_left_as_is(run_cli):
     assert run_cli.results.read_bytes() == before
 
 
-def test_save_writes_a_loadable_checkpoint_with_a_model_card(run_cli, tmp_path):
-    proc = run_cli("zoo=mini2", *ARC_ONLY, "save=true")
+def test_a_saved_merge_s_card_gives_the_lm_eval_command_that_reproduces_its_scores(run_cli, tmp_path):
+    """Run outside any git checkout (no "fatal: not a git repository"), save the merge, then run the
+    card's own `lm_eval` command on the saved folder: the same scores as the store's."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    proc = run_cli("zoo=mini2", *FAST, "eval.tasks=[mini_arc,mini_winogrande,mini_gsm8k]", "save=true", cwd=outside)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fatal" not in proc.stderr and "not a git repository" not in proc.stderr
     out = tmp_path / "run" / "candidate"
     card = (out / "README.md").read_text()
-    assert "linear merge of zoo mini2" in card and "name: mini2" in card
-    from transformers import AutoModelForCausalLM
+    assert "linear(mini2): a candidate of zoo mini2" in card and "name: mini2" in card
+    command = shlex.split(card.split("```sh\n")[1].split("\n```")[0])
+    assert command[:2] == ["lm_eval", "run"] and "0,0,0,0" in command and f"pretrained={out}" in " ".join(command)
+    done = subprocess.run([sys.executable, "-m", "lm_eval", *command[1:], "--output_path", str(tmp_path / "lm_eval")],
+                          cwd=outside, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((tmp_path / "lm_eval").rglob("results_*.json")).read_text())["results"]
+    stored = read_results(run_cli.results).query("candidate == 'linear(mini2)'")
+    assert set(stored.task) == {"mini_arc", "mini_winogrande", "mini_gsm8k"}
+    for row in stored.itertuples():
+        key = f"{row.metric},none" if "," not in row.metric else row.metric
+        assert results[row.task][key] == row.value, (row.task, row.metric)
 
-    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers > 0
+
+def test_a_zoo_found_through_config_dir_gets_its_table(run_cli, tmp_path):
+    extra = tmp_path / "extra_conf" / "zoo"
+    extra.mkdir(parents=True)
+    (extra / "my_pair.yaml").write_text("name: my_pair\nsource: mini\nbase: base\nmodels: [chat_a, chat_b]\n")
+    for args in (["zoo=my_pair"], ["-m", "zoo=my_pair"]):
+        proc = run_cli("--config-dir", str(tmp_path / "extra_conf"), *args, *ARC_ONLY)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "== my_pair" in proc.stdout and "linear(my_pair)" in proc.stdout, proc.stdout
+        assert "base (zoo base)" in proc.stdout and "no table" not in proc.stdout
 
 
 def test_cfg_job_prints_the_composed_config(run_cli):

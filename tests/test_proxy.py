@@ -62,20 +62,20 @@ class _CountingProxy:
 
 def test_an_identical_candidate_is_evaluated_once_and_a_store_cache_outlives_the_search(tmp_path):
     from glue_bench.results import ResultStore
-    from glue_bench.run import ProxyCache
+    from glue_bench.kinds.search import ProxyCache
     from glue_bench.select.proxy import ProxyFitness
 
     store = ResultStore(tmp_path / "results.sqlite")
     cache = ProxyCache(store, {"zoo": "z", "candidate": "proxy", "items": "proxy (test)"})
     proxy = _CountingProxy()
     fitness = ProxyFitness(dict, {"members": ["a", "b"], "method": "linear"}, proxy, None, None, EvalConfig(),
-                           cache)
+                           cache=cache)
     assert fitness({"x": 0.25}) == 0.25 and fitness({"x": 0.5}) == 0.5
     assert fitness.evaluate({"x": 0.25}).cached and proxy.scored == 2 and fitness.builds == 2
     # a new search over the same members and method reads the store; another method does not
-    again = ProxyFitness(dict, {"members": ["a", "b"], "method": "linear"}, proxy, None, None, EvalConfig(), cache)
+    again = ProxyFitness(dict, {"members": ["a", "b"], "method": "linear"}, proxy, None, None, EvalConfig(), cache=cache)
     assert again.evaluate({"x": 0.5}).score == 0.5 and proxy.scored == 2
-    other = ProxyFitness(dict, {"members": ["a", "b"], "method": "ties"}, proxy, None, None, EvalConfig(), cache)
+    other = ProxyFitness(dict, {"members": ["a", "b"], "method": "ties"}, proxy, None, None, EvalConfig(), cache=cache)
     assert not other.evaluate({"x": 0.5}).cached and proxy.scored == 3
     rows = store.to_dataframe()
     assert set(rows["items"]) == {"proxy (test)"} and set(rows["metric"]) == {"acc_norm", "acc"}

@@ -2,7 +2,10 @@
 
 import json
 
+import os
+
 import pytest
+from omegaconf import OmegaConf
 
 from glue_bench.evaluate import EvalConfig, EvalError, selected_tasks
 from glue_bench.findings import findings
@@ -17,8 +20,10 @@ from glue_bench.study import (
     release_and_leaderboard,
     strategies,
 )
-from glue_bench.tables import write_study_tables
+from glue_bench.tables import write_study_tables, zoo_table
+from glue_bench.zoo import model_ref
 
+SIZE = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")  # the tables' mini size when no candidate names one
 FINAL = "final items: test minus proxy (20/task, seed 0, abcd1234)"
 
 
@@ -31,6 +36,8 @@ class Store:
     def add(self, candidate, arc, mmlu, *, zoo="mini2", method="none", strategy="none", mixture="none",
             router="none", items=None, config=None):
         self.n += 1
+        if config is None and method == "none" and mixture == "none":  # a single model: rows name its key
+            config = {"key": model_ref(candidate, "mini", SIZE).key}
         common = dict(zoo=zoo, candidate=candidate, method=method, strategy=strategy, mixture=mixture,
                       router=router, items=items, config=json.dumps(config or {}))
         self.store.append_job(f"job{self.n}", [dict(common, task="mini_arc", metric="acc_norm", value=arc),
@@ -151,3 +158,35 @@ def test_findings_verdicts_follow_the_measured_order(store):
     # token-routed ffn .5 against model .6: the sample-routed .7 is not a level's default setting
     assert table.loc[("model-level mixture is the best level", "mini2"), "verdict"] == "agrees"
     assert table.loc[("the Model-GLUE recipe beats the best single model", "-"), "measured"] == "not run (recipe)"
+
+
+def test_single_models_are_told_apart_by_key_not_name(tmp_path):
+    """Two mini sizes (or two zoos) each with a `base`: the table takes the zoo's own, by key."""
+    s = Store(tmp_path / "r.sqlite")
+    for size, value in [("micro", 0.3), ("mini", 0.9)]:
+        for name in ("base", "chat_a", "chat_b"):
+            s.add(name, value, value, config={"key": model_ref(name, "mini", size).key})
+    s.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"mini_size": "micro"})
+    table = zoo_table(s.df(), "mini2")
+    assert list(table.index) == ["base (zoo base)", "chat_a", "chat_b", "linear(mini2)"]
+    assert table.loc["chat_a", "avg"] == pytest.approx(0.3)  # the micro models, which the merge was built from
+    assert table.loc["linear(mini2)", "Δ best single"] == pytest.approx(0.6 - 0.3)
+
+
+def test_rows_written_before_keys_were_stored_are_found_by_location(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    for name, value in [("base", 0.1), ("chat_a", 0.4), ("chat_b", 0.2)]:
+        path = model_ref(name, "mini", "micro").location  # what such rows hold: {"model": <its directory>}
+        s.add(name, value, value, config={"model": f"/elsewhere/cache/{'/'.join(path.split('/')[-4:])}"})
+    s.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"mini_size": "micro"})
+    table = zoo_table(s.df(), "mini2")
+    assert table.loc["linear(mini2)", "Δ best single"] == pytest.approx(0.6 - 0.4)
+    assert "base (zoo base)" in table.index
+
+
+def test_a_zoo_given_twice_prints_the_one_hydra_used():
+    from glue_bench.tables import _swept_zoos
+
+    config = OmegaConf.create({"zoo": {"name": "mini4"},
+                               "hydra": {"overrides": {"task": ["zoo=mini2", "method=linear", "zoo=mini4,mini8"]}}})
+    assert _swept_zoos(config) == ["mini4", "mini8"]

@@ -123,6 +123,8 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    _quiet_git_hash()
+
     tasks = selected_tasks(cfg)
     if samples is not None:
         tasks = [t for t in tasks if t in samples]
@@ -141,6 +143,24 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
     return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens}
+
+
+def _quiet_git_hash() -> None:
+    """lm-eval records `git describe` of the current directory with git's stderr on the terminal:
+    outside a checkout every evaluation printed "fatal: not a git repository". Same value, quiet."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def git_hash() -> str | None:
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+        except OSError:  # no git on this machine
+            return get_commit_from_path(os.getcwd())
+        return done.stdout.strip() if done.returncode == 0 else get_commit_from_path(os.getcwd())
+
+    evaluator.get_git_commit_hash = git_hash
 
 
 def results_to_rows(results: dict) -> list[dict]:

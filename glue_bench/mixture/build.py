@@ -112,13 +112,13 @@ def mixture_of(models: dict[str, tuple], members: dict[str, list], base_ref, rou
     else:
         texts = router_corpus(router_cfg)
         losses = torch.stack([_mean_token_loss(model, tok, texts) for model, tok in models.values()], dim=1)
-        router = TrainedRouter.train(encoder, losses, texts, router_cfg["width"], router_cfg["steps"],
-                                     router_cfg["lr"], router_cfg["seed"])
+        router = TrainedRouter.train(encoder, losses, texts, width=router_cfg["width"], steps=router_cfg["steps"],
+                                     lr=router_cfg["lr"], seed=router_cfg["seed"])
     experts = {name: hf_lm(model, tok, eval_cfg) for name, (model, tok) in models.items()}
     return ModelMixtureLM(experts, router)
 
 
-def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict,
+def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict, *,
                        eval_cfg: EvalConfig):
     """An FFN- or block-level mixture of `refs` (one architecture), as an lm-eval LM: shared parts
     from the merge of the experts (`method`) or from the base; per-layer prompt-initialised gates

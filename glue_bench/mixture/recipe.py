@@ -47,7 +47,7 @@ def families(refs: list, sources: dict, threshold: float, rule: str) -> list[lis
     return out
 
 
-def representatives(groups: list[list], zoo_search, strategy, method: str, fixed: dict, cache=None,
+def representatives(groups: list[list], zoo_search, strategy, method: str, fixed: dict, *, cache=None,
                     out_dir: Path | None = None, log=print) -> list[Representative]:
     """One model per family: the strategy's choice among its members (searched on
     `zoo_search.proxy`), or the model itself for a family of one."""

@@ -127,7 +127,7 @@ class TrainedRouter:
             return self.gate(self.encoder(texts)).argmax(-1).tolist()
 
     @classmethod
-    def train(cls, encoder, expert_losses: torch.Tensor, texts: list[str], width: int, steps: int, lr: float,
+    def train(cls, encoder, expert_losses: torch.Tensor, texts: list[str], *, width: int, steps: int, lr: float,
               seed: int) -> "TrainedRouter":
         """`expert_losses`: [documents, experts] mean token loss of each expert on each text."""
         torch.manual_seed(seed)

@@ -90,7 +90,7 @@ class ProxyFitness:
     `ProxyCache`) never confuses two searches. Counts what it spent in `builds`, `build_s`, `eval_s`.
     """
 
-    def __init__(self, build, identity: dict, proxy: ProxySet, tokenizer, tasks_dir, eval_cfg: EvalConfig,
+    def __init__(self, build, identity: dict, proxy: ProxySet, tokenizer, tasks_dir, eval_cfg: EvalConfig, *,
                  cache=None):
         self.build, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg = (
             build, proxy, tokenizer, tasks_dir, eval_cfg)

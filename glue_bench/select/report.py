@@ -82,7 +82,7 @@ class ZooSearch:
         merger = Merger(self.members, method, self.base, device=self.eval_cfg.device, cache=True)
         builder = CandidateBuilder(self.refs, merger, self.eval_cfg.device)
         identity = {"members": [r.key for r in self.refs], "method": method}
-        fitness = ProxyFitness(builder, identity, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg, cache)
+        fitness = ProxyFitness(builder, identity, self.proxy, self.tokenizer, self.tasks_dir, self.eval_cfg, cache=cache)
         return Problem(self.refs, method, fixed, merger, builder, fitness, out_dir)
 
     def compare(self, method: str, chosen: dict[str, dict], problem: Problem | None = None) -> pd.DataFrame:

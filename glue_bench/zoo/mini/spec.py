@@ -49,7 +49,7 @@ class Recipe:
     notes: str = field(default="", compare=False)
 
 
-def _ft(name, weights, analogue, seed, lr=2e-3, steps=160, parent="base"):
+def _ft(name, weights, analogue, seed, *, lr=2e-3, steps=160, parent="base"):
     # experts keep a fifth of the pretraining mixture so that they stay general, like real fine-tunes
     mixed = {d: 0.2 * w / sum(MIX.values()) for d, w in MIX.items()}
     total = sum(weights.values())

@@ -75,7 +75,7 @@ class PackedStream:
 
 
 def train(model: LlamaForCausalLM, stream: PackedStream, steps: int, lr: float, batch_size: int,
-          seed: int, desc: str, warmup_frac: float = 0.1) -> list[float]:
+          seed: int, *, desc: str, warmup_frac: float = 0.1) -> list[float]:
     """AdamW with linear warm-up then cosine decay to 10% of `lr`; returns the loss curve."""
     torch.manual_seed(seed)
     model.train()

@@ -1,0 +1,48 @@
+"""One merge method over the zoo's models (or `strategy.models`), streamed tensor by tensor."""
+
+from __future__ import annotations
+
+import time
+
+from glue_bench.evaluate import hf_lm
+from glue_bench.job import Job, log
+from glue_bench.kinds import Candidate, Kind, register
+from glue_bench.kinds.saving import save_checkpoint
+from glue_bench.zoo import load_tokenizer, local_dir
+
+
+@register
+class Merge(Kind):
+    name = "merge"
+
+    @staticmethod
+    def claims(cfg) -> bool:
+        return cfg.strategy.name == "all" and cfg.mixture.name == "none"
+
+    def nothing_to_build(self, cfg) -> bool:
+        return cfg.method.name == "none"  # method=none: the zoo's single models only
+
+    def check(self, job: Job) -> None:
+        from glue_bench.merge import get_method
+
+        if not self.nothing_to_build(job.cfg):
+            get_method(job.method).validate(job.method_params, len(job.members))  # bad input fails early
+
+    def build(self, job: Job) -> Candidate:
+        from glue_bench.merge.engine import Merger, TensorSource
+
+        names = [m.name for m in job.members]
+        log(f"merging {', '.join(names)} with {job.method}")
+        sources = [TensorSource(m.name, local_dir(m)) for m in job.members]
+        start = time.perf_counter()
+        merger = Merger(sources, job.method, TensorSource(job.base.name, local_dir(job.base)),
+                        device=job.eval_cfg.device)
+        model = merger.to_model(job.method_params)
+        load_s = merger.timings["load_s"]  # the output model's allocation; reading the inputs is part of the merge
+        build_s = time.perf_counter() - start - load_s
+        # the tokenizer goes with the model whose architecture the merge took (the largest vocabulary)
+        tok = load_tokenizer(job.members[sources.index(merger.template)])
+        label = f"{job.method}({'+'.join(names)})" if job.cfg.strategy.get("models") else f"{job.method}({job.cfg.zoo.name})"
+        return Candidate(label, lambda: hf_lm(model, tok, job.eval_cfg), job.method, names, build_s, load_s=load_s,
+                         tokenizer=tok, save=lambda out: save_checkpoint(model, tok, out, job, label),
+                         summary={"load_s": load_s})

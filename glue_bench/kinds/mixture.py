@@ -1,0 +1,90 @@
+"""A mixture of the zoo's models (or `strategy.models`) behind a router: at the FFN or block level
+(one model whose layers route between the experts' MLPs or blocks), or at the model level (each
+input answered by one expert, models of any architecture)."""
+
+from __future__ import annotations
+
+import time
+
+from glue_bench.errors import JobError
+from glue_bench.job import Job, log
+from glue_bench.kinds import Candidate, Kind, register
+from glue_bench.zoo import load_tokenizer
+
+
+@register
+class Mixture(Kind):
+    name = "mixture"
+
+    @staticmethod
+    def claims(cfg) -> bool:
+        return cfg.strategy.name == "all" and cfg.mixture.name != "none"
+
+    def refusal(self, cfg) -> str | None:
+        from glue_bench.mixture.build import LEVELS
+
+        if cfg.mixture.get("level") not in LEVELS:
+            return (f"mixture={cfg.mixture.name}: level {cfg.mixture.get('level')!r} is not implemented "
+                    f"(available: {', '.join(LEVELS)})")
+        if cfg.router.name == "none":
+            return f"mixture={cfg.mixture.name}: needs a router (router=prompt)"
+        return None
+
+    def unused(self, cfg) -> tuple[str, ...]:
+        return ("method",) if cfg.mixture.level == "model" else ()  # model level: experts are not merged
+
+    def build(self, job: Job) -> Candidate:
+        from glue_bench.mixture.build import MixtureError, layered_mixture_lm, model_mixture
+
+        names = [m.name for m in job.members]
+        mixture_cfg, router_cfg = job.section("mixture"), job.section("router")
+        level = mixture_cfg["level"]
+        log(f"mixing {', '.join(names)} at {level} level, router {job.cfg.router.name}")
+        start = time.perf_counter()
+        try:
+            if level == "model":
+                lm, model = model_mixture(job.members, job.base, mixture_cfg, router_cfg, job.eval_cfg), None
+            else:
+                lm, model = layered_mixture_lm(job.members, job.base, job.method, job.method_params, mixture_cfg,
+                                               router_cfg, eval_cfg=job.eval_cfg)
+        except MixtureError as err:
+            raise JobError(str(err)) from None
+        build_s = time.perf_counter() - start
+        details = "" if level == "model" else f", {mixture_cfg.get('routing', 'token')}" + (
+            f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
+        label = f"mixture({job.cfg.mixture.name}, {job.cfg.router.name}{details})"
+
+        def routed() -> dict:
+            if level == "model":
+                counts = {name: lm.usage.get(name, 0) for name in names}
+                log(f"documents routed to each expert: {counts}")
+            else:
+                from glue_bench.mixture.layered import routed_layers
+
+                per_expert = sum(layer.tokens_routed for layer in routed_layers(model))
+                counts = dict(zip(names, per_expert.tolist()))
+                log(f"(token, layer) pairs routed to each expert: {counts}")
+            return {"routed": counts}
+
+        return Candidate(label, lambda: lm, "none" if level == "model" else job.method, names, build_s,
+                         save=lambda out: _save_mixture(model, job, mixture_cfg, out), after_eval=routed)
+
+
+def _save_mixture(model, job: Job, mixture_cfg: dict, out) -> None:
+    """An FFN-level mixture with linear gates and token routing as a Mixtral checkpoint; the others
+    have no standard format (their config and glue_bench rebuild them)."""
+    from glue_bench.mixture.layered import save_mixtral
+
+    why = None
+    if mixture_cfg["level"] != "ffn":
+        why = f"a {mixture_cfg['level']}-level mixture has no standard format"
+    elif mixture_cfg.get("routing", "token") != "token":
+        why = "Mixtral routes each token: a sample-routed mixture has no standard format"
+    if why is None:
+        try:
+            save_mixtral(model, load_tokenizer(job.members[0]), out)
+            log(f"saved the mixture as a Mixtral checkpoint to {out}")
+            return
+        except ValueError as err:
+            why = str(err)
+    log(f"save=true: not saved ({why}); the job's config rebuilds it")

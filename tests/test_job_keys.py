@@ -1,0 +1,79 @@
+"""Job keys and candidate kinds: a store written before the kinds existed stays valid, and every
+unsupported combination is refused in one line before any work."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from glue_bench.errors import JobError
+from glue_bench.job import Job
+from glue_bench.kinds import kind_for
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg))
+PINNED = {
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "b67775840801fed6"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "a5b7cfe079d4add2"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "ed050fb3677bdb2f"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "c5ea0eb1b2ecbb61"),
+    ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
+                         "7efc6e42a3c6d794"),
+    ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
+                          "7b5814abbec060c5"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "f235800e21afc788"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "81db20bf881dd592"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "5f5eb0c55635add5"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "0e867f1189b7bd69"),
+}
+
+
+def _compose(overrides, tmp_path):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
+
+
+@pytest.mark.parametrize("case", sorted(PINNED), ids="-".join)
+def test_every_kind_keeps_the_job_key_it_had_before_the_kinds(case, tmp_path):
+    overrides, pinned = PINNED[case]
+    size = "micro" if case[1] == "micro" else "mini"
+    cfg = _compose([*overrides, f"mini_size={size}"], tmp_path)
+    kind = kind_for(cfg)
+    assert kind.name == case[0]
+    assert Job.from_config(cfg, unused=kind.unused(cfg)).key == pinned
+
+
+def test_a_single_model_keeps_its_key(tmp_path):
+    cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
+    job = Job.from_config(cfg)
+    assert job.base.key == "mini-v2/mini/base-61674932"
+    assert job.sub_key({"single": job.base.key}) == "5ad5d7b49ade666c"
+
+
+def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s(tmp_path):
+    def key(*overrides):
+        cfg = _compose(list(overrides), tmp_path)
+        return Job.from_config(cfg, unused=kind_for(cfg).unused(cfg)).key
+
+    assert key("zoo=mini2", "method=linear") != key("zoo=mini2", "method=ties")
+    assert key("zoo=mini2", "strategy=stack", "method=linear") == key("zoo=mini2", "strategy=stack", "method=ties")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["router=prompt"], "router=prompt: only mixtures route"),
+    (["mixture=model"], "mixture=model: needs a router"),
+    (["strategy=glue_recipe"], "strategy glue_recipe: mixes its families at the model level"),
+    (["strategy=glue_recipe", "mixture=model"], "mixture=model: needs a router"),
+    (["strategy=glue_recipe", "mixture=model", "router=prompt", "method=none"], "strategy glue_recipe: needs a merge"),
+    (["strategy=stack", "mixture=ffn", "router=prompt"], "strategy stack with mixture=ffn: not implemented"),
+    (["strategy=stack", "router=prompt"], "router=prompt: only mixtures route"),
+    (["strategy=evolutionary", "mixture=ffn", "router=prompt"], "strategy evolutionary with mixture=ffn"),
+    (["strategy=evolutionary", "method=none"], "strategy evolutionary: needs a merge method"),
+    (["strategy=heuristic_average", "router=prompt"], "router=prompt: only mixtures route"),
+    (["mixture=ffn", "++mixture.level=expert", "router=prompt"], "level 'expert' is not implemented"),
+])
+def test_each_kind_refuses_what_it_does_not_build_in_one_line(overrides, message, tmp_path):
+    with pytest.raises(JobError, match=message) as err:
+        kind_for(_compose(["zoo=mini2", *overrides], tmp_path))
+    assert "\n" not in str(err.value)
