@@ -1,11 +1,14 @@
-"""The sandbox for model-generated code: outcomes, limits, and what it refuses to do."""
+"""The sandbox for model-generated code: outcomes, limits, what it refuses to do, and its worker."""
+import json
 import os
+import re
 import resource
-import subprocess
+import signal
 import tempfile
 import textwrap
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,9 +31,9 @@ def assert_blocked(result: SandboxResult, *needles: str) -> None:
 
 @pytest.fixture
 def child_pids(monkeypatch):
-    """Pids of the sandboxed interpreters started during the test."""
+    """Pids of the sandboxed processes (forked by the worker) that ran the test's programs."""
     pids = []
-    monkeypatch.setattr(sandbox.subprocess, "Popen", recording_subclass(subprocess.Popen, "pid", pids))
+    monkeypatch.setattr(sandbox, "_Outcome", recording_subclass(sandbox._Outcome, "pid", pids))
     return pids
 
 
@@ -248,3 +251,149 @@ def test_output_flood_neither_hangs_nor_fills_memory():
     assert result.status == "timeout"
     # A second of printing is hundreds of MB; the parent keeps at most 64 KiB of it.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kib < 64 * 1024
+
+
+def worker_pid() -> int:
+    """Pid of the sandbox worker that runs this process's programs: their parent."""
+    result = run("import os\nassert False, os.getppid()")
+    match = re.fullmatch(r"AssertionError: (\d+) \(line 2\)", result.detail)
+    assert match, result
+    return int(match[1])
+
+
+@pytest.mark.parametrize("program", [
+    "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):\n"
+    "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
+    "import time\ntime.sleep(60)",
+    "sum(range(10**13))",   # one C call: no Python-level signal handler or check would run
+], ids=["ignores-signals", "sleeps", "hangs-in-C"])
+def test_hung_programs_are_killed_at_the_timeout(program, child_pids):
+    start = time.monotonic()
+    result = run(program)
+    assert time.monotonic() - start < 1.0 + MARGIN_S
+    assert (result.status, result.detail) == ("timeout", "no result within 1 s (wall clock)")
+    assert live_processes_in_session(child_pids[0]) == []
+
+
+def test_a_program_cannot_affect_the_next():
+    first = run("""
+        import builtins, collections, math, os, sys
+        builtins.len = lambda x: 42
+        math.pi = 3
+        collections.Counter = None
+        sys.modules["json"] = None
+        sys.setrecursionlimit(100)
+        os.environ["LEAKED"] = "1"
+        with open("leftover.txt", "w") as f:
+            f.write("x")
+        assert len([]) == 42 and os.path.exists("leftover.txt")
+    """)
+    assert first == SandboxResult(True, "passed", "")
+    second = run("""
+        import collections, json, math, os, sys
+        assert len([]) == 0
+        assert math.pi > 3.14 and collections.Counter("aab")["a"] == 2
+        assert json.dumps([1]) == "[1]"
+        assert sys.getrecursionlimit() == 1000
+        assert "LEAKED" not in os.environ
+        assert not os.path.exists("leftover.txt")
+    """)
+    assert second == SandboxResult(True, "passed", "")
+
+
+def test_each_program_draws_its_own_random_numbers():
+    # `random` is imported before the worker forks; a child that kept its state would repeat it.
+    draws = {run("import random\nassert False, random.getrandbits(64)").detail for _ in range(3)}
+    assert len(draws) == 3
+
+
+def test_programs_start_without_denied_modules_loaded():
+    # A denied module already in sys.modules would be imported from the cache, unchecked.
+    result = run(f"""
+        import sys
+        loaded = sorted(m for m in sys.modules if m.partition(".")[0] in {sorted(sandbox._DENIED_MODULES)!r})
+        assert not loaded, loaded
+        assert "collections" in sys.modules and "heapq" in sys.modules   # pre-imported
+    """)
+    assert result == SandboxResult(True, "passed", "")
+
+
+def test_a_worker_that_would_preload_a_denied_module_does_not_start(monkeypatch):
+    monkeypatch.setattr(sandbox, "_PREIMPORTED", (*sandbox._PREIMPORTED, "socket"))
+    monkeypatch.setattr(sandbox, "_worker", None)   # the usual worker is back after the test
+    sandbox._bootstrap_command.cache_clear()
+    try:
+        result = run("assert True")
+    finally:
+        sandbox._bootstrap_command.cache_clear()
+    assert (result.passed, result.status) == (False, "error")
+    assert result.detail.startswith("could not start the sandbox: RuntimeError: pre-imports loaded"), result
+    assert "socket" in result.detail
+
+
+@pytest.mark.parametrize("program, outcome", [
+    ("import faulthandler\nfaulthandler._sigsegv()", ("error", "killed by SIGSEGV")),
+    ("while True:\n    pass", ("timeout", "no result within 1 s (wall clock)")),
+    ("x = bytearray(2 * 1024**3)", ("error", "MemoryError (line 1)")),
+    ("import os\nos._exit(7)", ("error", "exited with code 7 without a report")),
+], ids=["segfault", "timeout", "memory", "exit"])
+def test_the_worker_survives_a_crash_or_timeout(program, outcome):
+    worker = worker_pid()
+    result = run(program, SandboxLimits(timeout_s=1, memory_mb=256))
+    assert (result.status, result.detail) == outcome
+    assert worker_pid() == worker
+    assert run("assert 1 + 1 == 2") == SandboxResult(True, "passed", "")
+
+
+def test_a_dead_worker_is_replaced():
+    worker = worker_pid()
+    os.kill(worker, signal.SIGKILL)
+    assert live_processes_in_session(worker) == []   # the worker leads a session of its own
+    assert run("assert 1 + 1 == 2") == SandboxResult(True, "passed", "")
+    assert worker_pid() != worker
+
+
+def test_threads_take_turns_at_the_worker():
+    programs = [f"assert {i} % 2 == 0, {i}" for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, programs))
+    assert [r.status for r in results] == ["passed", "failed"] * 4
+    assert [r.detail for r in results[1::2]] == [f"AssertionError: {i} (line 1)" for i in (1, 3, 5, 7)]
+
+
+def test_a_forked_caller_gets_its_own_worker():
+    parents_worker = worker_pid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the forked caller: answer through the pipe, never return into pytest
+        try:
+            os.close(read_end)
+            seen = {"worker": worker_pid(), "failed": run("assert 1 + 1 == 3, 'child'").detail,
+                    "passed": run("assert 1 + 1 == 2").status}
+        except BaseException as exc:
+            seen = {"exception": repr(exc)}
+        finally:
+            try:
+                os.write(write_end, json.dumps(seen).encode())
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        seen = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert seen.get("worker") not in (None, parents_worker), seen
+    assert (seen["failed"], seen["passed"]) == ("AssertionError: child (line 1)", "passed")
+    # The parent's worker is untouched by the child's start and exit.
+    assert worker_pid() == parents_worker
+    assert run("assert 1 + 1 == 3, 'parent'").detail == "AssertionError: parent (line 1)"
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    with pytest.raises(TypeError, match="^program must be a str, not bytes$"):
+        run_untrusted(b"assert True")
+    with pytest.raises(TypeError, match="^limits must be a SandboxLimits, not dict$"):
+        run_untrusted("assert True", {"timeout_s": 1})
+    with pytest.raises(ValueError, match="^SandboxLimits.timeout_s must be a positive number of seconds, not 0$"):
+        SandboxLimits(timeout_s=0)
+    with pytest.raises(ValueError, match="^SandboxLimits.memory_mb must be a positive int, not 0.5$"):
+        SandboxLimits(memory_mb=0.5)
