@@ -32,7 +32,14 @@ class Selective(Kind):
         return super().refusal(cfg) or searching_refusal(cfg)
 
     def check(self, job: Job) -> None:
+        from glue_bench.select.evolutionary import SearchConfig, open_storage
+
         self.search = instantiate_search(job.cfg)
+        # a CMA-ES search's study storage (its own, or its CMA-ES stage's) opened now: a bad or
+        # unreachable database URL fails in one line before any model is evaluated
+        cma = getattr(self.search, "evolutionary", self.search)
+        if isinstance(cma, SearchConfig):
+            open_storage(cma.storage)
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import TensorSource

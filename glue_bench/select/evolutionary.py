@@ -8,12 +8,16 @@ merge engine caches the inputs and, for TIES/DARE, the sparsified task vectors, 
 pass of arithmetic plus an evaluation). `search` also takes another space and candidate mapping:
 dataflow.py searches layer paths with it.
 
-The study lives in an Optuna RDB storage (a SQLite file by default; any SQLAlchemy URL lets many
-workers share one search), named after everything that defines it. So a killed search resumes
-where it stopped: completed trials count, trials the killed process left running are failed by
-Optuna's heartbeat once stale, and the search stops when `n_trials` trials are complete, whatever
-the number of runs or workers. A candidate evaluated before (the same parameters, in this study
-or in the fitness's cache) reuses its score.
+The study lives in an Optuna RDB storage (a SQLite file by default; any SQLAlchemy URL, e.g.
+PostgreSQL's, lets workers on many machines share one search), named after everything that
+defines it. So a killed search resumes where it stopped, and N workers started on the same job
+share one search: the budget is global and exact, the study ends with exactly `n_trials` complete
+trials whatever the number of runs or workers. A trial is admitted only while fewer than
+`n_trials` trials numbered before it are complete or running (`_admitted`), else it is pruned;
+trials a killed worker left running are failed once stale (`_fail_dead_trials`), which frees their
+places; a worker that finds the budget taken waits for the running trials to end, so every worker
+reads the same best trial. A candidate evaluated before (the same parameters, in this study or in
+the fitness's cache) reuses its score.
 
 A warm start (`WarmStarted`, strategy heuristic_evolutionary) runs a heuristic first and starts
 CMA-ES from its weights, with a smaller step: the study's "heuristic for rough coefficients, then
@@ -28,9 +32,12 @@ import argparse
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from glue_bench.errors import JobError
 from glue_bench.merge import MergeError, get_method
 from glue_bench.select.heuristic import Heuristic
 from glue_bench.select.problem import Choice, Problem
@@ -91,8 +98,6 @@ def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
     (by default the method's parameters)."""
     import optuna
     from optuna.samplers import CmaEsSampler
-    from optuna.storages import RDBStorage
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,21 +109,24 @@ def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
 
         def to_candidate(values: dict) -> dict:
             return {**problem.fixed, **_to_params(values, n, cfg)}
-    if cfg.storage.startswith("sqlite:///"):
-        Path(cfg.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=30)
+    storage = open_storage(cfg.storage)
     # model keys, not names: the same names in the micro and the mini zoo are other models
     name = study_name([r.key for r in problem.refs], problem.method, problem.fixed, cfg, problem.fitness.proxy.key, space)
-    sampler = CmaEsSampler(x0=cfg.x0 or None, sigma0=cfg.sigma0, popsize=cfg.popsize, seed=cfg.seed)
+    sampler = CmaEsSampler(x0=cfg.x0 or None, sigma0=cfg.sigma0, popsize=cfg.popsize, seed=cfg.seed,
+                           independent_sampler=_per_trial_random(cfg.seed))
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
-    done_before = _completed(study)
 
     def objective(trial) -> float:
+        # a heartbeat before anything else (Optuna's heartbeat thread may not have beaten yet): from
+        # here on, if this worker dies, the trial goes stale and is failed (`_fail_dead_trials`)
+        storage.record_heartbeat(trial._trial_id)
+        if not _admitted(study, trial.number, cfg.n_trials):
+            raise optuna.TrialPruned(f"beyond the budget of {cfg.n_trials} trials")
         params = to_candidate({k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()})
         candidate = json.dumps(params, sort_keys=True)
         trial.set_user_attr("candidate", candidate)
-        # the same candidate as a completed trial (of this run or of one that was killed): its score
+        # the same candidate as a completed trial (of any run or worker): its score
         for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if earlier.user_attrs.get("candidate") == candidate:
                 trial.set_user_attr("cached", True)
@@ -130,21 +138,20 @@ def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
         return evaluation.score
 
     start = time.perf_counter()
-    if done_before < cfg.n_trials:
-        callbacks = [MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE,))]
-        # a candidate the method refuses (e.g. every weight clipped to 0) is a failed trial
-        study.optimize(objective, callbacks=callbacks, catch=(MergeError,), show_progress_bar=progress)
+    mine = _run_to_budget(study, objective, cfg.n_trials, progress)
     minutes = (time.perf_counter() - start) / 60
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     merge_s = sum(t.user_attrs.get("merge_s", 0.0) for t in completed)
     eval_s = sum(t.user_attrs.get("eval_s", 0.0) for t in completed)
-    ran_now = len(completed) - done_before
+    # of equal scores the earliest trial: every worker reads the same best one (the storage's
+    # order among ties is not defined)
+    best = max(completed, key=lambda t: (t.value, -t.number))
     if problem.out_dir is not None:
         write_convergence([t.value for t in sorted(completed, key=lambda t: t.number)],
                           problem.out_dir / "convergence.svg", f"{name}: best proxy score so far")
     return SearchResult(
-        best_params=json.loads(study.best_trial.user_attrs["candidate"]), best_value=study.best_value,
-        completed=len(completed), trials_per_minute=ran_now / minutes if ran_now and minutes else 0.0,
+        best_params=json.loads(best.user_attrs["candidate"]), best_value=best.value,
+        completed=len(completed), trials_per_minute=mine / minutes if mine and minutes else 0.0,
         merge_share=merge_s / (merge_s + eval_s) if merge_s + eval_s else 0.0, study_name=name)
 
 
@@ -174,6 +181,131 @@ def write_convergence(values: list[float], path: Path, title: str) -> Path:
     return path
 
 
+# Optuna's heartbeat: a running trial whose worker has not beaten for _GRACE_S is failed
+_HEARTBEAT_S, _GRACE_S = 10, 30
+_POLL_S = 2.0  # how often a worker that waits for other workers' trials looks again
+
+
+def open_storage(url: str):
+    """The Optuna RDB storage at `url`, or one line naming it (password hidden) and the fault."""
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise JobError(f"study storage {url!r}: not a database URL (e.g. sqlite:///path.sqlite, "
+                       "postgresql+psycopg://user@host/db)") from None
+    # SQLite: workers on one machine queue behind each other's writes instead of failing
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+        except ImportError as exc:
+            extra = (" (pip install 'glue_bench[postgres]' installs psycopg, for postgresql+psycopg:// URLs)"
+                     if url.startswith("postgres") else "")
+            raise JobError(f"study storage {shown}: its database driver is not installed{extra}: "
+                           f"{exc.__cause__ or exc}") from None
+        except sqlalchemy.exc.NoSuchModuleError as exc:
+            raise JobError(f"study storage {shown}: {exc}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as exc:
+            # workers opening a new database at once race to create its tables: the loser retries
+            if attempt == 2 or isinstance(exc, RuntimeError):  # RuntimeError: Optuna's schema check
+                why = " ".join(str(getattr(exc, "orig", None) or exc).split())
+                raise JobError(f"study storage {shown}: cannot open it: {why}") from None
+            time.sleep(1 + attempt)
+
+
+def _run_to_budget(study, objective, n_trials: int, progress: bool) -> int:
+    """Runs trials until the study holds `n_trials` complete ones and none running, whichever
+    workers ran them; returns how many this worker completed."""
+    from optuna.trial import TrialState
+
+    from glue_bench.job import log
+
+    live = (TrialState.COMPLETE, TrialState.RUNNING)  # the trials that hold places in the budget
+    mine = 0
+
+    def after_trial(study, trial) -> None:
+        nonlocal mine
+        if trial.state == TrialState.COMPLETE:
+            mine += 1
+        if _count(study, *live) >= n_trials:  # the budget is taken: ask for no more trials
+            study.stop()
+
+    waiting = False
+    while True:
+        _fail_dead_trials(study)
+        taken, running = _count(study, *live), _count(study, TrialState.RUNNING)
+        if taken < n_trials:
+            # a candidate the method refuses (e.g. every weight clipped to 0) is a failed trial
+            study.optimize(objective, n_trials=n_trials - taken, callbacks=[after_trial], catch=(MergeError,),
+                           show_progress_bar=progress)
+        elif running:  # other workers' trials, or a dead one's until it is failed: one may be the best
+            if not waiting:
+                log(f"{study.study_name}: waiting for {running} running trial(s) of other workers (a killed "
+                    f"worker's is failed once {_GRACE_S} s without a heartbeat)")
+                waiting = True
+            time.sleep(_POLL_S)
+        else:
+            return mine
+
+
+def _admitted(study, number: int, n_trials: int) -> bool:
+    """Whether trial `number` is within the budget: fewer than `n_trials` trials numbered before it
+    are complete or running. Optuna numbers trials in the order it creates them, one at a time
+    (under a lock on the study), so every trial numbered before this one is visible here: of
+    trials racing for the last place the lowest number takes it, and no trial is admitted beyond
+    the budget. A running trial that fails (or is pruned) frees its place for a new one."""
+    from optuna.trial import TrialState
+
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return sum(t.number < number for t in live) < n_trials
+
+
+def _fail_dead_trials(study) -> None:
+    """Fails the trials killed workers left running, which hold places in the budget: those whose
+    heartbeat is stale (Optuna's check), and those older than the grace period that never got as
+    far as the objective's heartbeat (a worker killed right after creating its trial), which
+    Optuna's check skips since they have none."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():  # Optuna warns that these calls are experimental, or outside `optimize`
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage")
+        optuna.storages.fail_stale_trials(study)
+        too_old = datetime.now() - timedelta(seconds=_GRACE_S)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "candidate" not in trial.user_attrs and trial.datetime_start < too_old:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _count(study, *states) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _per_trial_random(seed: int | None):
+    """The sampler of the trials CMA-ES cannot sample yet (until one is complete): Optuna's
+    RandomSampler, reseeded with `seed` + the trial's number. Workers starting together on a study
+    would otherwise all draw RandomSampler(seed)'s first point; trial 0 still gets it."""
+    from optuna.samplers import RandomSampler
+
+    class PerTrialRandom(RandomSampler):
+        seeded_for: int | None = None
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if seed is not None and self.seeded_for != trial.number:
+                self._rng.rng.seed(seed + trial.number)
+                self.seeded_for = trial.number
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+    return PerTrialRandom(seed)
+
+
 @dataclass
 class Evolutionary(SearchConfig):
     """The strategy (conf/strategy/evolutionary.yaml)."""
@@ -201,12 +333,6 @@ class WarmStarted:
         choice.details["heuristic"] = {"weights": warm.weights, "score": warm.score,
                                        "trace": [asdict(s) for s in warm.trace]}
         return choice
-
-
-def _completed(study) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def main(argv: list[str] | None = None) -> None:
