@@ -84,3 +84,69 @@ def test_reference_solutions_score_one_and_wrong_ones_zero():
     assert functions.humaneval_pass_at_1(he, ["    return None\n"]) == {"pass_at_1": 0.0}
     assert functions.mbpp_pass_at_1(mb, [mb["code"] + "\n"]) == {"pass_at_1": 1.0}
     assert functions.mbpp_pass_at_1(mb, ["import os\nos.system('true')\n" + mb["code"]]) == {"pass_at_1": 0.0}
+
+
+def _simple_evaluate(lm, tasks_dir, cfg, samples=None):
+    """What glue_bench evaluated with before tasks were prepared: one `simple_evaluate` per call."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from glue_bench.evaluate import results_to_rows
+
+    tasks = [t for t in selected_tasks(cfg) if samples is None or t in samples]
+    out = simple_evaluate(model=lm, tasks=tasks, limit=None if samples else cfg.limit,
+                          samples={t: samples[t] for t in tasks} if samples else None, bootstrap_iters=0,
+                          log_samples=True, task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+                          confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
+                          torch_random_seed=0, fewshot_random_seed=0)
+    return results_to_rows(out["results"]), out["samples"]
+
+
+def _lms(cfg):
+    """One lm-eval LM of each kind glue_bench evaluates: a single model, a merge, FFN mixtures
+    routed per token and per sample, a block mixture and a model-level mixture."""
+    from glue_bench.evaluate import hf_lm
+    from glue_bench.merge.engine import Merger, TensorSource
+    from glue_bench.mixture.build import layered_mixture_lm, model_mixture
+    from glue_bench.zoo import load_model, load_tokenizer, local_dir, resolve_zoo, zoo_config
+
+    refs, base = resolve_zoo(zoo_config("mini2"), "micro")
+    tok = load_tokenizer(refs[0])
+    router = {"name": "prompt", "prompts": None, "n_prompts": 4, "layer": None}
+    yield "single", hf_lm(load_model(refs[0]), tok, cfg)
+    merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], "linear", TensorSource(base.name, local_dir(base)))
+    yield "merge", hf_lm(merger.to_model({}), tok, cfg)
+    for level, routing in [("ffn", "token"), ("ffn", "sample"), ("block", "token")]:
+        mixture = {"level": level, "routing": routing, "top_k": 1, "dense_layers": 0, "shared": "merge"}
+        yield f"{level} {routing}", layered_mixture_lm(refs, base, "linear", {}, mixture, router, eval_cfg=cfg)[0]
+    yield "model", model_mixture(refs, base, {"top_k": 1}, router, cfg)
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["whole split", "sample subset"])
+def test_prepared_tasks_score_every_kind_of_lm_exactly_as_simple_evaluate(tasks_dir, subset):
+    """Scores and every sample's filtered answers equal `simple_evaluate`'s, for each kind of LM,
+    each evaluated right after another on the same prepared requests (so nothing of one carries
+    over into the next)."""
+    from glue_bench.evaluate import evaluate_lm
+    from glue_bench.evaluate.prepared import prepared
+
+    cfg = EvalConfig(tasks=["mini_arc", "mini_winogrande", "mini_gsm8k", "mini_mbpp"], limit=5, batch_size=4,
+                     allow_code_execution=True)
+    samples = {"mini_arc": [3, 0, 17], "mini_winogrande": [1, 8], "mini_gsm8k": [2, 5], "mini_mbpp": [0, 4]} \
+        if subset else None
+    prepared.cache_clear()
+    seen = set()
+    for kind, lm in _lms(cfg):
+        rows, _ = evaluate_lm(lm, tasks_dir, cfg, samples=samples)
+        reference, reference_samples = _simple_evaluate(lm, tasks_dir, cfg, samples)
+        assert rows == reference, kind
+        assert prepared.cache_info().currsize == 1  # one PreparedTasks, reused by every LM
+        answers = {t: [s["filtered_resps"] for s in ss] for t, ss in reference_samples.items()}
+        again = prepared(Path(tasks_dir), tuple(cfg.tasks), cfg.limit,
+                         tuple((t, tuple(samples[t])) for t in cfg.tasks) if samples else None, include_defaults=False)
+        got = again.evaluate(lm, True)["samples"]
+        assert {t: [s["filtered_resps"] for s in ss] for t, ss in got.items()} == answers, kind
+        seen.add(json.dumps(answers, sort_keys=True, default=str))
+    # the kinds answer differently (log-likelihoods), so equal answers are not one cached answer;
+    # on a few items two mixtures may route alike
+    assert len(seen) >= 4

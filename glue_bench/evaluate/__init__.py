@@ -96,8 +96,9 @@ def selected_tasks(cfg: EvalConfig) -> list[str]:
 
 def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConfig,
                    samples: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
-    """Run lm-eval `simple_evaluate` on an in-memory model; with `samples`, on those test-split
-    document indices of each task only (a proxy set), instead of `cfg.limit`.
+    """Evaluate an in-memory model with lm-eval (its tasks prepared once per item set:
+    `evaluate/prepared.py`); with `samples`, on those test-split document indices of each task
+    only (a proxy set), instead of `cfg.limit`.
 
     Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
     {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
@@ -120,10 +121,7 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    _quiet_git_hash()
+    from glue_bench.evaluate.prepared import prepared
 
     tasks = selected_tasks(cfg)
     if samples is not None:
@@ -131,36 +129,13 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     if not tasks:
         raise EvalError("no task left to run (code tasks need eval.allow_code_execution=true)")
     start = time.perf_counter()
-    out = simple_evaluate(
-        model=lm, tasks=tasks, limit=None if samples is not None else cfg.limit,
-        samples={t: samples[t] for t in tasks} if samples is not None else None,
-        bootstrap_iters=0, log_samples=True,
-        task_manager=TaskManager(include_path=str(tasks_dir),
-                                 include_defaults=not set(tasks) <= shipped_tasks()),
-        confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
-        torch_random_seed=0, fewshot_random_seed=0,
-    )
+    items = tuple((t, tuple(samples[t])) for t in tasks) if samples is not None else None
+    tasks_prepared = prepared(Path(tasks_dir), tuple(tasks), cfg.limit, items,
+                              include_defaults=not set(tasks) <= shipped_tasks())
+    out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
     return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens}
-
-
-def _quiet_git_hash() -> None:
-    """lm-eval records `git describe` of the current directory with git's stderr on the terminal:
-    outside a checkout every evaluation printed "fatal: not a git repository". Same value, quiet."""
-    import subprocess
-
-    import lm_eval.evaluator as evaluator
-    from lm_eval.loggers.utils import get_commit_from_path
-
-    def git_hash() -> str | None:
-        try:
-            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
-        except OSError:  # no git on this machine
-            return get_commit_from_path(os.getcwd())
-        return done.stdout.strip() if done.returncode == 0 else get_commit_from_path(os.getcwd())
-
-    evaluator.get_git_commit_hash = git_hash
 
 
 def results_to_rows(results: dict) -> list[dict]:

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from glue_bench.evaluate import PRIMARY_METRIC, EvalConfig, EvalError, evaluate_model
+from glue_bench.evaluate import PRIMARY_METRIC, EvalConfig, EvalError, evaluate_lm, hf_lm
 
 
 def split_sizes(tasks_dir, tasks: list[str]) -> dict[str, int]:
@@ -59,8 +59,9 @@ class ProxySet:
 
     def score(self, model, tokenizer, tasks_dir, cfg: EvalConfig) -> tuple[float, dict[str, float]]:
         """The unweighted mean over tasks of each task's primary metric on the proxy items."""
-        rows, _ = evaluate_model(model, tokenizer, tasks_dir, cfg,
-                                 samples={t: list(i) for t, i in self.items.items()})
+        # evaluate_lm, not evaluate_model: a search has no use for the count of tokens processed
+        rows, _ = evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg,
+                              samples={t: list(i) for t, i in self.items.items()})
         return primary_mean(rows)
 
 
