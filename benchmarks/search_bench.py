@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,15 +111,18 @@ def main() -> None:
           f"(min {min(gaps):.2f}, max {max(gaps):.2f}); of it merge {merge:.2f} s, proxy evaluation {evaluate:.2f} s")
     print(f"200-trial CMA-ES on {args.zoo}, estimated from the median trial: {200 * trial / 60:.1f} min")
     if args.reproduce_before:
+        if (REPO / "results" / "search").exists():  # the default CMA-ES storage, relative to the tree
+            raise SystemExit(f"{REPO}/results/search exists: its searches would resume, not run; move it aside")
         with tempfile.TemporaryDirectory() as tmp:
             old = Path(tmp) / "old"
             subprocess.run(["git", "worktree", "add", "--detach", str(old), args.reproduce_before], cwd=REPO,
                            check=True, capture_output=True)
             try:
                 before = reproduce_s(old)
+                after = reproduce_s(REPO)
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, capture_output=True)
-        after = reproduce_s(REPO)
+                shutil.rmtree(REPO / "results" / "search", ignore_errors=True)  # this run's own searches
         print(f"reproduce --quick (micro): {args.reproduce_before} {before:.0f} s, this tree {after:.0f} s, "
               f"ratio {after / before:.2f}")
     print(f"trial {trial:.2f} s, floor {floor:.2f} s, ratio {trial / floor:.2f}")
