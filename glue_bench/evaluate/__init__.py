@@ -110,6 +110,8 @@ def hf_lm(model, tokenizer, cfg: EvalConfig):
     """An in-memory model as lm-eval's HFLM, with the eval settings (device, batch, BOS)."""
     from lm_eval.models.huggingface import HFLM
 
+    # HFLM warns twice per model that it was handed a model object, not a name: that is the design here
+    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     return HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
                 add_bos_token=cfg.add_bos_token)
 
