@@ -115,7 +115,7 @@ class Job:
                                          "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
                                          "items": items.label if items else None,
                                          "config": json.dumps({"model": ref.location, "key": ref.key})}
-                                        for r in rows])
+                                        for r in rows], outcomes=stats["outcomes"])
 
     @property
     def output_dir(self) -> Path | None:

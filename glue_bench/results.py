@@ -1,7 +1,9 @@
 """Results store: one SQLite file shared by every Hydra job of a sweep.
 
 Each job appends all of its rows plus a row in ``jobs`` in one transaction, so a
-job is either fully recorded or absent, and "is it done?" is a single lookup.
+job is either fully recorded or absent, and "is it done?" is a single lookup. With its rows go its
+per-item outcomes (table ``items``: the metric's value on each test document), from which the
+standard errors and the paired differences of glue_bench.stats are computed.
 """
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ _SCHEMA = (
     + ", UNIQUE (job_key, task, metric))",
     "CREATE TABLE IF NOT EXISTS jobs (job_key TEXT PRIMARY KEY, finished_at TEXT NOT NULL)",
 )
+# Per-item outcomes, added after the first release: an older store gains the (empty) table when it
+# is opened, and its jobs simply have no outcomes (their intervals show as missing, never invented).
+_ITEMS_SCHEMA = ("CREATE TABLE IF NOT EXISTS items (job_key TEXT NOT NULL, task TEXT NOT NULL, metric TEXT NOT NULL, "
+                 "doc_id INTEGER NOT NULL, value REAL NOT NULL, PRIMARY KEY (job_key, task, metric, doc_id)) "
+                 "WITHOUT ROWID")
 
 # Test hook, called with the row index after each insert inside the append transaction.
 _after_row_insert = None
@@ -101,7 +108,7 @@ class ResultStore:
         if empty and create:
             with self._transaction(create=True) as conn:  # re-check under the lock: racing creators
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                    for stmt in _SCHEMA:
+                    for stmt in (*_SCHEMA, _ITEMS_SCHEMA):
                         conn.execute(stmt)
         with self._connect() as conn:
             if fault := self._schema_fault(conn):
@@ -113,12 +120,17 @@ class ResultStore:
             have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
 
+        def no_items(conn) -> bool:
+            return not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
+
         with self._connect() as conn:  # a read first: opening an up-to-date store never writes
-            if not missing(conn):
+            if not missing(conn) and not no_items(conn):
                 return
         with self._transaction() as conn:  # re-checked under the lock: racing openers
             for column in missing(conn):
                 conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
+            if no_items(conn):
+                conn.execute(_ITEMS_SCHEMA)
 
     def _clean(self, job_key: str, i: int, row: dict) -> tuple:
         where = f"results store {self.path}: job {job_key!r} row {i}"
@@ -155,9 +167,24 @@ class ResultStore:
         with self._connect() as conn:
             return {r[0] for r in conn.execute("SELECT job_key FROM jobs")}
 
-    def append_job(self, job_key: str, rows: list[dict]) -> bool:
-        """Insert all rows of one job atomically and mark it done; False if it already was."""
+    def _clean_outcome(self, job_key: str, i: int, outcome: dict) -> tuple:
+        where = f"results store {self.path}: job {job_key!r} outcome {i}"
+        task, metric, doc_id, value = (outcome.get(k) for k in ("task", "metric", "doc_id", "value"))
+        if not (isinstance(task, str) and isinstance(metric, str)):
+            raise ResultsError(f"{where}: task and metric must be strings, got {task!r}, {metric!r}")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, numbers.Integral):
+            raise ResultsError(f"{where}: doc_id must be an integer, got {doc_id!r}")
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ResultsError(f"{where}: value must be a finite number, got {value!r}")
+        return job_key, task, metric, int(doc_id), float(value)
+
+    def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = ()) -> bool:
+        """Insert all rows of one job, and its per-item outcomes ({task, metric, doc_id, value}),
+        atomically and mark it done; False if it already was."""
         values = [self._clean(job_key, i, r) for i, r in enumerate(rows)]  # validate before writing
+        outcomes = [self._clean_outcome(job_key, i, outcome) for i, outcome in enumerate(outcomes)]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         columns = ("job_key", *ROW_COLUMNS, "created_at")
         sql = f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -168,6 +195,7 @@ class ResultStore:
                 conn.execute(sql, (job_key, *v, now))
                 if _after_row_insert is not None:
                     _after_row_insert(i)
+            conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", outcomes)
             conn.execute("INSERT INTO jobs VALUES (?, ?)", (job_key, now))
         return True
 
@@ -177,8 +205,18 @@ class ResultStore:
             return [{"task": t, "metric": m, "value": v} for t, m, v in conn.execute(
                 "SELECT task, metric, value FROM results WHERE job_key = ? ORDER BY rowid", (job_key,))]
 
+    def job_outcomes(self, job_key: str):
+        """One job's per-item outcomes as a DataFrame (task, metric, doc_id, value), by document;
+        empty for a job stored before outcomes were kept."""
+        import pandas as pd
+
+        with self._connect() as conn:
+            return pd.read_sql_query("SELECT task, metric, doc_id, value FROM items WHERE job_key = ? "
+                                     "ORDER BY task, metric, doc_id", conn, params=(job_key,))
+
     def delete_job(self, job_key: str) -> None:
         with self._transaction() as conn:
+            conn.execute("DELETE FROM items WHERE job_key = ?", (job_key,))
             conn.execute("DELETE FROM results WHERE job_key = ?", (job_key,))
             conn.execute("DELETE FROM jobs WHERE job_key = ?", (job_key,))
 

@@ -50,11 +50,12 @@ def evaluate_and_store(job: Job, candidate: Candidate) -> dict:
     job.store.append_job(job.key, [{**job.common, **r, "candidate": candidate.label, "method": candidate.method,
                                     "models": candidate.models, "load_s": candidate.load_s,
                                     "build_s": candidate.build_s, "eval_s": stats["eval_s"],
-                                    "items": items.label if items else None, "config": config} for r in rows])
+                                    "items": items.label if items else None, "config": config} for r in rows],
+                         outcomes=stats["outcomes"])
     if job.cfg.save:
         _save(job, candidate)
     return {"status": "done", "job_key": job.key, "build_s": candidate.build_s, **candidate.summary, **details,
-            **stats}
+            "eval_s": stats["eval_s"], "tokens": stats["tokens"]}
 
 
 def _judge(job: Job, other: AlsoJudged, items) -> None:
@@ -64,7 +65,7 @@ def _judge(job: Job, other: AlsoJudged, items) -> None:
     rows, stats = evaluate_lm(other.make_lm(), job.tasks_dir, job.eval_cfg, samples=items.samples if items else None)
     job.store.append_job(other.key, [{**job.common, **r, **other.row, "candidate": other.label,
                                       "items": items.label if items else None, "eval_s": stats["eval_s"]}
-                                     for r in rows])
+                                     for r in rows], outcomes=stats["outcomes"])
 
 
 def _save(job: Job, candidate: Candidate) -> None:

@@ -39,6 +39,12 @@ def test_single_run_stores_single_models_and_candidate_and_prints_table(run_cli)
     assert set(df[df.method == "linear"].candidate) == {"linear(mini2)"}
     assert set(df.task) == {"mini_arc", "mini_winogrande"}
     assert "== mini2" in proc.stdout and "linear(mini2)" in proc.stdout and "Δ best single" in proc.stdout
+    # every job keeps its per-item outcomes, in the same transaction: their means are its scores
+    from glue_bench.results import ResultStore
+
+    for key, scores in df.groupby("job_key"):
+        outcomes = ResultStore(run_cli.results).job_outcomes(key).groupby(["task", "metric"]).value.mean()
+        assert outcomes.to_dict() == pytest.approx(scores.set_index(["task", "metric"]).value.to_dict())
     # a re-run skips the finished job and keeps the store as it was
     again = run_cli("zoo=mini2", "method=linear", *FAST)
     assert again.returncode == 0 and "already in the store; skipping" in again.stderr

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from glue_bench.evaluate import EvalConfig, EvalError, evaluate_model, render_tasks, selected_tasks
@@ -46,6 +47,12 @@ def test_in_memory_scores_equal_the_lm_eval_cli_on_the_saved_directory(chat_a, t
         metric, _, filt = row["metric"].partition(",")
         assert cli_results[row["task"]][f"{metric},{filt or 'none'}"] == row["value"], row
     assert {r["task"] for r in rows} == set(cfg.tasks)
+    # the per-item outcomes are each document's values: their mean is the task's score
+    outcomes = pd.DataFrame(stats["outcomes"])
+    for row in rows:
+        mine = outcomes[(outcomes.task == row["task"]) & (outcomes.metric == row["metric"])]
+        assert sorted(mine.doc_id) == list(range(12)), row
+        assert mine.value.mean() == pytest.approx(row["value"], abs=1e-12), row
 
 
 def test_code_tasks_need_the_opt_in():

@@ -186,3 +186,42 @@ def test_a_store_from_before_the_items_column_gains_it_and_keeps_its_rows(tmp_pa
     assert pd.isna(df.set_index("job_key").loc["old", "items"])
     assert df.set_index("job_key").loc["new", "items"] == "final (x)"
     assert store.job_rows("old") == [{"task": "t", "metric": "acc", "value": 0.5}]
+    # it also gains the per-item outcomes table: the old job has none (never invented), new ones do
+    assert store.job_outcomes("old").empty
+    assert store.append_job("newer", [dict(task="t", metric="acc", value=1.0)],
+                            outcomes=[dict(task="t", metric="acc", doc_id=0, value=1.0)])
+    assert store.job_outcomes("newer").value.tolist() == [1.0]
+
+
+def _outcomes(n: int) -> list[dict]:
+    return [dict(task="task0", metric="m0", doc_id=d, value=float(d % 2)) for d in range(n)]
+
+
+def test_per_item_outcomes_are_stored_with_their_job_and_deleted_with_it(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    assert store.append_job("a", make_rows("a", 1), outcomes=_outcomes(5))
+    got = store.job_outcomes("a")
+    assert list(got.columns) == ["task", "metric", "doc_id", "value"]
+    assert got.doc_id.tolist() == [0, 1, 2, 3, 4] and got.value.tolist() == [0, 1, 0, 1, 0]
+    assert store.job_outcomes("b").empty
+    store.delete_job("a")
+    assert store.job_outcomes("a").empty
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(task="t", metric="m", doc_id=0, value=float("nan")), "finite number"),
+    (dict(task="t", metric="m", doc_id="0", value=1.0), "doc_id must be an integer"),
+    (dict(task=None, metric="m", doc_id=0, value=1.0), "must be strings"),
+])
+def test_a_bad_outcome_writes_nothing_of_its_job(tmp_path, bad, match):
+    store = ResultStore(tmp_path / "r.sqlite")
+    with pytest.raises(ResultsError, match=match):
+        store.append_job("a", make_rows("a", 1), outcomes=[*_outcomes(3), bad])
+    assert not store.has_job("a") and store.to_dataframe().empty and store.job_outcomes("a").empty
+
+
+def test_a_job_s_outcomes_twice_for_one_document_roll_it_back(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    with pytest.raises(ResultsError):
+        store.append_job("a", make_rows("a", 1), outcomes=_outcomes(2) + _outcomes(1))
+    assert not store.has_job("a") and store.job_outcomes("a").empty

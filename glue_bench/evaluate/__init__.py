@@ -101,7 +101,8 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
     only (a proxy set), instead of `cfg.limit`.
 
     Returns (rows, stats): one row {task, metric, value, stderr} per task metric, and
-    {"eval_s", "tokens"} where tokens counts the prompt and generated tokens processed.
+    {"eval_s", "tokens", "outcomes"} where tokens counts the prompt and generated tokens processed and
+    outcomes are per item {task, metric, doc_id, value}: each metric on each document.
     """
     return evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg, samples, tokenizer)
 
@@ -137,7 +138,7 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
-    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens}
+    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens, "outcomes": item_outcomes(out)}
 
 
 def results_to_rows(results: dict) -> list[dict]:
@@ -153,6 +154,21 @@ def results_to_rows(results: dict) -> list[dict]:
             rows.append({"task": task, "metric": name, "value": float(value),
                          "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None})
     return rows
+
+
+def item_outcomes(out: dict) -> list[dict]:
+    """lm-eval's logged samples as per-item outcomes {task, metric, doc_id, value}, the metric
+    named as `results_to_rows` names it (with its filter unless that is "none")."""
+    items = []
+    for task, samples in sorted(out.get("samples", {}).items()):
+        for sample in samples:
+            filt = sample["filter"]
+            for metric in sample["metrics"]:
+                value = sample.get(metric)
+                if isinstance(value, (bool, int, float)):
+                    items.append({"task": task, "metric": metric if filt == "none" else f"{metric},{filt}",
+                                  "doc_id": int(sample["doc_id"]), "value": float(value)})
+    return items
 
 
 def _count_tokens(out: dict, tokenizer) -> int:
