@@ -25,14 +25,16 @@ META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router"
 
 
 def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zoo_cfg: dict | None = None,
-                     mini_size: str | None = None) -> pd.DataFrame:
+                     mini_size: str | None = None, values: str = "value") -> pd.DataFrame:
     """One row per candidate scored on the zoo's item set (`items=None`: the whole test split):
     `kind` (base / single / built), the job's META columns (config parsed), the primary metric per
     task and their mean `avg`, indexed by a label unique within the zoo.
 
     Single models are found by their key (what they resolve to), not their name: two zoos may
     each hold a `base`. `zoo_cfg`: the zoo's config when it is not in conf/zoo (--config-dir);
-    `mini_size`: which size of the mini zoo (default: the one the zoo's candidates were built at)."""
+    `mini_size`: which size of the mini zoo (default: the one the zoo's candidates were built at).
+    `values="stderr"`: the standard errors instead, `avg`'s that of the mean of task means
+    (missing where a row has none: rows stored before per-item outcomes were kept)."""
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
     single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
@@ -47,10 +49,13 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     label = rows["candidate"].where(~rows.duplicated(["candidate", "task"], keep=False),
                                     rows["candidate"] + " [" + rows["job_key"].str[:6] + "]")
     rows = rows.assign(label=label)
-    scores = rows.pivot_table(index="label", columns="task", values="value", aggfunc="first")
+    scores = rows.pivot_table(index="label", columns="task", values=values, aggfunc="first", dropna=False)
     scores = scores[[t for t in PRIMARY_METRIC if t in scores.columns]]
     scores.columns = [c.removeprefix("mini_") for c in scores.columns]
-    scores["avg"] = scores.mean(axis=1, skipna=False)
+    if values == "stderr":  # tasks independent: sqrt(sum se_t^2) / T
+        scores["avg"] = (scores ** 2).sum(axis=1, skipna=False) ** 0.5 / scores.shape[1]
+    else:
+        scores["avg"] = scores.mean(axis=1, skipna=False)
     meta = rows.drop_duplicates("label").set_index("label")[list(META)]
     meta["config"] = meta["config"].map(lambda c: json.loads(c) if isinstance(c, str) else {})
     ids = rows.drop_duplicates("label").set_index("label")["config"].map(_ids)

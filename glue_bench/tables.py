@@ -41,13 +41,34 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, **where) -> 
     # order: the base, the single models, then the candidates; best first within each
     order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
     table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
-    return table.rename(index={lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]})
+    return table.rename(index=_base_label(scores))
 
 
-def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str:
-    body = table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}", na_rep="-")
+def zoo_half_widths(df: pd.DataFrame, zoo: str, items: str | None = None, **where) -> pd.DataFrame:
+    """95 % half-widths (1.96 standard errors) of `zoo_table`'s scores, same rows and columns;
+    missing where a row has no standard error."""
+    errors = candidate_scores(df, zoo, items, values="stderr", **where)
+    if errors.empty:
+        return pd.DataFrame()
+    return (1.96 * errors[tasks_of(errors) + ["avg"]].astype(float)).rename(index=_base_label(errors))
+
+
+def _base_label(scores: pd.DataFrame) -> dict[str, str]:
+    return {lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]}
+
+
+def format_table(table: pd.DataFrame, zoo: str, items: str | None = None, half_widths: pd.DataFrame | None = None) -> str:
+    """The printed table: `value ± 95 % half-width` where the standard error is known."""
+    shown = table.astype(object)
+    for column in table.columns:
+        for label, value in table[column].items():
+            half = half_widths.at[label, column] if half_widths is not None and label in half_widths.index \
+                and column in half_widths.columns else float("nan")
+            shown.at[label, column] = "-" if pd.isna(value) else f"{value:+.3f}" if column.startswith("Δ") \
+                else f"{value:.3f}" + ("" if pd.isna(half) else f" ± {half:.3f}")
     where = "whole test split" if items is None else items
-    return f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1) ==\n{body}\n"
+    return (f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1), "
+            f"± 95 % half-width ==\n{shown.to_string()}\n")
 
 
 def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> None:
@@ -64,7 +85,7 @@ def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> N
                 print(f"no table for zoo {zoo}: {err}", flush=True)
                 break
             if not table.empty:
-                print(format_table(table, zoo, items), flush=True)
+                print(format_table(table, zoo, items, zoo_half_widths(df, zoo, items, **where)), flush=True)
 
 
 class PrintTableCallback(Callback):

@@ -53,6 +53,8 @@ def test_in_memory_scores_equal_the_lm_eval_cli_on_the_saved_directory(chat_a, t
         mine = outcomes[(outcomes.task == row["task"]) & (outcomes.metric == row["metric"])]
         assert sorted(mine.doc_id) == list(range(12)), row
         assert mine.value.mean() == pytest.approx(row["value"], abs=1e-12), row
+        # and the row's standard error is theirs in closed form: sample std / sqrt(n)
+        assert row["stderr"] == pytest.approx(mine.value.std(ddof=1) / 12 ** 0.5, abs=1e-12), row
 
 
 def test_code_tasks_need_the_opt_in():
@@ -98,7 +100,7 @@ def _simple_evaluate(lm, tasks_dir, cfg, samples=None):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from glue_bench.evaluate import results_to_rows
+    from glue_bench.evaluate import item_outcomes, results_to_rows, with_stderr
 
     tasks = [t for t in selected_tasks(cfg) if samples is None or t in samples]
     out = simple_evaluate(model=lm, tasks=tasks, limit=None if samples else cfg.limit,
@@ -106,7 +108,7 @@ def _simple_evaluate(lm, tasks_dir, cfg, samples=None):
                           log_samples=True, task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
                           confirm_run_unsafe_code=cfg.allow_code_execution, random_seed=0, numpy_random_seed=0,
                           torch_random_seed=0, fewshot_random_seed=0)
-    return results_to_rows(out["results"]), out["samples"]
+    return with_stderr(results_to_rows(out["results"]), item_outcomes(out)), out["samples"]
 
 
 def _lms(cfg):

@@ -34,14 +34,15 @@ class Store:
         self.store, self.path, self.n = ResultStore(path), path, 0
 
     def add(self, candidate, arc, mmlu, *, zoo="mini2", method="none", strategy="none", mixture="none",
-            router="none", items=None, config=None):
+            router="none", items=None, config=None, stderr=(None, None)):
         self.n += 1
         if config is None and method == "none" and mixture == "none":  # a single model: rows name its key
             config = {"key": model_ref(candidate, "mini", SIZE).key}
         common = dict(zoo=zoo, candidate=candidate, method=method, strategy=strategy, mixture=mixture,
                       router=router, items=items, config=json.dumps(config or {}))
-        self.store.append_job(f"job{self.n}", [dict(common, task="mini_arc", metric="acc_norm", value=arc),
-                                               dict(common, task="mini_mmlu", metric="acc", value=mmlu)])
+        self.store.append_job(f"job{self.n}", [
+            dict(common, task="mini_arc", metric="acc_norm", value=arc, stderr=stderr[0]),
+            dict(common, task="mini_mmlu", metric="acc", value=mmlu, stderr=stderr[1])])
 
     def df(self):
         return read_results(self.path)
@@ -190,3 +191,18 @@ def test_a_zoo_given_twice_prints_the_one_hydra_used():
     config = OmegaConf.create({"zoo": {"name": "mini4"},
                                "hydra": {"overrides": {"task": ["zoo=mini2", "method=linear", "zoo=mini4,mini8"]}}})
     assert _swept_zoos(config) == ["mini4", "mini8"]
+
+
+def test_printed_scores_carry_their_95_percent_half_width_where_known(store):
+    from glue_bench.tables import format_table, zoo_half_widths
+
+    store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", stderr=(0.03, 0.04))
+    df = store.df()
+    table, half = zoo_table(df, "mini2"), zoo_half_widths(df, "mini2")
+    assert half.loc["linear(mini2)", "arc"] == pytest.approx(1.96 * 0.03)
+    assert half.loc["linear(mini2)", "avg"] == pytest.approx(1.96 * (0.03 ** 2 + 0.04 ** 2) ** 0.5 / 2)
+    assert half.loc["chat_a"].isna().all()  # stored without a standard error: none is invented
+    text = format_table(table, "mini2", None, half)
+    assert "0.600 ± 0.059" in text and "0.600 ± 0.078" in text and "0.600 ± 0.049" in text
+    chat_a = next(line for line in text.splitlines() if line.startswith("chat_a"))
+    assert "±" not in chat_a and "0.400" in chat_a

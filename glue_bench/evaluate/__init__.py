@@ -138,7 +138,9 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
-    return results_to_rows(out["results"]), {"eval_s": eval_s, "tokens": tokens, "outcomes": item_outcomes(out)}
+    outcomes = item_outcomes(out)
+    return with_stderr(results_to_rows(out["results"]), outcomes), {"eval_s": eval_s, "tokens": tokens,
+                                                                     "outcomes": outcomes}
 
 
 def results_to_rows(results: dict) -> list[dict]:
@@ -153,6 +155,21 @@ def results_to_rows(results: dict) -> list[dict]:
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             rows.append({"task": task, "metric": name, "value": float(value),
                          "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None})
+    return rows
+
+
+def with_stderr(rows: list[dict], outcomes: list[dict]) -> list[dict]:
+    """Each row's standard error in closed form from its per-item outcomes (sample std / sqrt(n),
+    what lm-eval reports for a mean), where the score is their mean; other aggregations keep none."""
+    from glue_bench.stats import task_se
+
+    per_metric: dict[tuple[str, str], list[float]] = {}
+    for outcome in outcomes:
+        per_metric.setdefault((outcome["task"], outcome["metric"]), []).append(outcome["value"])
+    for row in rows:
+        values = per_metric.get((row["task"], row["metric"]))
+        if row["stderr"] is None and values and len(values) > 1 and abs(sum(values) / len(values) - row["value"]) < 1e-9:
+            row["stderr"] = task_se(values)
     return rows
 
 
