@@ -113,9 +113,9 @@ class ResultStore:
         with self._connect() as conn:
             if fault := self._schema_fault(conn):
                 raise self._foreign(fault)
-        self._add_missing_columns()
+        self._upgrade_schema()
 
-    def _add_missing_columns(self) -> None:
+    def _upgrade_schema(self) -> None:
         def missing(conn) -> list[str]:
             have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
