@@ -40,8 +40,9 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
     built = primary[~single_rows & (primary["zoo"] == zoo)]
     refs, base = resolve_zoo(zoo_cfg or zoo_config(zoo), mini_size or table_mini_size(df, zoo))
+    zoo_models = _known([*refs, base])
     singles = primary[single_rows]
-    singles = singles[[bool(_ids(c) & (_known(refs) | _known([base]))) for c in singles["config"]]]
+    singles = singles[[bool(_ids(c) & zoo_models) for c in singles["config"]]]
     rows = pd.concat([singles, built])
     if rows.empty:
         return pd.DataFrame(columns=["kind", *META, "avg"])

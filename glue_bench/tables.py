@@ -60,10 +60,11 @@ def _base_label(scores: pd.DataFrame) -> dict[str, str]:
 def format_table(table: pd.DataFrame, zoo: str, items: str | None = None, half_widths: pd.DataFrame | None = None) -> str:
     """The printed table: `value ± 95 % half-width` where the standard error is known."""
     shown = table.astype(object)
+    halves = (half_widths if half_widths is not None else pd.DataFrame()).reindex(index=table.index,
+                                                                                 columns=table.columns)
     for column in table.columns:
         for label, value in table[column].items():
-            half = half_widths.at[label, column] if half_widths is not None and label in half_widths.index \
-                and column in half_widths.columns else float("nan")
+            half = halves.at[label, column]
             shown.at[label, column] = "-" if pd.isna(value) else f"{value:+.3f}" if column.startswith("Δ") \
                 else f"{value:.3f}" + ("" if pd.isna(half) else f" ± {half:.3f}")
     where = "whole test split" if items is None else items

@@ -132,8 +132,8 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     if not tasks:
         raise EvalError("no task left to run (code tasks need eval.allow_code_execution=true)")
     start = time.perf_counter()
-    items = tuple((t, tuple(samples[t])) for t in tasks) if samples is not None else None
-    tasks_prepared = prepared(Path(tasks_dir), tuple(tasks), cfg.limit, items,
+    subset = tuple((t, tuple(samples[t])) for t in tasks) if samples is not None else None
+    tasks_prepared = prepared(Path(tasks_dir), tuple(tasks), cfg.limit, subset,
                               include_defaults=not set(tasks) <= shipped_tasks())
     out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
     eval_s = time.perf_counter() - start

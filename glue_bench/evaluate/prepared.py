@@ -20,14 +20,12 @@ from pathlib import Path
 class PreparedTasks:
     def __init__(self, tasks_dir: str, tasks: tuple[str, ...], limit: int | None,
                  samples: tuple[tuple[str, tuple[int, ...]], ...] | None, include_defaults: bool):
-        import numpy as np
-        import torch
         from lm_eval.evaluator_utils import get_sample_size
         from lm_eval.tasks import TaskManager
 
         self.samples = {t: list(i) for t, i in samples} if samples is not None else None
         self.limit = None if samples is not None else limit
-        _seed_as_simple_evaluate(random, np, torch)
+        _seed_as_simple_evaluate()
         self.loaded = TaskManager(include_path=tasks_dir, include_defaults=include_defaults).load(list(tasks))
         self.instances = []
         for name, task in self.loaded["tasks"].items():
@@ -42,13 +40,11 @@ class PreparedTasks:
 
     def evaluate(self, lm, allow_code_execution: bool) -> dict:
         """lm-eval's `evaluate()` of `lm` on the prepared requests: its results dict (with samples)."""
-        import numpy as np
-        import torch
         from lm_eval.evaluator import evaluate
 
         for instance in self.instances:  # the previous model's answers
             instance.resps, instance.filtered_resps = [], {}
-        _seed_as_simple_evaluate(random, np, torch)
+        _seed_as_simple_evaluate()
         with _templates_compiled_once():
             return evaluate(lm=lm, task_dict=self.loaded, limit=self.limit, samples=self.samples, bootstrap_iters=0,
                             log_samples=True, confirm_run_unsafe_code=allow_code_execution)
@@ -84,8 +80,11 @@ def _apply_template(template: str, doc: dict) -> str:
     return _compiled(template).render(**doc)
 
 
-def _seed_as_simple_evaluate(random_module, np, torch) -> None:
-    random_module.seed(0)
+def _seed_as_simple_evaluate() -> None:
+    import numpy as np
+    import torch
+
+    random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
 
