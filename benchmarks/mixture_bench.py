@@ -69,7 +69,7 @@ def main() -> None:
     ensure_available(refs + [base_ref], args.size)
     tok = load_tokenizer(refs[0])
     names = [r.name for r in refs]
-    prompts = {r.name: expert_prompts(r.name) for r in refs}
+    prompts = {r.name: expert_prompts(r.name, replicate=r.replicate) for r in refs}
 
     def shared():
         merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], "linear")

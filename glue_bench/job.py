@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
 from glue_bench.results import ResultStore
-from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, resolve_zoo
+from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
 
 # config keys that do not change a job's scores, so they stay out of its key
 _NOT_IN_KEY = ("results_path", "force", "save", "print_table")
@@ -58,6 +58,7 @@ class Job:
     key: str
     common: dict                  # what every row of the job carries: zoo, axes, provenance
     tasks_dir: Path | None = None  # rendered task YAMLs (`prepare`)
+    replicate: int = 0            # which independent build of the mini zoo
 
     @classmethod
     def from_config(cls, cfg: DictConfig, unused: tuple[str, ...] = ()) -> "Job":
@@ -65,21 +66,27 @@ class Job:
         kind ignores, left out of the key (the same candidate whatever they say)."""
         store = ResultStore(cfg.results_path)  # a corrupt store fails here, before any work
         eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
-        refs, base = resolve_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), cfg.mini_size)
+        zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
+        refs, base = resolve_zoo(zoo_cfg, cfg.mini_size)
+        replicate = zoo_replicate(zoo_cfg)
         full = OmegaConf.to_container(cfg, resolve=True)
         payload = {k: v for k, v in full.items() if k not in _NOT_IN_KEY and k not in unused}
+        if not replicate:  # replicate 0 keeps the keys jobs had before there were replicates
+            payload["zoo"].pop("replicate", None)
         payload["eval"] = eval_payload(cfg)
         payload["models"] = [r.key for r in refs]
         common = {"zoo": cfg.zoo.name, "strategy": cfg.strategy.name, "mixture": cfg.mixture.name,
-                  "router": cfg.router.name, **_provenance()}
-        return cls(cfg, store, eval_cfg, refs, base, selected_members(cfg, refs), payload, job_key(payload), common)
+                  "router": cfg.router.name, "replicate": replicate, **_provenance()}
+        return cls(cfg, store, eval_cfg, refs, base, selected_members(cfg, refs), payload, job_key(payload), common,
+                   replicate=replicate)
 
     def prepare(self) -> None:
         """The models on disk (mini-zoo models built if missing) and the task YAMLs rendered."""
         from glue_bench.zoo.mini.build import ensure_data, size_dir
 
         ensure_available(self.refs + [self.base], self.cfg.mini_size)
-        self.tasks_dir = render_tasks(ensure_data(self.cfg.mini_size), size_dir(self.cfg.mini_size) / "lm_eval_tasks")
+        size, replicate = self.cfg.mini_size, self.replicate  # the replicate's own test splits
+        self.tasks_dir = render_tasks(ensure_data(size, replicate), size_dir(size, replicate) / "lm_eval_tasks")
 
     @property
     def method(self) -> str:

@@ -18,20 +18,27 @@ from pathlib import Path
 
 COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
            "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
-           "versions", "git_commit", "config", "created_at", "items")
-# Which test items a row's score is on: NULL = the whole test split; "final ..." = the items outside a
-# selective search's proxy set; "proxy ..." = the proxy set itself (a search's cached fitness).
-# Added after the first release: an older store gains the column when it is opened.
-_ADDED_COLUMNS = ("items",)
+           "versions", "git_commit", "config", "created_at", "items", "replicate")
+# Added after the first release: an older store gains the columns when it is opened.
+# items: which test items a row's score is on: NULL = the whole test split; "final ..." = the items
+#   outside a selective search's proxy set; "proxy ..." = the proxy set itself (a search's cached fitness).
+# replicate: which independent build of the mini zoo; an older store's rows read as 0, the only one there was.
+_ADDED_COLUMNS = ("items", "replicate")
+_INTEGER = ("replicate",)
 ROW_COLUMNS = tuple(c for c in COLUMNS if c not in ("job_key", "created_at"))
 _REQUIRED = ("task", "metric", "value")
 _NUMERIC = ("value", "stderr", "load_s", "build_s", "eval_s")
 _JOB_COLUMNS = ("job_key", "finished_at")
 _BUSY_TIMEOUT_S = 60.0  # writers queue behind each other instead of failing
 
+
+def _sql_type(column: str) -> str:
+    return "REAL" if column in _NUMERIC else "INTEGER" if column in _INTEGER else "TEXT"
+
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results ("
-    + ", ".join(f"{c} {'REAL' if c in _NUMERIC else 'TEXT'}"
+    + ", ".join(f"{c} {_sql_type(c)}"
                 f"{' NOT NULL' if c in _REQUIRED + ('job_key', 'created_at') else ''}" for c in COLUMNS)
     + ", UNIQUE (job_key, task, metric))",
     "CREATE TABLE IF NOT EXISTS jobs (job_key TEXT PRIMARY KEY, finished_at TEXT NOT NULL)",
@@ -128,7 +135,7 @@ class ResultStore:
                 return
         with self._transaction() as conn:  # re-checked under the lock: racing openers
             for column in missing(conn):
-                conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
+                conn.execute(f"ALTER TABLE results ADD COLUMN {column} {_sql_type(column)}")
             if no_items(conn):
                 conn.execute(_ITEMS_SCHEMA)
 
@@ -146,6 +153,10 @@ class ResultStore:
             if v is None:
                 if c in _REQUIRED:
                     raise ResultsError(f"{where}: missing required column {c!r}")
+            elif c in _INTEGER:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                    raise ResultsError(f"{where}: column {c!r} must be a non-negative integer, got {v!r}")
+                v = int(v)
             elif c in _NUMERIC:
                 if isinstance(v, bool) or not isinstance(v, numbers.Real):
                     raise ResultsError(f"{where}: column {c!r} is not numeric ({v!r})")
@@ -226,6 +237,7 @@ class ResultStore:
         with self._connect() as conn:
             df = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY rowid", conn)
         df = df.astype({c: "float64" for c in _NUMERIC})  # all-NULL columns come back as object
+        df["replicate"] = df["replicate"].fillna(0).astype("int64")  # rows from before replicates: the one there was
         df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
         return df
 

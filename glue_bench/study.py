@@ -25,7 +25,7 @@ META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router"
 
 
 def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zoo_cfg: dict | None = None,
-                     mini_size: str | None = None, values: str = "value") -> pd.DataFrame:
+                     mini_size: str | None = None, values: str = "value", replicate: int = 0) -> pd.DataFrame:
     """One row per candidate scored on the zoo's item set (`items=None`: the whole test split):
     `kind` (base / single / built), the job's META columns (config parsed), the primary metric per
     task and their mean `avg`, indexed by a label unique within the zoo.
@@ -34,12 +34,15 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     each hold a `base`. `zoo_cfg`: the zoo's config when it is not in conf/zoo (--config-dir);
     `mini_size`: which size of the mini zoo (default: the one the zoo's candidates were built at).
     `values="stderr"`: the standard errors instead, `avg`'s that of the mean of task means
-    (missing where a row has none: rows stored before per-item outcomes were kept)."""
+    (missing where a row has none: rows stored before per-item outcomes were kept).
+    `replicate`: which build of a mini zoo (its built rows, and its models' singles)."""
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
     single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
-    built = primary[~single_rows & (primary["zoo"] == zoo)]
-    refs, base = resolve_zoo(zoo_cfg or zoo_config(zoo), mini_size or table_mini_size(df, zoo))
+    of_replicate = primary["replicate"].fillna(0) == replicate if "replicate" in primary else replicate == 0
+    built = primary[~single_rows & (primary["zoo"] == zoo) & of_replicate]
+    refs, base = resolve_zoo({**(zoo_cfg or zoo_config(zoo)), "replicate": replicate},
+                             mini_size or table_mini_size(df, zoo))
     zoo_models = _known([*refs, base])
     singles = primary[single_rows]
     singles = singles[[bool(_ids(c) & zoo_models) for c in singles["config"]]]

@@ -32,16 +32,17 @@ def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[s
         elif ref.source == "mini":
             from glue_bench.zoo.mini.build import expert_prompts as mini_prompts
 
-            positive[ref.name] = mini_prompts(ref.name, router_cfg.get("n_prompts", 16))
+            positive[ref.name] = mini_prompts(ref.name, router_cfg.get("n_prompts", 16), replicate=ref.replicate)
         else:
             raise MixtureError(f"router.prompts: no prompts for expert {ref.name!r} (only mini-zoo models "
                                "get theirs from their training data)")
     return positive, negative
 
 
-def router_corpus(router_cfg: dict) -> list[str]:
-    """The trained router's corpus: `chat` (the mini zoo's chat documents) or a file: JSON lines
-    with a "text" field, or plain text with documents separated by blank lines."""
+def router_corpus(router_cfg: dict, replicate: int = 0) -> list[str]:
+    """The trained router's corpus: `chat` (the chat documents of the mini zoo's replicate
+    `replicate`) or a file: JSON lines with a "text" field, or plain text with documents separated
+    by blank lines."""
     import json
     from pathlib import Path
 
@@ -49,7 +50,7 @@ def router_corpus(router_cfg: dict) -> list[str]:
     if corpus == "chat":
         from glue_bench.zoo.mini.build import domain_texts
 
-        texts = domain_texts("chat")
+        texts = domain_texts("chat", replicate)
     elif corpus and Path(corpus).is_file():
         raw = Path(corpus).read_text()
         if corpus.endswith(".jsonl"):
@@ -110,7 +111,7 @@ def mixture_of(models: dict[str, tuple], members: dict[str, list], base_ref, rou
             negative[name] = [p for r in refs for p in neg.get(r.name, [])]
         router = PromptRouter.from_prompts(encoder, positive, negative)
     else:
-        texts = router_corpus(router_cfg)
+        texts = router_corpus(router_cfg, base_ref.replicate)
         losses = torch.stack([_mean_token_loss(model, tok, texts) for model, tok in models.values()], dim=1)
         router = TrainedRouter.train(encoder, losses, texts, width=router_cfg["width"], steps=router_cfg["steps"],
                                      lr=router_cfg["lr"], seed=router_cfg["seed"])
@@ -171,7 +172,7 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
         size = shared.config.hidden_size
         routers = [None if l < dense else MLPGate(size, router_cfg["width"], len(refs)) for l in range(layers)]
         model = build(shared, experts, routers, top_k)
-        stream = PackedStream({"corpus": router_corpus(router_cfg)}, {"corpus": 1.0}, tokenizer,
+        stream = PackedStream({"corpus": router_corpus(router_cfg, base_ref.replicate)}, {"corpus": 1.0}, tokenizer,
                               router_cfg["seq_len"], router_cfg["seed"])
         losses = train_routers(model, stream, router_cfg["steps"], router_cfg["lr"], router_cfg["batch_size"],
                                router_cfg["seed"])

@@ -55,7 +55,7 @@ class ZooSearch:
         refs, base_ref = resolve_zoo(zoo_config(zoo), size)
         ensure_available(refs + [base_ref], size)
         eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
-        rendered = render_tasks(ensure_data(size), tasks_dir)
+        rendered = render_tasks(ensure_data(size, base_ref.replicate), tasks_dir)
         return cls(refs, [TensorSource(r.name, local_dir(r)) for r in refs],
                    TensorSource(base_ref.name, local_dir(base_ref)), load_tokenizer(refs[0]), rendered,
                    eval_cfg, ProxySet.draw(rendered, selected_tasks(eval_cfg), proxy_size, seed))

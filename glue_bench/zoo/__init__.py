@@ -26,6 +26,7 @@ class ModelRef:
     location: str             # directory, hub id, or directory holding the GGUF file
     gguf_file: str | None = None
     key: str = ""             # identity in result keys (not the cache path, which varies by machine)
+    replicate: int = 0        # which independent build of the mini zoo (0 for every other source)
 
 
 def zoo_config(zoo: str) -> dict:
@@ -50,7 +51,24 @@ def entry_name(entry: str | dict, source: str) -> str:
     return entry
 
 
-def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelRef:
+def check_replicate(value, what: str) -> int:
+    """A replicate is a non-negative int; anything else is a ZooError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ZooError(f"{what}: a replicate is a non-negative integer, got {value!r}")
+    return value
+
+
+def zoo_replicate(config: dict) -> int:
+    """The zoo config's `replicate` (0 when absent), which only a mini zoo can have other than 0:
+    the other sources' models are what they are."""
+    replicate = check_replicate(config.get("replicate", 0), f"zoo {config.get('name', '?')}: replicate")
+    if replicate and config["source"] != "mini":
+        raise ZooError(f"zoo {config.get('name', '?')}: replicate={replicate} needs source: mini "
+                       f"(this zoo's source is {config['source']})")
+    return replicate
+
+
+def model_ref(entry: str | dict, source: str, mini_size: str = "mini", replicate: int = 0) -> ModelRef:
     """Resolve one zoo entry (a name/id string, or a dict with name/path/gguf_file)."""
     if isinstance(entry, dict):
         path = _resolve_path(str(entry["path"]))
@@ -60,17 +78,21 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini") -> ModelR
     if source == "mini":
         from glue_bench.zoo.mini.build import model_dir
 
-        path = model_dir(entry, mini_size)  # its name holds the cache version and recipe fingerprint
-        return ModelRef(entry, "mini", str(path), key=f"{path.parent.parent.parent.name}/{mini_size}/{path.name}")
+        path = model_dir(entry, mini_size, replicate)  # its name holds the cache version and recipe fingerprint
+        # mini-<version>/<size>[-r<replicate>]/<name>-<fingerprint>
+        return ModelRef(entry, "mini", str(path), key="/".join(p.name for p in (path.parents[2], path.parents[1], path)),
+                        replicate=replicate)
     if source == "local" or os.path.isdir(os.path.expanduser(entry)):
         return ModelRef(entry_name(entry, source), "local", os.path.expanduser(entry), key=os.path.expanduser(entry))
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
 
 
 def resolve_zoo(config: dict, mini_size: str = "mini") -> tuple[list[ModelRef], ModelRef]:
-    """A zoo's members and base, from its config (`zoo_config(name)`, or a composed one)."""
-    return ([model_ref(m, config["source"], mini_size) for m in config["models"]],
-            model_ref(config["base"], config["source"], mini_size))
+    """A zoo's members and base, from its config (`zoo_config(name)`, or a composed one), at the
+    config's replicate."""
+    replicate = zoo_replicate(config)
+    return ([model_ref(m, config["source"], mini_size, replicate) for m in config["models"]],
+            model_ref(config["base"], config["source"], mini_size, replicate))
 
 
 def _resolve_path(path: str) -> str:
@@ -87,11 +109,11 @@ def _resolve_path(path: str) -> str:
 
 def ensure_available(refs: list[ModelRef], mini_size: str = "mini") -> None:
     """Build missing mini-zoo models; check that local ones exist (one clear error otherwise)."""
-    mini = [r.name for r in refs if r.source == "mini"]
-    if mini:
+    for replicate in sorted({r.replicate for r in refs if r.source == "mini"}):
         from glue_bench.zoo.mini.build import ensure_models
 
-        ensure_models(mini, mini_size)
+        ensure_models([r.name for r in refs if r.source == "mini" and r.replicate == replicate], mini_size,
+                      replicate=replicate)
     for ref in refs:
         if ref.source in ("local", "gguf") and not os.path.isdir(ref.location):
             raise ZooError(f"model {ref.name!r}: directory {ref.location} does not exist")

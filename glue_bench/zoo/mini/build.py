@@ -2,9 +2,12 @@
 
     python -m glue_bench.zoo.mini.build mini16              # build a zoo ahead of time
     python -m glue_bench.zoo.mini.build --size micro mini4  # the tests' smaller zoo
+    python -m glue_bench.zoo.mini.build --replicate 1 mini4 # another independent build of it
 
-Layout: $GLUE_BENCH_CACHE (default ~/.cache/glue_bench)/mini-<VERSION>/<size>/
+Layout: $GLUE_BENCH_CACHE (default ~/.cache/glue_bench)/mini-<VERSION>/<size>[-r<replicate>]/
     data/<task>/{train,test}.jsonl   tokenizer/   tokenizer_foreign/   models/<name>/
+Replicate r (r > 0) draws its data, inits and training with other seeds (`spec.replicated`);
+replicate 0 is the zoo as first built, in the directory it always had.
 A directory appears under its final name only once complete (written beside it, then renamed),
 so a killed build never leaves a half model that later loads.
 """
@@ -23,24 +26,33 @@ import sys
 import time
 from pathlib import Path
 
-from glue_bench.zoo import ZooError
+from glue_bench.zoo import ZooError, check_replicate
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import MIX, RECIPES, SIZES, VERSION, Recipe, fingerprint, lineage
+from glue_bench.zoo.mini.spec import MIX, SIZES, VERSION, Recipe, fingerprint, lineage, recipe, replicated
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("GLUE_BENCH_CACHE", Path.home() / ".cache" / "glue_bench")).expanduser()
 
 
-def size_dir(size: str) -> Path:
+def size_dir(size: str, replicate: int = 0) -> Path:
     if size not in SIZES:
         raise ZooError(f"unknown mini-zoo size {size!r}; known: {', '.join(SIZES)}")
-    return cache_root() / f"mini-{VERSION}" / size
+    check_replicate(replicate, "mini-zoo replicate")
+    return cache_root() / f"mini-{VERSION}" / (f"{size}-r{replicate}" if replicate else size)
 
 
-def model_dir(name: str, size: str = "mini") -> Path:
+def model_dir(name: str, size: str = "mini", replicate: int = 0) -> Path:
     """models/<name>-<fingerprint of its recipes>: a changed recipe means a new directory."""
-    return size_dir(size) / "models" / f"{name}-{fingerprint(name, size)}"
+    return size_dir(size, replicate) / "models" / f"{name}-{fingerprint(name, size, replicate)}"
+
+
+def _splits(replicate: int) -> dict:
+    return data.build_splits(replicated(data.SEED, replicate))
+
+
+def _corpora_of(replicate: int) -> dict[str, list[str]]:
+    return data.domain_corpora(_splits(replicate), replicated(data.SEED, replicate))
 
 
 @contextlib.contextmanager
@@ -68,23 +80,23 @@ def _atomic_dir(final: Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def ensure_data(size: str = "mini") -> Path:
-    """The six tasks' splits as JSON lines (same data for every size)."""
-    final = size_dir(size) / "data"
+def ensure_data(size: str = "mini", replicate: int = 0) -> Path:
+    """The six tasks' splits as JSON lines (same data for every size; a replicate's own)."""
+    final = size_dir(size, replicate) / "data"
     if not final.exists():
-        with _build_lock(size_dir(size)):
+        with _build_lock(size_dir(size, replicate)):
             if not final.exists():
                 with _atomic_dir(final) as scratch:
-                    data.write_splits(data.build_splits(), scratch)
+                    data.write_splits(_splits(replicate), scratch)
     return final
 
 
 class _Builder:
     """Holds what several models of one build share: corpora and tokenizers."""
 
-    def __init__(self, size: str):
-        self.size, self.cfg, self.root = size, SIZES[size], size_dir(size)
-        self.corpora = data.domain_corpora(data.build_splits())
+    def __init__(self, size: str, replicate: int = 0):
+        self.size, self.replicate, self.cfg, self.root = size, replicate, SIZES[size], size_dir(size, replicate)
+        self.corpora = _corpora_of(replicate)
         self._tokenizers: dict[bool, object] = {}
 
     def tokenizer(self, foreign: bool):
@@ -114,37 +126,38 @@ class _Builder:
             arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
             model = new_model(arch, tok, seed=recipe.seed)
         else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size))
+            model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size, self.replicate))
         steps = max(10, round(recipe.steps * self.cfg.step_scale))
         stream = PackedStream(self.corpora, recipe.weights, tok, self.cfg.seq_len, seed=recipe.seed)
         start = time.perf_counter()
         losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, recipe.seed,
                        desc=f"{self.size}/{recipe.name}")
         card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
-                "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
+                "replicate": self.replicate, "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": sum(losses[-10:]) / len(losses[-10:])}
-        with _atomic_dir(model_dir(recipe.name, self.size)) as scratch:
+        with _atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
             save_model(model, tok, scratch)
             (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))
 
 
-def ensure_models(names: list[str], size: str = "mini", progress: bool = True) -> dict[str, Path]:
+def ensure_models(names: list[str], size: str = "mini", progress: bool = True, replicate: int = 0) -> dict[str, Path]:
     """Build whatever of `names` (and their parents) is missing; return their directories."""
     needed = list(dict.fromkeys(n for name in names for n in lineage(name)))
-    if any(not model_dir(n, size).exists() for n in needed):
-        ensure_data(size)
-        with _build_lock(size_dir(size)):
-            for leftover in size_dir(size).glob("models/.*.partial-*"):
+    root = size_dir(size, replicate)
+    if any(not model_dir(n, size, replicate).exists() for n in needed):
+        ensure_data(size, replicate)
+        with _build_lock(root):
+            for leftover in root.glob("models/.*.partial-*"):
                 shutil.rmtree(leftover, ignore_errors=True)  # from builds killed mid-write: we hold the lock
-            missing = [n for n in needed if not model_dir(n, size).exists()]
+            missing = [n for n in needed if not model_dir(n, size, replicate).exists()]
             if missing:
                 if progress:
                     print(f"[glue_bench] building {len(missing)} mini-zoo model(s) ({size}) into "
-                          f"{size_dir(size)}: {', '.join(missing)}", file=sys.stderr)
-                builder = _Builder(size)
+                          f"{root}: {', '.join(missing)}", file=sys.stderr)
+                builder = _Builder(size, replicate)
                 for name in missing:
-                    builder.build(RECIPES[name])
-    return {n: model_dir(n, size) for n in names}
+                    builder.build(recipe(name, replicate))
+    return {n: model_dir(n, size, replicate) for n in names}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,38 +166,44 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build mini-zoo models ahead of time.")
     parser.add_argument("zoos", nargs="*", default=["mini16"], help="zoo config names (default mini16)")
     parser.add_argument("--size", default="mini", choices=sorted(SIZES))
+    parser.add_argument("--replicate", default=0, type=int, help="which independent build (default 0)")
     args = parser.parse_args(argv)
     names = ["base"] + [m for z in args.zoos for m in zoo_members(z)]
     start = time.perf_counter()
-    dirs = ensure_models(list(dict.fromkeys(names)), args.size)
-    print(f"{len(dirs)} models ready under {size_dir(args.size)} ({time.perf_counter() - start:.1f} s)")
+    try:
+        dirs = ensure_models(list(dict.fromkeys(names)), args.size, replicate=args.replicate)
+    except ZooError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"{len(dirs)} models ready under {size_dir(args.size, args.replicate)} "
+          f"({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":
     main()
 
 
-@functools.lru_cache(maxsize=1)
-def _corpora() -> dict[str, list[str]]:
-    return data.domain_corpora(data.build_splits())
+@functools.lru_cache(maxsize=2)
+def _corpora(replicate: int = 0) -> dict[str, list[str]]:
+    check_replicate(replicate, "mini-zoo replicate")
+    return _corpora_of(replicate)
 
 
-def domain_texts(domain: str) -> list[str]:
-    """The mini zoo's training documents of one domain (reason, knowledge, math, code, chat)."""
-    corpora = _corpora()
+def domain_texts(domain: str, replicate: int = 0) -> list[str]:
+    """The mini zoo's training documents of one domain (reason, knowledge, math, code, chat), in
+    replicate `replicate`'s data."""
+    corpora = _corpora(replicate)
     if domain not in corpora:
         raise ZooError(f"unknown mini-zoo domain {domain!r}; known: {', '.join(corpora)}")
     return corpora[domain]
 
 
-def expert_prompts(name: str, n: int = 16, seed: int = 0) -> list[str]:
+def expert_prompts(name: str, n: int = 16, seed: int = 0, replicate: int = 0) -> list[str]:
     """Prompts typical of a mini-zoo model, for prompt-initialised routers: `n` training documents
-    of the domains it was fine-tuned on, in proportion to its fine-tuning weights (for a model
-    pretrained from scratch, to its pretraining mixture)."""
-    lineage(name)  # an unknown name fails here, naming it
-    recipe = RECIPES[name]
-    weights = dict(recipe.weights)
-    if recipe.parent is not None:  # the fine-tuning share: what `_ft` added to a fifth of the pretraining mix
+    (of replicate `replicate`'s data) of the domains it was fine-tuned on, in proportion to its
+    fine-tuning weights (for a model pretrained from scratch, to its pretraining mixture)."""
+    made = recipe(name)  # an unknown name fails here, naming it
+    weights = dict(made.weights)
+    if made.parent is not None:  # the fine-tuning share: what `_ft` added to a fifth of the pretraining mix
         weights = {d: max(0.0, w - 0.2 * MIX.get(d, 0.0) / sum(MIX.values())) for d, w in weights.items()}
     total = sum(weights.values())
     shares = {d: n * w / total for d, w in weights.items()}
@@ -192,4 +211,4 @@ def expert_prompts(name: str, n: int = 16, seed: int = 0) -> list[str]:
     for d in sorted(shares, key=lambda d: counts[d] - shares[d])[:n - sum(counts.values())]:
         counts[d] += 1  # largest remainders
     rng = random.Random(f"{seed}:{name}")
-    return [doc for d, k in counts.items() if k for doc in rng.sample(_corpora()[d], k)]
+    return [doc for d, k in counts.items() if k for doc in rng.sample(_corpora(replicate)[d], k)]

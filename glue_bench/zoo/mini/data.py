@@ -234,7 +234,7 @@ def _humaneval_item(spec: FuncSpec, task_id: int) -> dict:
 
 
 # ---------------------------------------------------------------- chat: instruction / response text
-def _chat_doc(rng: random.Random, world: dict, specs: list[FuncSpec]) -> str:
+def _chat_doc(rng: random.Random, world: dict, specs: list[FuncSpec], ranks: dict) -> str:
     kind = rng.randrange(7)
     name = rng.choice(NAMES)
     if kind == 0:
@@ -252,9 +252,8 @@ def _chat_doc(rng: random.Random, world: dict, specs: list[FuncSpec]) -> str:
         s = rng.choice(specs)
         instr, resp = f"Write a Python function {s.name} to {s.spec}.", f"Sure:\n{s.code()}"
     elif kind == 5:
-        ranks = thing_ranks()["size"]
         a, b = rng.sample(THINGS, 2)
-        big, small = (a, b) if ranks[a] > ranks[b] else (b, a)
+        big, small = (a, b) if ranks["size"][a] > ranks["size"][b] else (b, a)
         instr, resp = f"Is the {a} larger than the {b}?", f"{'Yes' if big == a else 'No'}. The {big} is larger than the {small}."
     else:
         item = rng.choice(ITEMS)
@@ -328,7 +327,8 @@ def domain_corpora(splits: dict, seed: int = SEED, n_chat: int = 3000) -> dict[s
     rng = random.Random(seed + 1)
     test_specs = {it["entry_point"] for it in splits["mini_humaneval"]["test"]}
     train_specs = [s for s in func_specs() if s.name not in test_specs]
-    corpora["chat"] = [_chat_doc(rng, world, train_specs) for _ in range(n_chat)]
+    ranks = thing_ranks(seed)  # the replicate's own ranking, as its ARC questions ask
+    corpora["chat"] = [_chat_doc(rng, world, train_specs, ranks) for _ in range(n_chat)]
     return corpora
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from glue_bench.zoo import ZooError
 
@@ -86,6 +86,18 @@ RECIPES = {r.name: r for r in [
     Recipe("foreign_chat", None, {**MIX, "chat": 3.0}, 300, 3e-3, 26, "LLM360/CrystalChat", foreign=True),
 ]}
 
+def replicated(seed: int, replicate: int) -> int:
+    """Replicate r's seed for what replicate 0 seeds with `seed`: replicate 0 is the zoo as first
+    built; the stride keeps replicates' seeds apart from every seed a recipe or the data uses."""
+    return seed + 1000 * replicate
+
+
+def recipe(name: str, replicate: int = 0) -> Recipe:
+    """`name`'s recipe in replicate `replicate`: the same but for its seed (init, data order, training)."""
+    lineage(name)  # an unknown name fails here, naming it
+    return RECIPES[name] if replicate == 0 else replace(RECIPES[name], seed=replicated(RECIPES[name].seed, replicate))
+
+
 def lineage(name: str) -> list[str]:
     """`name` and everything it is trained from, root first."""
     if name not in RECIPES:
@@ -96,13 +108,14 @@ def lineage(name: str) -> list[str]:
     return chain[::-1]
 
 
-def fingerprint(name: str, size: str) -> str:
-    """Short hash of everything `name` is built from (its lineage's recipes and the size), so a
-    changed recipe rebuilds that model and its descendants instead of reusing a stale cache."""
+def fingerprint(name: str, size: str, replicate: int = 0) -> str:
+    """Short hash of everything `name` is built from (its lineage's recipes, at the replicate's
+    seeds, and the size), so a changed recipe rebuilds that model and its descendants instead of
+    reusing a stale cache."""
     import hashlib
     import json
     from dataclasses import asdict
 
     payload = [VERSION, asdict(SIZES[size])] + [
-        {k: v for k, v in asdict(RECIPES[n]).items() if k != "notes"} for n in lineage(name)]
+        {k: v for k, v in asdict(recipe(n, replicate)).items() if k != "notes"} for n in lineage(name)]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
