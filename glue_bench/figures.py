@@ -37,17 +37,29 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def _error_bars(table: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
+    """The (2, rows, columns) distances from each value down to its `low` and up to its `high`
+    column (study's convention), 0 where a value has no interval."""
+    bound = {b: table.reindex(columns=[f"{c} {b}" for c in values.columns]).to_numpy(float) for b in ("low", "high")}
+    errors = np.stack([values.to_numpy(float) - bound["low"], bound["high"] - values.to_numpy(float)])
+    return np.nan_to_num(errors, nan=0.0)
+
+
 def _grouped_bars(table: pd.DataFrame, path, title: str, lines: dict[str, str]) -> Path | None:
-    """One group per column (zoo), one bar per row; the rows named in `lines` ({row: line style})
-    are drawn as a horizontal line across their group instead."""
+    """One group per column (zoo), one bar per row with its 95 % interval; the rows named in
+    `lines` ({row: line style}) are drawn as a horizontal line across their group instead."""
+    errors_of = table
+    table = table[[c for c in table.columns if study.is_value_column(c)]]
     references = table.loc[[r for r in lines if r in table.index]]
     bars = table.drop(index=references.index).dropna(how="all")
     if bars.empty:
         return None
+    errors = _error_bars(errors_of.loc[bars.index], bars)
     x, width = np.arange(len(table.columns)), 0.8 / len(bars)
     fig, ax = _axes(max(6.0, 0.35 * bars.size + 2), 4.5)
     for i, (label, row) in enumerate(bars.iterrows()):
-        ax.bar(x + (i - (len(bars) - 1) / 2) * width, row.to_numpy(float), width, label=label)
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, row.to_numpy(float), width, label=label,
+               yerr=errors[:, i, :], capsize=2, error_kw={"linewidth": 0.8})
     for label, row in references.iterrows():
         ax.hlines(row.to_numpy(float), x - 0.45, x + 0.45, colors="black", linestyles=lines[label],
                   linewidth=2, label=label)
@@ -77,7 +89,12 @@ def merge_vs_mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | 
     """`study.merge_vs_mixture` (rows = zoos): the best merge and the best mixture per zoo."""
     if table.empty:
         return None
-    return strategy_bars(table[["best single", "best merge", "best mixture"]].T, path, title)
+    shown = ["best single", "best merge", "best mixture"]
+    matrix = pd.DataFrame(index=shown)
+    for zoo, row in table.iterrows():
+        for suffix in ("", " low", " high"):
+            matrix[f"{zoo}{suffix}"] = [row.get(f"{name}{suffix}", np.nan) for name in shown]
+    return strategy_bars(matrix, path, title)
 
 
 def recipe_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
@@ -93,7 +110,8 @@ def recipe_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
     best = singles.idxmax() if not singles.empty else None
     colors = ["tab:orange" if c == best else "tab:gray" if c in singles.index else "tab:blue" for c in scores.index]
     fig, ax = _axes(8, 0.3 * len(scores) + 1.2)
-    ax.barh(range(len(scores)), scores.to_numpy(float), color=colors)
+    errors = _error_bars(table.droplevel("zoo"), scores.to_frame())[:, :, 0]
+    ax.barh(range(len(scores)), scores.to_numpy(float), color=colors, xerr=errors, capsize=2)
     ax.set_yticks(range(len(scores)), scores.index)
     ax.invert_yaxis()  # best on top
     ax.set_xlim(left=max(0.0, scores.min() - 0.05))
@@ -198,9 +216,10 @@ def _report(name: str, path: Path | None, why: str) -> Path | None:
 
 
 def draw_table(name: str, df: pd.DataFrame, figures_dir) -> Path | None:
-    """The figure of one study table (a TABLE_FIGURES name) from the store's DataFrame."""
+    """The figure of one study table (a TABLE_FIGURES name) from the store's DataFrame: its first
+    replicate zoo's, as the written tables."""
     table = next(t for t in study.TABLES if t.name == name)
-    path = TABLE_FIGURES[name](table.build(df), Path(figures_dir) / f"{name}.png", textwrap.fill(table.title, 80))
+    path = TABLE_FIGURES[name](table.build(study.at_replicate(df, study.replicates(df)[0])), Path(figures_dir) / f"{name}.png", textwrap.fill(table.title, 80))
     return _report(name, path, f"no rows for it in the store: run the {table.preset} preset")
 
 

@@ -11,6 +11,7 @@ the paired standard error is far smaller than the unpaired sqrt(se_a^2 + se_b^2)
     paired_bootstrap(a, b)           percentile 95 % CI and p-value, items resampled within each task
     mcnemar_exact(a, b)              the classical test for one binary task
     min_detectable_effect(se)        at 80 % power, two-sided alpha 0.05: about 2.8 se
+    holm(p_values)                   p-values adjusted for many tests at once (family-wise error)
 
 `a` and `b` map each task to its per-item values, in the same item order for both.
 References: E. Miller, "Adding Error Bars to Evals" (arXiv 2411.00640); B. Efron and R. Tibshirani,
@@ -91,6 +92,20 @@ def min_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) ->
     """The smallest true difference a two-sided test at `alpha` detects with `power`."""
     z = NormalDist()
     return (z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) * se
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)), in the input's order. Rejecting where the adjusted
+    value is below alpha keeps the chance of any false rejection below alpha, whatever the
+    dependence between the tests (S. Holm, Scand. J. Statist. 6, 1979). nan stays nan, not counted."""
+    p_values = [float(p) for p in p_values]
+    known = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = list(p_values), 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def _diffs(a: Outcomes, b: Outcomes, task: str) -> np.ndarray:

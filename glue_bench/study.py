@@ -5,6 +5,12 @@ built from the store by one small function. Scores are the mean of the tasks' pr
 ("avg"); selective strategies and the recipe are scored on their final items (the test split minus
 their proxy set), merges and mixtures on the whole test split. Where a reference exists it stands
 beside the measured value with the difference (see `glue_bench.reference`).
+
+Uncertainty travels in columns of its own: `<column> low` / `<column> high` (a score's 95 %
+interval, closed form; a difference's paired bootstrap interval) and `<column> p` (a difference's
+p-value), and the jobs a value comes from in `key` columns, so that a reader (glue_bench.findings)
+can pair them again. Differences are paired only where an `Evidence` (the store's per-item
+outcomes) is given; otherwise, and for jobs stored without outcomes, their interval is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Callable
 import pandas as pd
 
 from glue_bench.evaluate import PRIMARY_METRIC
+from glue_bench.evidence import Evidence
 from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
 from glue_bench.zoo import ZooError, resolve_zoo, zoo_config
 
@@ -97,7 +104,56 @@ def _ids(config) -> set[str]:
 
 
 def tasks_of(scores: pd.DataFrame) -> list[str]:
-    return [c for c in scores.columns if c not in ("kind", *META, "avg")]
+    return [c for c in scores.columns if c not in ("kind", *META, "avg", "avg_se")]
+
+
+def scored(df: pd.DataFrame, zoo: str, items: str | None = None) -> pd.DataFrame:
+    """`candidate_scores` with the standard error of each row's average beside it (`avg_se`), at
+    the replicate zoo `df` holds (`at_replicate`; replicate 0 when it holds several)."""
+    held = replicates(df)
+    replicate = held[0] if len(held) == 1 else 0
+    scores = candidate_scores(df, zoo, items, replicate=replicate)
+    scores["avg_se"] = candidate_scores(df, zoo, items, values="stderr", replicate=replicate)["avg"].reindex(scores.index)
+    return scores
+
+
+def replicates(df: pd.DataFrame) -> list[int]:
+    """The replicate zoos the store holds rows of (rows without the column: replicate 0)."""
+    if "replicate" not in df.columns or df.empty:
+        return [0]
+    return sorted({int(r) for r in df["replicate"].fillna(0)})
+
+
+def at_replicate(df: pd.DataFrame, replicate: int) -> pd.DataFrame:
+    if "replicate" not in df.columns:
+        return df
+    return df[df["replicate"].fillna(0) == replicate]
+
+
+UNCERTAINTY = (" low", " high", " p")
+
+
+def is_value_column(column) -> bool:
+    """Not an interval bound, a p-value or a job key: what a figure or a reader shows as a value."""
+    name = str(column)
+    return not name.endswith(UNCERTAINTY) and not (name == "key" or name.endswith(" key"))
+
+
+def add_interval(table: pd.DataFrame, column: str, se: pd.Series) -> pd.DataFrame:
+    """`column low` and `column high`: the 95 % interval of each value, 1.96 standard errors."""
+    table[f"{column} low"] = table[column] - 1.96 * se
+    table[f"{column} high"] = table[column] + 1.96 * se
+    return table
+
+
+def add_paired(table: pd.DataFrame, column: str, pairs: list[tuple[str, str] | None], ev: Evidence | None):
+    """`column low`, `column high` and `column p` of a difference column, paired per row: `pairs`
+    gives each row's (job a, job b), None where the row has no b (the reference itself)."""
+    found = [ev.paired([pair]) if ev is not None and pair is not None else None for pair in pairs]
+    for what in ("low", "high", "p"):
+        attribute = "p_value" if what == "p" else what
+        table[f"{column} {what}"] = [getattr(d, attribute) if d is not None else float("nan") for d in found]
+    return table
 
 
 def best_single(scores: pd.DataFrame) -> tuple[str | None, float]:
@@ -141,74 +197,129 @@ def _whole_zoo(row) -> bool:
 
 # ---- the tables ---------------------------------------------------------------------------------
 
-def merge_methods(df: pd.DataFrame) -> pd.DataFrame:
+def merge_methods(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Per zoo: the best single model and every merge method's merge of the whole zoo."""
     parts = []
     for zoo in zoos_in(df):
-        s = candidate_scores(df, zoo)
+        s = scored(df, zoo)
         merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
                    & s.apply(_whole_zoo, axis=1)]
         if merges.empty:
             continue
         name, best = best_single(s)
         rows = pd.concat([s.loc[[name]].assign(candidate=f"best single: {name}"), merges]) if name else merges
-        table = rows.assign(zoo=zoo).set_index(["zoo", "candidate"])[tasks_of(s) + ["avg"]]
-        parts.append(table.assign(**{"Δ best single": table["avg"] - best}).sort_values("avg", ascending=False))
+        rows = rows.assign(zoo=zoo).set_index(["zoo", "candidate"])
+        table = add_interval(rows[tasks_of(s) + ["avg"]].copy(), "avg", rows["avg_se"])
+        table["Δ best single"] = table["avg"] - best
+        best_key = s.loc[name, "job_key"] if name else None
+        add_paired(table, "Δ best single", [(k, best_key) if best_key and k != best_key else None
+                                            for k in rows["job_key"]], ev)
+        table["key"], table["best single key"] = rows["job_key"], best_key
+        parts.append(table.sort_values("avg", ascending=False))
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-def failure_case(df: pd.DataFrame) -> pd.DataFrame:
+def failure_case(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Merges of two chosen models against the better of the two."""
     rows = []
     for zoo in zoos_in(df):
-        s = candidate_scores(df, zoo)
+        s = scored(df, zoo)
         for _, row in s[(s["kind"] == "built") & (s["mixture"] == "none")].iterrows():
             pair = _setting(row["config"], "strategy", "models") or []
             if len(pair) != 2 or row["strategy"] != "all" or not all(p in s.index for p in pair):
                 continue
             better = max(pair, key=lambda p: s.loc[p, "avg"])
-            rows.append({"zoo": zoo, "merge": row["candidate"], "avg": row["avg"], "better parent": better,
-                         "parent avg": s.loc[better, "avg"], "Δ better parent": row["avg"] - s.loc[better, "avg"]})
-    return pd.DataFrame(rows).set_index(["zoo", "merge"]) if rows else pd.DataFrame()
+            rows.append({"zoo": zoo, "merge": row["candidate"], "avg": row["avg"], "avg_se": row["avg_se"],
+                         "better parent": better, "parent avg": s.loc[better, "avg"],
+                         "Δ better parent": row["avg"] - s.loc[better, "avg"],
+                         "key": row["job_key"], "parent key": s.loc[better, "job_key"]})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index(["zoo", "merge"])
+    add_interval(table, "avg", table.pop("avg_se"))
+    add_paired(table, "Δ better parent", list(zip(table["key"], table["parent key"])), ev)
+    return table[[c for c in table.columns if not c.endswith("key")] + ["key", "parent key"]]
 
 
-def _selective_table(df: pd.DataFrame, keep: Callable[[pd.Series], bool]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Cell:
+    """One value of a candidates x zoos table, with its standard error and the job it comes from."""
+    value: float
+    se: float
+    key: str
+
+
+def _cell(scores: pd.DataFrame, label: str) -> Cell:
+    row = scores.loc[label]
+    return Cell(row["avg"], row["avg_se"], row["job_key"])
+
+
+def _best_single_cell(scores: pd.DataFrame) -> Cell:
+    name, best = best_single(scores)
+    return _cell(scores, name) if name else Cell(best, float("nan"), "")
+
+
+def cells_table(cells: dict[str, dict[str, Cell]]) -> pd.DataFrame:
+    """Columns = the cells' columns (zoos), each with its `low` and `high`; rows = candidates."""
+    values = pd.DataFrame({column: {label: c.value for label, c in by_label.items()}
+                           for column, by_label in cells.items()}, dtype=float)
+    ses = pd.DataFrame({column: {label: c.se for label, c in by_label.items()}
+                        for column, by_label in cells.items()}, dtype=float).reindex(values.index)
+    table = pd.DataFrame(index=values.index)
+    for column in values.columns:
+        table[column] = values[column]
+        add_interval(table, column, ses[column])
+    return _baselines_first(table)
+
+
+def selective_cells(df: pd.DataFrame, keep: Callable[[pd.Series], bool]) -> dict[str, dict[str, Cell]]:
     """Rows = the kept selective jobs (labelled strategy(method), with CMA-ES's trials), the best
-    single model and the merge of all candidates; columns = zoo (and proxy set); values = avg on
+    single model and the merge of all candidates; columns = zoo (and proxy set); cells = avg on
     the final items."""
     columns = {}
     for zoo in zoos_in(df):
         sets = final_item_sets(df, zoo)
         for items in sets:
-            s = candidate_scores(df, zoo, items)
+            s = scored(df, zoo, items)
             chosen = s[(s["kind"] == "built") & (s["strategy"] != "all") & s.apply(keep, axis=1)]
             if chosen.empty:
                 continue
             column = zoo if len(sets) == 1 else f"{zoo} {items.removeprefix('final items: test minus proxy ')}"
-            values = {"best single": best_single(s)[1]}
-            for _, row in s[(s["kind"] == "built") & (s["strategy"] == "all")].iterrows():
-                values[f"merge all ({row['method']})"] = row["avg"]
-            for _, row in chosen.iterrows():
+            cells = {"best single": _best_single_cell(s)}
+            for label, row in s[(s["kind"] == "built") & (s["strategy"] == "all")].iterrows():
+                cells[f"merge all ({row['method']})"] = _cell(s, label)
+            for label, row in chosen.iterrows():
                 trials = _trials(row["config"])
-                values[f"{row['strategy']}({row['method']})" + (f", {trials} trials" if trials else "")] = row["avg"]
-            columns[column] = values
-    return _baselines_first(pd.DataFrame(columns))
+                cells[f"{row['strategy']}({row['method']})" + (f", {trials} trials" if trials else "")] = _cell(s, label)
+            columns[column] = cells
+    return columns
 
 
-def strategies(df: pd.DataFrame) -> pd.DataFrame:
+def in_strategies(row) -> bool:
+    return row["method"] == "linear" and row["strategy"] not in ("glue_recipe",)
+
+
+def in_method_evolution(row) -> bool:
+    return row["strategy"] == "evolutionary"
+
+
+def in_heuristic_evolution(row) -> bool:
+    return row["strategy"] in ("heuristic_coefficient", "evolutionary", "heuristic_evolutionary")
+
+
+def strategies(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """The merging benchmark's strategy comparison (linear merges)."""
-    return _selective_table(df, lambda row: row["method"] == "linear" and row["strategy"] not in ("glue_recipe",))
+    return cells_table(selective_cells(df, in_strategies))
 
 
-def method_evolution(df: pd.DataFrame) -> pd.DataFrame:
+def method_evolution(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Evolutionary (CMA-ES) merging with each merge method."""
-    return _selective_table(df, lambda row: row["strategy"] == "evolutionary")
+    return cells_table(selective_cells(df, in_method_evolution))
 
 
-def heuristic_evolution(df: pd.DataFrame) -> pd.DataFrame:
+def heuristic_evolution(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """The heuristic, CMA-ES, and CMA-ES started from the heuristic's coefficients."""
-    return _selective_table(df, lambda row: row["strategy"] in
-                            ("heuristic_coefficient", "evolutionary", "heuristic_evolutionary"))
+    return cells_table(selective_cells(df, in_heuristic_evolution))
 
 
 MIXTURE_DEFAULTS = {"router": "prompt", "routing": "token", "dense_layers": 0}
@@ -223,29 +334,28 @@ def _mixture_settings(row) -> dict:
             "dense_layers": mixture.get("dense_layers", 0) if layered else "-"}
 
 
-def _mixture_table(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "block", "model")) -> pd.DataFrame:
+def mixture_cells(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "block", "model")) -> dict[str, dict[str, Cell]]:
     """Rows = mixtures (whole test split) that vary only along `axes` (the others at
     MIXTURE_DEFAULTS), plus the best single model and the zoo's linear merge; columns = zoo."""
     columns = {}
     for zoo in zoos_in(df):
-        s = candidate_scores(df, zoo)
+        s = scored(df, zoo)
         mixtures = s[(s["kind"] == "built") & (s["mixture"] != "none") & (s["strategy"] == "all")]
-        values = {}
-        for _, row in mixtures.iterrows():
+        cells = {}
+        for label, row in mixtures.iterrows():
             settings = _mixture_settings(row)
             fixed = all(settings[k] in (v, "-") for k, v in MIXTURE_DEFAULTS.items() if k not in axes)
             if settings["level"] in levels and fixed and _whole_zoo(row):
                 shown = ("level", *(a for a in axes if a != "level"))
-                values[", ".join(f"{a} {settings[a]}" if a == "dense_layers" else str(settings[a])
-                                 for a in shown)] = row["avg"]
-        if not values:
+                cells[", ".join(f"{a} {settings[a]}" if a == "dense_layers" else str(settings[a])
+                                for a in shown)] = _cell(s, label)
+        if not cells:
             continue
-        _, best = best_single(s)
         merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
                    & (s["method"] == "linear") & s.apply(_whole_zoo, axis=1)]
-        columns[zoo] = {"best single": best, **({"linear merge": merges["avg"].iloc[0]} if len(merges) else {}),
-                        **values}
-    return _baselines_first(pd.DataFrame(columns))
+        columns[zoo] = {"best single": _best_single_cell(s),
+                        **({"linear merge": _cell(s, merges.index[0])} if len(merges) else {}), **cells}
+    return columns
 
 
 def _baselines_first(table: pd.DataFrame) -> pd.DataFrame:
@@ -254,45 +364,54 @@ def _baselines_first(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[first + sorted(i for i in table.index if i not in first)].rename_axis("candidate")
 
 
-def mixture_levels(df):
+def mixture_levels(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """FFN-, block- and model-level mixtures (prompt router, token routing)."""
-    return _mixture_table(df, ("level",))
+    return cells_table(mixture_cells(df, ("level",)))
 
 
-def mixture_routers(df):
+def mixture_routers(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """The training-free prompt router against the trained MLP router, per level."""
-    return _mixture_table(df, ("router",))
+    return cells_table(mixture_cells(df, ("router",)))
 
 
-def mixture_routing(df):
+def mixture_routing(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Token against sample routing (FFN and block level, prompt router)."""
-    return _mixture_table(df, ("routing",), levels=("ffn", "block"))
+    return cells_table(mixture_cells(df, ("routing",), levels=("ffn", "block")))
 
 
-def mixture_hybrid(df):
+def mixture_hybrid(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Hybrid mixtures: the first layers dense (the experts' merge), the rest mixed."""
-    return _mixture_table(df, ("dense_layers",), levels=("ffn", "block"))
+    return cells_table(mixture_cells(df, ("dense_layers",), levels=("ffn", "block")))
 
 
-def merge_vs_mixture(df: pd.DataFrame) -> pd.DataFrame:
+def merge_vs_mixture(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """Per zoo: the best single model, the best merge and the best mixture (whole test split)."""
     rows = []
     for zoo in zoos_in(df):
-        s = candidate_scores(df, zoo)
+        s = scored(df, zoo)
         built = s[(s["kind"] == "built") & (s["strategy"] == "all") & s.apply(_whole_zoo, axis=1)]
         merges, mixtures = built[built["mixture"] == "none"], built[built["mixture"] != "none"]
         if merges.empty or mixtures.empty:
             continue
-        _, best = best_single(s)
-        merge, mixture = merges["avg"].idxmax(), mixtures["avg"].idxmax()
-        rows.append({"zoo": zoo, "best single": best, "best merge": merges.loc[merge, "avg"],
-                     "best mixture": mixtures.loc[mixture, "avg"], "merge": merge, "mixture": mixture,
-                     "winner": max([("single", best), ("merge", merges.loc[merge, "avg"]),
-                                    ("mixture", mixtures.loc[mixture, "avg"])], key=lambda kv: kv[1])[0]})
-    return pd.DataFrame(rows).set_index("zoo") if rows else pd.DataFrame()
+        shown = {"best single": _best_single_cell(s), "best merge": _cell(s, merges["avg"].idxmax()),
+                 "best mixture": _cell(s, mixtures["avg"].idxmax())}
+        row = {"zoo": zoo, **{name: c.value for name, c in shown.items()},
+               "merge": merges["avg"].idxmax(), "mixture": mixtures["avg"].idxmax(),
+               "winner": max(shown, key=lambda name: shown[name].value).removeprefix("best "),
+               "Δ merge − mixture": shown["best merge"].value - shown["best mixture"].value}
+        row.update({f"{name} se": c.se for name, c in shown.items()})
+        row.update({f"{name.removeprefix('best ')} key": c.key for name, c in shown.items()})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index("zoo")
+    for name in ("best single", "best merge", "best mixture"):
+        add_interval(table, name, table.pop(f"{name} se"))
+    add_paired(table, "Δ merge − mixture", list(zip(table["merge key"], table["mixture key"])), ev)
+    return table[[c for c in table.columns if not c.endswith("key")] + ["single key", "merge key", "mixture key"]]
 
 
-def recipe(df: pd.DataFrame) -> pd.DataFrame:
+def recipe(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """The Model-GLUE recipe on the largest zoo it ran on, on its final items, beside every single
     model, each family's merge and the model-level mixture of all models; the recipe's gain over
     the best single model beside the study's (+5.61 % on which16)."""
@@ -302,27 +421,38 @@ def recipe(df: pd.DataFrame) -> pd.DataFrame:
     zoo = runs[-1]
     parts = []
     for items in final_item_sets(df, zoo):
-        s = candidate_scores(df, zoo, items)
+        s = scored(df, zoo, items)
         shown = s[(s["kind"] == "single") | ((s["kind"] == "built") & (s["strategy"] == "glue_recipe"))]
         if not (shown["kind"] == "built").any():
             continue
-        _, best = best_single(s)
-        table = shown.assign(zoo=zoo).set_index(["zoo", "candidate"])[tasks_of(s) + ["avg"]]
-        table["Δ best single"] = table["avg"] - best
-        table["gain %"] = 100 * table["Δ best single"] / best
+        best = _best_single_cell(s)
+        shown = shown.assign(zoo=zoo).set_index(["zoo", "candidate"])
+        table = add_interval(shown[tasks_of(s) + ["avg"]].copy(), "avg", shown["avg_se"])
+        table["Δ best single"] = table["avg"] - best.value
+        add_paired(table, "Δ best single", [(k, best.key) if best.key and k != best.key else None
+                                            for k in shown["job_key"]], ev)
+        table["gain %"] = 100 * table["Δ best single"] / best.value
         study = pd.Series(float("nan"), index=table.index)
         recipe_rows = [i for i in table.index if i[1].startswith("glue_recipe(")]
         study[recipe_rows] = STUDY_RECIPE_GAIN
         table["study gain % (which16)"] = study
         table["gain % − study"] = table["gain %"] - study
+        table["key"], table["best single key"] = shown["job_key"], best.key
         parts.append(table.sort_values("avg", ascending=False))
     return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def single_models_reference(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
+    return release_and_leaderboard(df)
+
+
+single_models_reference.__doc__ = release_and_leaderboard.__doc__
 
 
 @dataclass(frozen=True)
 class StudyTable:
     name: str
-    build: Callable[[pd.DataFrame], pd.DataFrame]
+    build: Callable[..., pd.DataFrame]   # (df, ev: Evidence | None) -> table
     made_by: str = ""             # what fills it, when not the conf/experiment preset of the same name
 
     @property
@@ -346,5 +476,5 @@ TABLES = [
     StudyTable("mixture_hybrid", mixture_hybrid),
     StudyTable("merge_vs_mixture", merge_vs_mixture),
     StudyTable("recipe", recipe),
-    StudyTable("single_models_reference", release_and_leaderboard, "singles (any preset on a which zoo)"),
+    StudyTable("single_models_reference", single_models_reference, "singles (any preset on a which zoo)"),
 ]

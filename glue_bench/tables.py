@@ -19,9 +19,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from glue_bench.findings import FINDINGS_TABLE
+from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
-from glue_bench.study import TABLES, best_single, candidate_scores, final_item_sets, tasks_of
+from glue_bench.evidence import Evidence
+from glue_bench.stats import holm
+from glue_bench.study import (TABLES, add_interval, add_paired, at_replicate, best_single, candidate_scores,
+                              final_item_sets, is_value_column, replicates, tasks_of)
 from glue_bench.zoo import ZooError
 
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
@@ -29,64 +32,82 @@ DEFAULT_OUT = os.path.join("results", "tables")
 FORMATS = ("md", "tex", "csv")
 
 
-def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, **where) -> pd.DataFrame:
+def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence | None = None,
+              **where) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo, on the whole
-    test split (`items=None`) or on the named item set (the final items of a selective search).
-    `where`: the zoo's config and mini size, as `candidate_scores` takes them."""
+    test split (`items=None`) or on the named item set (the final items of a selective search),
+    each with its 95 % interval (`<task> low/high`, closed form; missing where a row has no
+    standard error), and the difference to the best single model, paired per item where `ev`
+    holds both jobs' outcomes. `where`: the zoo's config and mini size, as `candidate_scores` takes them."""
     scores = candidate_scores(df, zoo, items, **where)
     if scores.empty:
         return pd.DataFrame()
-    table = scores[tasks_of(scores) + ["avg"]].copy()
-    table["Δ best single"] = table["avg"] - best_single(scores)[1]
+    errors = candidate_scores(df, zoo, items, values="stderr", **where)
+    table = pd.DataFrame(index=scores.index)
+    for column in tasks_of(scores) + ["avg"]:
+        table[column] = scores[column]
+        add_interval(table, column, errors[column].astype(float))
+    best, best_value = best_single(scores)
+    table["Δ best single"] = scores["avg"] - best_value
+    best_key = scores.loc[best, "job_key"] if best else None
+    add_paired(table, "Δ best single", [(k, best_key) if best_key and k != best_key else None
+                                        for k in scores["job_key"]], ev)
     # order: the base, the single models, then the candidates; best first within each
     order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
     table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
-    return table.rename(index=_base_label(scores))
+    return table.rename(index={lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]})
 
 
-def zoo_half_widths(df: pd.DataFrame, zoo: str, items: str | None = None, **where) -> pd.DataFrame:
-    """95 % half-widths (1.96 standard errors) of `zoo_table`'s scores, same rows and columns;
-    missing where a row has no standard error."""
-    errors = candidate_scores(df, zoo, items, values="stderr", **where)
-    if errors.empty:
-        return pd.DataFrame()
-    return (1.96 * errors[tasks_of(errors) + ["avg"]].astype(float)).rename(index=_base_label(errors))
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text, each value with its uncertainty in one cell: a score `0.428 ± 0.044`
+    (95 % half-width), a difference `+0.012 [-0.010, +0.034]` (its interval), marked `*` where
+    its p-value is significant after Holm's correction over the column; key columns left out."""
+    out = pd.DataFrame(index=table.index)
+    for column in [c for c in table.columns if is_value_column(c)]:
+        low, high = (table.get(f"{column} {b}", pd.Series(math.nan, index=table.index)) for b in ("low", "high"))
+        p_values = table.get(f"{column} p")
+        marks = [p < 0.05 for p in holm(p_values)] if p_values is not None else [False] * len(table)
+        signed = str(column).startswith("Δ")
+        out[column] = [_with_uncertainty(str(column), v, lo, hi, signed, mark)
+                       for v, lo, hi, mark in zip(table[column], low, high, marks)]
+    return out
 
 
-def _base_label(scores: pd.DataFrame) -> dict[str, str]:
-    return {lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]}
+def _with_uncertainty(column: str, value, low, high, signed: bool, mark: bool) -> str:
+    text = _cell(column, value)
+    if not isinstance(value, float) or math.isnan(value) or math.isnan(low) or math.isnan(high):
+        return text
+    if signed:
+        return f"{text} [{low:+.3f}, {high:+.3f}]" + ("*" if mark else "")
+    return f"{text} ± {(high - low) / 2:.3f}"
 
 
-def format_table(table: pd.DataFrame, zoo: str, items: str | None = None, half_widths: pd.DataFrame | None = None) -> str:
-    """The printed table: `value ± 95 % half-width` where the standard error is known."""
-    shown = table.astype(object)
-    halves = (half_widths if half_widths is not None else pd.DataFrame()).reindex(index=table.index,
-                                                                                 columns=table.columns)
-    for column in table.columns:
-        for label, value in table[column].items():
-            half = halves.at[label, column]
-            shown.at[label, column] = "-" if pd.isna(value) else f"{value:+.3f}" if column.startswith("Δ") \
-                else f"{value:.3f}" + ("" if pd.isna(half) else f" ± {half:.3f}")
+def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str:
+    """The printed zoo table (`zoo_table`), uncertainty in each cell (`shown`)."""
     where = "whole test split" if items is None else items
     return (f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1), "
-            f"± 95 % half-width ==\n{shown.to_string()}\n")
+            f"± 95 % half-width; Δ [95 % paired CI], * significant (Holm) ==\n{shown(table).to_string()}\n")
 
 
 def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> None:
     """Print one table per zoo (default: every zoo in the store). `where`: the zoo's config and
     mini size (`candidate_scores`), for one zoo."""
     df = read_results(results_path)
+    ev = Evidence.of(results_path)
     if zoos is None:
         zoos = sorted(set(df["zoo"].dropna()))
     for zoo in zoos:
-        for items in [None, *final_item_sets(df, zoo)]:
-            try:
-                table = zoo_table(df, zoo, items, **where)
-            except ZooError as err:  # its config is gone, or not where this process looks
-                print(f"no table for zoo {zoo}: {err}", flush=True)
-                break
-            if not table.empty:
-                print(format_table(table, zoo, items, zoo_half_widths(df, zoo, items, **where)), flush=True)
+        for replicate in replicates(df[df["zoo"] == zoo]):
+            rows = at_replicate(df, replicate)
+            shown_zoo = zoo if replicate == 0 else f"{zoo} (replicate {replicate})"
+            for items in [None, *final_item_sets(rows, zoo)]:
+                try:
+                    table = zoo_table(df, zoo, items, ev, replicate=replicate, **where)
+                except ZooError as err:  # its config is gone, or not where this process looks
+                    print(f"no table for zoo {zoo}: {err}", flush=True)
+                    break
+                if not table.empty:
+                    print(format_table(table, shown_zoo, items), flush=True)
 
 
 class PrintTableCallback(Callback):
@@ -133,6 +154,8 @@ def _cell(column: str, value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
+        if column in ("p", "p Holm") or column.endswith(" p"):
+            return f"{value:.3f}" if value >= 0.001 else "<0.001"
         signed = column.startswith("Δ") or "−" in column
         return f"{value:+.2f}" if "%" in column and signed else f"{value:.2f}" if "%" in column \
             else f"{value:+.3f}" if signed else f"{value:.3f}"
@@ -140,33 +163,66 @@ def _cell(column: str, value) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    flat = table.reset_index()
+    flat = shown(table).reset_index()
     lines = ["| " + " | ".join(map(str, flat.columns)) + " |", "|" + "---|" * len(flat.columns)]
-    lines += ["| " + " | ".join(_cell(str(c), v) for c, v in row.items()) + " |" for _, row in flat.iterrows()]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in flat.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
+def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    """Every value column with its `low`, `high` and `p` columns as they are (no key columns)."""
+    flat = table[[c for c in table.columns if not (c == "key" or str(c).endswith(" key"))]].reset_index()
+    display = pd.DataFrame({c: [_cell(str(c), v) for v in flat[c]] for c in flat.columns})
+    return display.to_latex(index=False, caption=caption, label=label)
+
+
+def _store_name(results_path: str) -> str:
+    """The store as the tables name it: relative to here when below here, else its file name
+    (an absolute path names one machine)."""
+    relative = os.path.relpath(results_path)
+    return Path(results_path).name if relative.startswith("..") else relative
+
+
 def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Path]:
-    """Regenerate every study table from the store into out_dir as .md, .tex and .csv. A table with
-    no rows in the store has its files removed, so none is left over from an older store."""
+    """Regenerate every study table from the store into out_dir as .md, .tex and .csv: the tables
+    of replicate 0 (the zoo everyone builds; the others are in the store), the findings over every
+    replicate. A table with no rows in the store has its files removed, so none is left over from
+    an older store."""
     df = read_results(results_path)
+    ev = Evidence.of(results_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    reps = replicates(df)
     for study in [*TABLES, FINDINGS_TABLE]:
-        table = study.build(df)
+        shown_df = df if study is FINDINGS_TABLE else at_replicate(df, reps[0])
+        table = study.build(shown_df, ev)
         paths = {fmt: out / f"{study.name}.{fmt}" for fmt in FORMATS}
         if table.empty:
             for path in paths.values():
                 path.unlink(missing_ok=True)
             continue
         table.to_csv(paths["csv"], float_format="%.4f")
-        paths["md"].write_text(f"## {study.title}\n\nMade by `{study.preset}`; from `{results_path}`.\n\n"
-                               + to_markdown(table))
-        display = table.reset_index().map(lambda v: _cell("", v) if isinstance(v, float) else v)
-        paths["tex"].write_text(display.to_latex(index=False, caption=study.title, label=f"tab:{study.name}"))
+        where = f"replicate zoos {', '.join(map(str, reps))}" if study is FINDINGS_TABLE else f"replicate {reps[0]}"
+        header = f"## {study.title}\n\nMade by `{study.preset}`; from `{_store_name(results_path)}`, {where}.\n\n"
+        if study is FINDINGS_TABLE:
+            header += FINDINGS_LEGEND + "\n\n" + ", ".join(f"{state}: {n}" for state, n in
+                                                          verdict_counts(table).items()) + "\n\n"
+        else:
+            header += TABLE_LEGEND + "\n\n"
+        paths["md"].write_text(header + to_markdown(table))
+        paths["tex"].write_text(to_latex(table, study.title, f"tab:{study.name}"))
         written += paths.values()
     return written
+
+
+TABLE_LEGEND = ("Scores: value ± 95 % half-width (closed form from the per-item outcomes). Differences: "
+                "value [95 % paired bootstrap interval], `*` where significant after Holm's correction over "
+                "the column. Missing intervals: jobs stored without per-item outcomes.")
+FINDINGS_LEGEND = ("Δ: the expected winner minus its competitor, pooled over the replicate zoos, with its 95 % "
+                   "paired bootstrap interval; p: two-sided, per verdict; p Holm: adjusted over the whole table "
+                   "(family-wise, see glue_bench/findings.py); MDE: the smallest true Δ found at 80 % power; "
+                   "replicates: on how many replicate zoos the measured Δ points the expected way.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from glue_bench.stats import (
     average_se,
+    holm,
     mcnemar_exact,
     min_detectable_effect,
     paired_bootstrap,
@@ -92,3 +93,13 @@ def test_outcomes_on_other_items_are_refused():
         paired_se({"t": [1, 0]}, {"t": [1, 0, 1]})
     with pytest.raises(ValueError, match="same tasks"):
         paired_se({"t": [1, 0]}, {"u": [1, 0]})
+
+
+def test_holm_adjustment_by_hand():
+    # m = 4, sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01 = 0.04, 3*0.02 = 0.06, max(0.06, 2*0.03) = 0.06, max(0.06, 0.5)
+    adjusted = holm([0.03, 0.5, 0.01, float("nan"), 0.02])
+    assert adjusted[:3] == pytest.approx([0.06, 0.5, 0.04])
+    assert math.isnan(adjusted[3])
+    assert adjusted[4] == pytest.approx(0.06)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # 2 * 0.8 capped at 1; the larger one never adjusts below it
+    assert holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])

@@ -34,15 +34,20 @@ class Store:
         self.store, self.path, self.n = ResultStore(path), path, 0
 
     def add(self, candidate, arc, mmlu, *, zoo="mini2", method="none", strategy="none", mixture="none",
-            router="none", items=None, config=None, stderr=(None, None)):
+            router="none", items=None, config=None, stderr=(None, None), replicate=0):
+        """`arc`, `mmlu`: a score, or the per-item outcomes (0/1 lists) it is the mean of."""
         self.n += 1
         if config is None and method == "none" and mixture == "none":  # a single model: rows name its key
-            config = {"key": model_ref(candidate, "mini", SIZE).key}
+            config = {"key": model_ref(candidate, "mini", SIZE, replicate).key}
         common = dict(zoo=zoo, candidate=candidate, method=method, strategy=strategy, mixture=mixture,
-                      router=router, items=items, config=json.dumps(config or {}))
+                      router=router, items=items, config=json.dumps(config or {}), replicate=replicate)
+        outcomes = [{"task": task, "metric": metric, "doc_id": i, "value": v}
+                    for task, metric, values in (("mini_arc", "acc_norm", arc), ("mini_mmlu", "acc", mmlu))
+                    if isinstance(values, list) for i, v in enumerate(values)]
+        arc, mmlu = (sum(v) / len(v) if isinstance(v, list) else v for v in (arc, mmlu))
         self.store.append_job(f"job{self.n}", [
             dict(common, task="mini_arc", metric="acc_norm", value=arc, stderr=stderr[0]),
-            dict(common, task="mini_mmlu", metric="acc", value=mmlu, stderr=stderr[1])])
+            dict(common, task="mini_mmlu", metric="acc", value=mmlu, stderr=stderr[1])], outcomes=outcomes)
 
     def df(self):
         return read_results(self.path)
@@ -154,10 +159,11 @@ def test_findings_verdicts_follow_the_measured_order(store):
     add_mixtures(store, ffn_token_mmlu=0.5)
     table = findings(store.df())
     # mini2 is a chat zoo: the study expects token routing to win there; here sample does
+    # (no per-item outcomes in this store: point verdicts, marked so)
     assert table.loc[("token routing better for chat zoos, sample routing for domain experts", "mini2 ffn"),
-                     "verdict"] == "DISAGREES"
+                     "verdict"] == "DISAGREES (no interval)"
     # token-routed ffn .5 against model .6: the sample-routed .7 is not a level's default setting
-    assert table.loc[("model-level mixture is the best level", "mini2"), "verdict"] == "agrees"
+    assert table.loc[("model-level mixture is the best level", "mini2"), "verdict"] == "agrees (no interval)"
     assert table.loc[("the Model-GLUE recipe beats the best single model", "-"), "measured"] == "not run (recipe)"
 
 
@@ -194,15 +200,15 @@ def test_a_zoo_given_twice_prints_the_one_hydra_used():
 
 
 def test_printed_scores_carry_their_95_percent_half_width_where_known(store):
-    from glue_bench.tables import format_table, zoo_half_widths
+    from glue_bench.tables import format_table
 
     store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", stderr=(0.03, 0.04))
-    df = store.df()
-    table, half = zoo_table(df, "mini2"), zoo_half_widths(df, "mini2")
-    assert half.loc["linear(mini2)", "arc"] == pytest.approx(1.96 * 0.03)
-    assert half.loc["linear(mini2)", "avg"] == pytest.approx(1.96 * (0.03 ** 2 + 0.04 ** 2) ** 0.5 / 2)
-    assert half.loc["chat_a"].isna().all()  # stored without a standard error: none is invented
-    text = format_table(table, "mini2", None, half)
+    table = zoo_table(store.df(), "mini2")
+    assert table.loc["linear(mini2)", "arc high"] - 0.6 == pytest.approx(1.96 * 0.03)
+    assert 0.6 - table.loc["linear(mini2)", "avg low"] == pytest.approx(1.96 * (0.03 ** 2 + 0.04 ** 2) ** 0.5 / 2)
+    assert table.loc["chat_a", ["arc low", "avg high"]].isna().all()  # stored without a standard error: none invented
+    assert table[["Δ best single low", "Δ best single p"]].isna().all().all()  # no outcomes: no paired interval
+    text = format_table(table, "mini2")
     assert "0.600 ± 0.059" in text and "0.600 ± 0.078" in text and "0.600 ± 0.049" in text
     chat_a = next(line for line in text.splitlines() if line.startswith("chat_a"))
     assert "±" not in chat_a and "0.400" in chat_a
