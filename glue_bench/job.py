@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
+from glue_bench.provenance import machine_facts, ref_fingerprint
 from glue_bench.results import ResultStore
 from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
 
@@ -76,7 +77,7 @@ class Job:
         payload["eval"] = eval_payload(cfg)
         payload["models"] = [r.key for r in refs]
         common = {"zoo": cfg.zoo.name, "strategy": cfg.strategy.name, "mixture": cfg.mixture.name,
-                  "router": cfg.router.name, "replicate": replicate, **_provenance()}
+                  "router": cfg.router.name, "replicate": replicate, **_provenance(eval_cfg.device)}
         return cls(cfg, store, eval_cfg, refs, base, selected_members(cfg, refs), payload, job_key(payload), common,
                    replicate=replicate)
 
@@ -120,7 +121,7 @@ class Job:
             self.store.append_job(key, [{**self.common, **r, "candidate": ref.name, "method": "none",
                                          "strategy": "none", "mixture": "none", "router": "none", "models": ref.name,
                                          "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
-                                         "items": items.label if items else None,
+                                         "items": items.label if items else None, "weights": ref_fingerprint(ref),
                                          "config": json.dumps({"model": ref.location, "key": ref.key})}
                                         for r in rows], outcomes=stats["outcomes"])
 
@@ -151,14 +152,14 @@ def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:
     return [by_name[m] for m in wanted]
 
 
-def _provenance() -> dict:
+def _provenance(device: str) -> dict:
     versions = {p: _version(p) for p in ("glue_bench", "torch", "transformers", "lm_eval")}
     try:  # stderr captured: outside a git checkout git's "fatal: not a git repository" is no news
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"versions": json.dumps(versions), "git_commit": commit}
+    return {"versions": json.dumps(versions), "git_commit": commit, "machine": machine_facts(device)}
 
 
 def _version(package: str) -> str | None:

@@ -18,12 +18,15 @@ from pathlib import Path
 
 COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
            "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
-           "versions", "git_commit", "config", "created_at", "items", "replicate")
+           "versions", "git_commit", "config", "created_at", "items", "replicate", "machine", "weights")
 # Added after the first release: an older store gains the columns when it is opened.
 # items: which test items a row's score is on: NULL = the whole test split; "final ..." = the items
 #   outside a selective search's proxy set; "proxy ..." = the proxy set itself (a search's cached fitness).
 # replicate: which independent build of the mini zoo; an older store's rows read as 0, the only one there was.
-_ADDED_COLUMNS = ("items", "replicate")
+# machine: the facts that change float results (glue_bench.provenance.machine_facts), as JSON.
+# weights: a short hash of the weights evaluated (glue_bench.provenance); NULL on older rows and on a
+#   search's proxy rows (cached fitness, identified by the candidate's coefficients in their key).
+_ADDED_COLUMNS = ("items", "replicate", "machine", "weights")
 _INTEGER = ("replicate",)
 ROW_COLUMNS = tuple(c for c in COLUMNS if c not in ("job_key", "created_at"))
 _REQUIRED = ("task", "metric", "value")

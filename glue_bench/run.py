@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from glue_bench.evaluate import evaluate_lm
 from glue_bench.job import Job, log
 from glue_bench.kinds import AlsoJudged, Candidate, kind_for
+from glue_bench.provenance import lm_fingerprint
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -43,14 +44,17 @@ def evaluate_and_store(job: Job, candidate: Candidate) -> dict:
         job.evaluate_singles(items)
     for other in candidate.also_judged:
         _judge(job, other, items)
-    rows, stats = evaluate_lm(candidate.make_lm(), job.tasks_dir, job.eval_cfg,
-                              samples=items.samples if items else None, tokenizer=candidate.tokenizer)
+    lm = candidate.make_lm()
+    weights = lm_fingerprint(lm)  # before the evaluation: what was evaluated, whatever it does to the model
+    rows, stats = evaluate_lm(lm, job.tasks_dir, job.eval_cfg, samples=items.samples if items else None,
+                              tokenizer=candidate.tokenizer)
     details = candidate.after_eval() if candidate.after_eval else {}
     config = json.dumps({**job.payload, **candidate.details, **details}, sort_keys=True, default=str)
     job.store.append_job(job.key, [{**job.common, **r, "candidate": candidate.label, "method": candidate.method,
                                     "models": candidate.models, "load_s": candidate.load_s,
                                     "build_s": candidate.build_s, "eval_s": stats["eval_s"],
-                                    "items": items.label if items else None, "config": config} for r in rows],
+                                    "items": items.label if items else None, "weights": weights, "config": config}
+                                   for r in rows],
                          outcomes=stats["outcomes"])
     if job.cfg.save:
         _save(job, candidate)
@@ -62,8 +66,10 @@ def _judge(job: Job, other: AlsoJudged, items) -> None:
     if job.store.has_job(other.key):
         return
     log(f"evaluating {other.label}" + (f" on the {items.label}" if items else ""))
-    rows, stats = evaluate_lm(other.make_lm(), job.tasks_dir, job.eval_cfg, samples=items.samples if items else None)
-    job.store.append_job(other.key, [{**job.common, **r, **other.row, "candidate": other.label,
+    lm = other.make_lm()
+    weights = lm_fingerprint(lm)
+    rows, stats = evaluate_lm(lm, job.tasks_dir, job.eval_cfg, samples=items.samples if items else None)
+    job.store.append_job(other.key, [{**job.common, **r, **other.row, "candidate": other.label, "weights": weights,
                                       "items": items.label if items else None, "eval_s": stats["eval_s"]}
                                      for r in rows], outcomes=stats["outcomes"])
 

@@ -169,15 +169,20 @@ def test_delete_job(tmp_path):
     assert store.append_job("a", make_rows("a", 1))  # force re-run can write it again
 
 
-def test_a_store_from_before_the_items_column_gains_it_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "old.sqlite"
-    old_columns = [c for c in COLUMNS if c != "items"]
-    with sqlite3.connect(path) as conn:  # the schema as the first release wrote it
+def _older_store(path, lacking: tuple[str, ...]) -> None:
+    """A store as a release before `lacking` wrote it, holding one job 'old' (acc 0.5)."""
+    old_columns = [c for c in COLUMNS if c not in lacking]
+    with sqlite3.connect(path) as conn:
         conn.execute(f"CREATE TABLE results ({', '.join(old_columns)}, UNIQUE (job_key, task, metric))")
         conn.execute("CREATE TABLE jobs (job_key TEXT PRIMARY KEY, finished_at TEXT NOT NULL)")
         conn.execute("INSERT INTO results (job_key, task, metric, value, created_at) "
                      "VALUES ('old', 't', 'acc', 0.5, '2026-01-01T00:00:00+00:00')")
         conn.execute("INSERT INTO jobs VALUES ('old', '2026-01-01T00:00:00+00:00')")
+
+
+def test_a_store_from_before_the_items_column_gains_it_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _older_store(path, lacking=results._ADDED_COLUMNS)  # the schema as the first release wrote it
     store = ResultStore(path)
     assert store.append_job("new", [dict(task="t", metric="acc", value=0.75, items="final (x)")])
     df = read_results(path)
@@ -225,3 +230,16 @@ def test_a_job_s_outcomes_twice_for_one_document_roll_it_back(tmp_path):
     with pytest.raises(ResultsError):
         store.append_job("a", make_rows("a", 1), outcomes=_outcomes(2) + _outcomes(1))
     assert not store.has_job("a") and store.job_outcomes("a").empty
+
+
+def test_an_older_store_gains_replicate_machine_and_weights(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _older_store(path, lacking=("replicate", "machine", "weights"))
+    store = ResultStore(path)
+    store.append_job("new", [dict(task="t", metric="acc", value=0.75, replicate=2, machine="{}", weights="ab")])
+    df = read_results(path).set_index("job_key")
+    assert df.loc["old", "replicate"] == 0 and df.loc["new", "replicate"] == 2  # older rows: the one replicate
+    assert df.loc[["old"], ["machine", "weights"]].isna().all(axis=None)  # missing, never invented
+    assert df.loc["new", "weights"] == "ab"
+    with pytest.raises(ResultsError, match="column 'replicate' must be a non-negative integer, got -1"):
+        store.append_job("bad", [dict(task="t", metric="acc", value=0.1, replicate=-1)])
