@@ -55,9 +55,14 @@ class _CountingProxy:
     def __init__(self):
         self.scored = 0
 
-    def score(self, model, tokenizer, tasks_dir, cfg):
+    def evaluate(self, model, tokenizer, tasks_dir, cfg):
+        """Four items per task, the first 4x of them right: their mean is x."""
         self.scored += 1
-        return model["x"], {"mini_arc": model["x"], "mini_winogrande": model["x"]}
+        x, tasks = model["x"], (("mini_arc", "acc_norm"), ("mini_winogrande", "acc"))
+        rows = [{"task": t, "metric": m, "value": x, "stderr": None} for t, m in tasks]
+        outcomes = [{"task": t, "metric": m, "doc_id": i, "value": float(i < round(4 * x))}
+                    for t, m in tasks for i in range(4)]
+        return rows, outcomes
 
 
 def test_an_identical_candidate_is_evaluated_once_and_a_store_cache_outlives_the_search(tmp_path):
@@ -79,3 +84,11 @@ def test_an_identical_candidate_is_evaluated_once_and_a_store_cache_outlives_the
     assert not other.evaluate({"x": 0.5}).cached and proxy.scored == 3
     rows = store.to_dataframe()
     assert set(rows["items"]) == {"proxy (test)"} and set(rows["metric"]) == {"acc_norm", "acc"}
+    # every proxy score kept with its per-item outcomes, and its stderr from them
+    for key in set(rows["job_key"]):
+        outcomes = store.job_outcomes(key)
+        assert len(outcomes) == 8
+        for (task, metric), values in outcomes.groupby(["task", "metric"])["value"]:
+            row = rows[(rows["job_key"] == key) & (rows["task"] == task)].iloc[0]
+            assert values.mean() == pytest.approx(row["value"])
+            assert row["stderr"] == pytest.approx(values.std(ddof=1) / 2)

@@ -50,7 +50,8 @@ def proxy_cache(job: Job, described: str) -> "ProxyCache":
 
 class ProxyCache:
     """Proxy scores of a search's candidates, kept in the results store as jobs of their own (rows
-    marked `items = proxy ...`, never shown in tables): a later job, or a rerun, reuses them."""
+    marked `items = proxy ...`, never shown in tables), with their per-item outcomes: a later job,
+    or a rerun, reuses them."""
 
     def __init__(self, store: ResultStore, meta: dict):
         self.store, self.meta = store, meta
@@ -63,9 +64,11 @@ class ProxyCache:
 
         return primary_mean(self.store.job_rows(key))
 
-    def __setitem__(self, key: str, value: tuple[float, dict[str, float]]) -> None:
-        from glue_bench.evaluate import PRIMARY_METRIC
+    def __setitem__(self, key: str, value: tuple[float, dict[str, float], list[dict]]) -> None:
+        """value: (score, per_task, per-item outcomes), each row with its closed-form stderr."""
+        from glue_bench.evaluate import PRIMARY_METRIC, with_stderr
 
-        _, per_task = value
-        self.store.append_job(key, [{**self.meta, "task": t, "metric": PRIMARY_METRIC[t], "value": v}
-                                    for t, v in per_task.items()])
+        _, per_task, outcomes = value
+        rows = [{**self.meta, "task": t, "metric": PRIMARY_METRIC[t], "value": v, "stderr": None}
+                for t, v in per_task.items()]
+        self.store.append_job(key, with_stderr(rows, outcomes), outcomes=outcomes)

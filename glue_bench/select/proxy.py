@@ -59,10 +59,14 @@ class ProxySet:
 
     def score(self, model, tokenizer, tasks_dir, cfg: EvalConfig) -> tuple[float, dict[str, float]]:
         """The unweighted mean over tasks of each task's primary metric on the proxy items."""
+        return primary_mean(self.evaluate(model, tokenizer, tasks_dir, cfg)[0])
+
+    def evaluate(self, model, tokenizer, tasks_dir, cfg: EvalConfig) -> tuple[list[dict], list[dict]]:
+        """The proxy items' result rows and per-item outcomes ({task, metric, doc_id, value})."""
         # evaluate_lm, not evaluate_model: a search has no use for the count of tokens processed
-        rows, _ = evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg,
-                              samples={t: list(i) for t, i in self.items.items()})
-        return primary_mean(rows)
+        rows, stats = evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg,
+                                  samples={t: list(i) for t, i in self.items.items()})
+        return rows, stats["outcomes"]
 
 
 def primary_mean(rows: list[dict]) -> tuple[float, dict[str, float]]:
@@ -108,17 +112,19 @@ class ProxyFitness:
     def evaluate(self, candidate: dict) -> Evaluation:
         key = self.key(candidate)
         if key in self.cache:
-            score, per_task = self.cache[key]
+            score, per_task = self.cache[key][:2]
             return Evaluation(score, per_task, cached=True)
         start = time.perf_counter()
         model = self.build(candidate)
         built = time.perf_counter()
-        score, per_task = self.proxy.score(model, self.tokenizer, self.tasks_dir, self.eval_cfg)
+        rows, outcomes = self.proxy.evaluate(model, self.tokenizer, self.tasks_dir, self.eval_cfg)
+        score, per_task = primary_mean(rows)
         done = time.perf_counter()
         self.builds += 1
         self.build_s += built - start
         self.eval_s += done - built
-        self.cache[key] = (score, per_task)
+        # (score, per_task, outcomes): a cache that keeps outcomes (ProxyCache) stores them too
+        self.cache[key] = (score, per_task, outcomes)
         return Evaluation(score, per_task, built - start, done - built)
 
     def __call__(self, candidate: dict) -> float:
