@@ -2,12 +2,15 @@
 
     python -m glue_bench.reproduce                     # the mini zoo: hours on 2 CPU cores
     GLUE_BENCH_MINI_SIZE=micro python -m glue_bench.reproduce --quick   # CI: minutes
+    python -m glue_bench.reproduce --replicates 3      # every sweep on replicate zoos 0, 1, 2
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
 (jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
 the study tables to <out>/tables and notebooks/study_figures.ipynb draws the figures into
 <out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
-router training): it checks that everything builds, not what the study found.
+router training): it checks that everything builds, not what the study found. --replicates N
+sweeps every preset over the mini zoo's replicates 0..N-1 (independent builds: the findings
+are then pooled over them and say on how many they hold).
 """
 
 from __future__ import annotations
@@ -83,11 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results", help="tables/ and figures/ go here")
     parser.add_argument("--hydra-dir", type=Path, help="the jobs' output folders (default: Hydra's)")
     parser.add_argument("--no-figures", action="store_true", help="skip the notebook")
+    parser.add_argument("--replicates", type=int, default=1, metavar="N",
+                        help="sweep the mini zoo's replicates 0..N-1 (default: %(default)s, replicate 0 alone)")
     args = parser.parse_args(argv)
+    if args.replicates < 1:
+        parser.error(f"--replicates must be at least 1, got {args.replicates}")
     results = args.results.resolve()
+    replicates = [f"zoo.replicate={','.join(map(str, range(args.replicates)))}"] if args.replicates > 1 else []
     for preset in args.presets:
         for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]]):
-            run_preset(preset, overrides + (QUICK_EVAL if args.quick else []), results, args.hydra_dir)
+            run_preset(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates, results, args.hydra_dir)
 
     from glue_bench.tables import main as tables
 

@@ -32,3 +32,20 @@ def test_reproduce_quick_builds_every_table_and_figure(micro_cache, tmp_path):
     figures = {p.name for p in (out / "figures").glob("*.png")}
     expected = {f"{name}.png" for name in TABLE_FIGURES} | {"convergence.png", "similarity_mini16.png"}
     assert expected <= figures, f"figures not drawn: {sorted(expected - figures)}"
+
+
+def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_path):
+    from glue_bench import reproduce
+
+    calls = []
+    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir: calls.append(
+        (preset, overrides)))
+    monkeypatch.setattr("glue_bench.tables.main", lambda argv: None)
+    reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures",
+                    "--results", str(tmp_path / "s.sqlite")])
+    assert calls == [("mixture_levels", ["zoo.replicate=0,1,2"]), ("recipe", ["zoo.replicate=0,1,2"])]
+    calls.clear()
+    reproduce.main(["--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
+    assert calls == [("mixture_levels", [])]  # replicate 0 alone: the sweep as it always was
+    with pytest.raises(SystemExit):
+        reproduce.main(["--replicates", "0"])
