@@ -136,8 +136,16 @@ class Job:
 
 
 def eval_payload(cfg: DictConfig) -> dict:
+    """The eval settings that change a score; for the mini tasks, which version of their test
+    splits too (the same settings on other items are another job), left out for the first
+    version so that the jobs stored then keep their keys."""
+    from glue_bench.zoo.mini import data
+
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    return {k: v for k, v in ev.items() if k not in _NOT_IN_EVAL_KEY}
+    payload = {k: v for k, v in ev.items() if k not in _NOT_IN_EVAL_KEY}
+    if data.SPLITS_VERSION != 1 and any(str(task).startswith("mini_") for task in ev.get("tasks") or ()):
+        payload["mini_test_splits"] = data.SPLITS_VERSION
+    return payload
 
 
 def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:

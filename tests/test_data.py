@@ -99,3 +99,32 @@ def test_generation_is_deterministic():
     again = data.build_splits()
     assert json.dumps(again, sort_keys=True) == json.dumps(SPLITS, sort_keys=True)
     assert data.domain_corpora(again) == data.domain_corpora(SPLITS)
+
+
+def _digest(items) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# computed from glue_bench/zoo/mini/data.py at 2cd3f01, before the test splits grew
+FIRST_RELEASE = {  # task: (train split, test split)
+    "mini_arc": ("e7ffc8536c9cbe71", "f8a99eca84c4f616"), "mini_winogrande": ("d4162f59d0ae0fa5", "b49785ffa2602305"),
+    "mini_mmlu": ("1484e6cc146757d3", "65e70b83bfb6889a"), "mini_gsm8k": ("7fc14c0bdd804d82", "b6e53e33007b87bd"),
+    "mini_mbpp": ("c671937b5bc26254", "de6da5f1b30df861"), "mini_humaneval": ("57be19dc33fde369", "976eccc1a9cfe1d8"),
+}
+
+
+def test_grown_test_splits_keep_every_train_item_and_the_first_test_items():
+    """The models are trained on the train splits only: unchanged, so every model is the same one.
+    The first release's test items stay first, in order (document ids 0..n-1)."""
+    assert data.domain_corpora(SPLITS) == data.domain_corpora(data.build_splits())  # and what it is made of:
+    for task, (train, test) in FIRST_RELEASE.items():
+        first = data.FIRST_TEST_ITEMS[task]
+        assert _digest(SPLITS[task]["train"]) == train, task
+        assert _digest(SPLITS[task]["test"][:first]) == test, task
+        assert len(SPLITS[task]["test"]) == data.TEST_ITEMS[task] >= first
+    ids = [item["task_id"] for item in SPLITS["mini_humaneval"]["test"] + SPLITS["mini_humaneval"]["train"]]
+    assert len(set(ids)) == len(ids)
+    names = [item["entry_point"] for item in SPLITS["mini_humaneval"]["test"]]
+    assert len(set(names)) == len(names) > 40  # distinct problems, not repeats

@@ -81,8 +81,9 @@ def _atomic_dir(final: Path):
 
 
 def ensure_data(size: str = "mini", replicate: int = 0) -> Path:
-    """The six tasks' splits as JSON lines (same data for every size; a replicate's own)."""
-    final = size_dir(size, replicate) / "data"
+    """The six tasks' splits as JSON lines (same data for every size; a replicate's own), in a
+    directory per version of the test splits (`data.SPLITS_VERSION`; the first one's was `data`)."""
+    final = size_dir(size, replicate) / f"data-splits{data.SPLITS_VERSION}"
     if not final.exists():
         with _build_lock(size_dir(size, replicate)):
             if not final.exists():
