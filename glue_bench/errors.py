@@ -1,5 +1,8 @@
 """The errors that mean "bad input" (reported as one line) rather than a bug (a traceback)."""
 
+import sys
+from typing import NoReturn
+
 from glue_bench.evaluate import EvalError
 from glue_bench.merge import MergeError
 from glue_bench.results import ResultsError
@@ -11,3 +14,24 @@ class JobError(Exception):
 
 
 USER_ERRORS = (EvalError, JobError, MergeError, ResultsError, ZooError)
+
+
+def fail(error) -> NoReturn:
+    """The user's one line, `glue_bench: error: ...`, and exit status 1."""
+    print(f"glue_bench: error: {one_line(error)}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
+def one_line(error) -> str:
+    """A message of several lines (Hydra's "Could not find ..." with its list of options) as one:
+    paragraphs joined by '. ', a paragraph's items after its "...:" header joined by ', '; the
+    config search path Hydra appends is left out."""
+    text = str(error).split("Config search path:")[0]
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].endswith(":"):
+            paragraphs.append(f"{lines[0]} {', '.join(lines[1:])}")
+        elif lines:
+            paragraphs.append(" ".join(lines))
+    return ". ".join(paragraphs)
