@@ -1,5 +1,8 @@
 """Results store: one SQLite file shared by every Hydra job of a sweep.
 
+Every metric the suite stores is a proportion (accuracy, exact match, pass@1), so a score outside
+[0, 1], or not a finite number, is a fault and never appended.
+
 Each job appends all of its rows plus a row in ``jobs`` in one transaction, so a
 job is either fully recorded or absent, and "is it done?" is a single lookup. With its rows go its
 per-item outcomes (table ``items``: the metric's value on each test document), from which the
@@ -63,8 +66,13 @@ class ResultsError(Exception):
 class ResultStore:
     def __init__(self, path: str | os.PathLike, *, create: bool = True):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ResultsError(f"results store {self.path}: is a directory (expected an SQLite file)")
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ResultsError(f"results store {self.path}: cannot create its folder ({e.strerror})") from None
         elif not self.path.is_file():
             raise ResultsError(f"results store {self.path}: no such file")
         self._init_schema(create)
@@ -164,14 +172,27 @@ class ResultStore:
                 if isinstance(v, bool) or not isinstance(v, numbers.Real):
                     raise ResultsError(f"{where}: column {c!r} is not numeric ({v!r})")
                 v = float(v)
+                if c == "value" and not 0.0 <= v <= 1.0:  # NaN fails this too
+                    raise ResultsError(f"{where}: column 'value' must be a finite score in [0, 1], got {v!r}")
                 if not math.isfinite(v):
-                    if c == "value":
-                        raise ResultsError(f"{where}: column 'value' is not finite ({v!r})")
                     v = None  # an unknown stderr/timing is just missing
             elif not isinstance(v, str):
                 raise ResultsError(f"{where}: column {c!r} must be a string, got {type(v).__name__}")
             out.append(v)
         return tuple(out)
+
+    def check_writable(self) -> None:
+        """A store that can be read but not written fails here, before a job's work, not after it.
+        The probe's table is rolled back: the file is left as it was."""
+        with self._connect() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("CREATE TABLE glue_bench_write_probe (x INTEGER)")
+            except sqlite3.OperationalError as e:
+                raise ResultsError(f"results store {self.path}: cannot write to it ({e})") from None
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
     def has_job(self, job_key: str) -> bool:
         with self._connect() as conn:

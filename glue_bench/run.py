@@ -16,12 +16,15 @@ from glue_bench.evaluate import evaluate_lm
 from glue_bench.job import Job, log
 from glue_bench.kinds import AlsoJudged, Candidate, kind_for
 from glue_bench.provenance import lm_fingerprint
+from glue_bench.validate import check_config
 
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; returns a summary {"job_key", "status", ...}."""
+    check_config(cfg)                          # the settings of the config itself, each in one line
     kind = kind_for(cfg)                       # an unsupported combination fails here, in one line
     job = Job.from_config(cfg, unused=kind.unused(cfg))
+    job.store.check_writable()                 # a read-only store fails now, not after the work
     kind.check(job)                            # bad parameters fail before any model is read
     job.prepare()
     # the single models (and the base, for reference) on the whole test split: one job each,

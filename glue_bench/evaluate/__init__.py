@@ -11,9 +11,10 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 TASKS_SRC = Path(__file__).parent / "tasks"
@@ -42,6 +43,51 @@ class EvalConfig:
     device: str = "cpu"                 # HFLM defaults to cuda: always pass it
     allow_code_execution: bool = False  # opt-in: run generated code (sandboxed) for pass@1
     add_bos_token: bool = True          # the mini zoo is trained with BOS, as Llama is
+
+
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def eval_config(settings: dict) -> EvalConfig:
+    """The `eval` config group as an EvalConfig, or one line naming the setting at fault: checked
+    when the job is composed, so a bad setting fails before any model is read, not inside lm-eval."""
+    known = [f.name for f in fields(EvalConfig)]
+    if unknown := sorted(set(settings) - set(known)):
+        raise EvalError(f"eval: unknown setting(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    cfg = EvalConfig(**settings)
+    _check_tasks(cfg.tasks)
+    _check_count("eval.limit", cfg.limit, "null (the whole test split) or ")
+    _check_count("eval.batch_size", cfg.batch_size, "")
+    _check_device(cfg.device)
+    for name in ("allow_code_execution", "add_bos_token"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise EvalError(f"eval.{name}={getattr(cfg, name)!r}: expected true or false")
+    if not selected_tasks(cfg):
+        raise EvalError(f"eval.tasks={cfg.tasks}: only code tasks, which run only with eval.allow_code_execution=true")
+    return cfg
+
+
+def _check_tasks(tasks) -> None:
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise EvalError(f"eval.tasks={tasks!r}: expected a non-empty list of task names, e.g. [mini_arc,mini_mmlu]")
+    if len(set(tasks)) < len(tasks):
+        raise EvalError(f"eval.tasks={tasks}: a task is listed twice")
+
+
+def _check_count(name: str, value, other: str) -> None:
+    if value is None and other.startswith("null"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EvalError(f"{name}={value!r}: expected {other}a positive integer")
+
+
+def _check_device(device) -> None:
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise EvalError(f"eval.device={device!r}: expected cpu, cuda, cuda:N or mps")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"eval.device={device}: no CUDA device here (eval.device=cpu runs on the CPU)")
 
 
 def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ class Merge(Kind):
         from glue_bench.merge import get_method
 
         if not self.nothing_to_build(job.cfg):
-            get_method(job.method).validate(job.method_params, len(job.members))  # bad input fails early
+            get_method(job.method).validate_early(job.method_params, len(job.members))  # before any model is read
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import Merger, TensorSource

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from glue_bench.merge.params import MergeError, Param, validate_params
+from glue_bench.merge.params import MergeError, Param, resolve, validate_params
 
 __all__ = ["MergeError", "MergeMethod", "Param", "get_method", "register", "METHODS"]
 
@@ -44,8 +44,31 @@ class MergeMethod:
             raise MergeError(f"{self.name}: takes at most {self.max_models} model(s), got {n_models}")
         return validate_params(self.name, self.params, dict(params or {}), n_models)
 
+    def check_at(self, checked: dict, depths) -> None:
+        """The cross-parameter checks on the values resolved at each depth position in [0, 1]."""
+        if self.check is None:
+            return
+        for t in sorted(depths):
+            try:
+                self.check(resolve(checked, self.params, t))
+            except MergeError as err:
+                raise MergeError(f"{self.name}: {err}") from None
+
+    def validate_early(self, params: dict, n_models: int) -> dict:
+        """`validate`, and the cross-parameter checks before the models are read: at depth 0, 1 and
+        every anchor of a depth list. Values between anchors are interpolated, so these bound them."""
+        checked = self.validate(params, n_models)
+        self.check_at(checked, _anchors(checked))
+        return checked
+
     def uses_base(self, checked: dict) -> bool:
         return self.base == "required" or (self.base == "optional" and bool(checked.get("use_base")))
+
+
+def _anchors(checked: dict) -> set[float]:
+    lengths = {len(v) for value in checked.values() for v in (value, *(value if isinstance(value, list) else ()))
+               if isinstance(v, list) and len(v) > 1}
+    return {0.0, 1.0} | {i / (n - 1) for n in lengths for i in range(n)}
 
 
 METHODS: dict[str, MergeMethod] = {}

@@ -35,6 +35,7 @@ import torch
 
 from glue_bench.merge import MergeError, get_method
 from glue_bench.merge.params import resolve
+from glue_bench.zoo.files import is_finite, read_header, weight_files
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -48,31 +49,28 @@ class TensorSource:
 
     def __init__(self, name: str, directory: str | os.PathLike):
         self.name, self.directory = name, Path(directory)
-        index = self.directory / "model.safetensors.index.json"
-        if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (self.directory / "model.safetensors").exists():
-            files = ["model.safetensors"]
-        else:
+        try:
+            files = weight_files(self.directory)
+            self.config = _read_json(self.directory / "config.json")
+        except (OSError, ValueError) as err:
+            raise MergeError(f"model {name!r}: {err}") from None
+        if not files:
             raise MergeError(f"model {name!r}: no safetensors weights in {self.directory}")
         self._maps: list[mmap.mmap] = []
         self.entries: dict[str, tuple[int, torch.dtype, tuple[int, ...], int, int]] = {}
-        for file in files:
-            self._open(self.directory / file)
+        for path in files:
+            self._open(path)
         self.shapes = {key: entry[2] for key, entry in self.entries.items()}
-        self.config = _read_json(self.directory / "config.json")
 
     def _open(self, path: Path) -> None:
+        try:
+            header, data_start = read_header(path)  # every tensor inside the file: no short read later
+        except (OSError, ValueError) as err:
+            raise MergeError(f"model {self.name!r}: {err}") from None
         with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            try:
-                header = json.loads(handle.read(header_len))
-            except ValueError as err:
-                raise MergeError(f"model {self.name!r}: {path.name} is not a safetensors file ({err})")
             # a private (copy-on-write) map: writable views without a warning, and nothing a view
             # does can ever change the file
             self._maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY))
-        data_start = 8 + header_len
         for key, info in header.items():
             if key == "__metadata__":
                 continue
@@ -117,6 +115,8 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except ValueError as err:
+        raise ValueError(f"{path} is not JSON ({err})") from None
 
 
 def check_compatible(sources: list[TensorSource]) -> list[str]:
@@ -258,12 +258,8 @@ class Merger:
             if not self._base_checked:  # the sources agree among themselves already
                 check_compatible([self.template, self.base])
                 self._base_checked = True
-        if self.method.check:  # cross-parameter checks, before any tensor is read
-            for t in {self._depth(k) for k in self.keys}:
-                try:
-                    self.method.check(resolve(checked, self.method.params, t))
-                except MergeError as err:
-                    raise MergeError(f"{self.method.name}: {err}") from None
+        # cross-parameter checks at the depths of this model's tensors, before any tensor is read
+        self.method.check_at(checked, {self._depth(k) for k in self.keys})
         return checked, uses_base
 
     # ---- the merge ---------------------------------------------------------------------------
@@ -303,6 +299,9 @@ class Merger:
                 merged = self._merge_rows(key, inputs, kwargs)
             except MergeError as err:
                 raise MergeError(f"{err} (tensor {key!r})") from None
+            if not is_finite(merged):
+                raise MergeError(f"{self.method.name} of {', '.join(s.name for s in self.sources)}: the merged tensor "
+                                 f"{key!r} holds NaN or inf (its inputs are finite: check the method's parameters)")
             if memo is not None:
                 self._cached_bytes += _memo_bytes(memo) - memo_before
             merge_s += time.perf_counter() - start
@@ -340,7 +339,10 @@ class Merger:
         return self._memo.setdefault(key, {})
 
     def _load(self, source: TensorSource, key: str) -> torch.Tensor:
-        return source.get(key).to(self.device, torch.float32)
+        tensor = source.get(key).to(self.device, torch.float32)
+        if not is_finite(tensor):  # checked as read: a pass over memory the merge touches anyway
+            raise MergeError(f"model {source.name!r}: tensor {key!r} holds NaN or inf")
+        return tensor
 
     @staticmethod
     def _generators(seed: int, key: str):

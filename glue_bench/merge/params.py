@@ -48,6 +48,8 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise MergeError(f"{where} = {value!r}: must be a finite number")
+        if abs(value) > _FLOAT32_MAX:  # the merge computes in float32: such a value is inf there
+            raise MergeError(f"{where} = {value!r}: must be within float32's range (|x| <= {_FLOAT32_MAX:.3g})")
         if self.kind is int and value != int(value):
             raise MergeError(f"{where} = {value!r}: must be a whole number")
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -65,6 +67,9 @@ class Param:
                 raise MergeError(f"{where}: an empty list over depth")
             return [self.check_scalar(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return self.check_scalar(value, where)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def validate_params(method: str, declared: tuple[Param, ...], params: dict, n_models: int) -> dict:

@@ -200,10 +200,15 @@ def open_storage(url: str):
     # SQLite: workers on one machine queue behind each other's writes instead of failing
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobError(f"study storage {shown}: cannot create its folder ({exc.strerror})") from None
     for attempt in range(3):
         try:
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+            _check_writable(storage, shown)
+            return storage
         except ImportError as exc:
             extra = (" (pip install 'glue_bench[postgres]' installs psycopg, for postgresql+psycopg:// URLs)"
                      if url.startswith("postgres") else "")
@@ -217,6 +222,25 @@ def open_storage(url: str):
                 why = " ".join(str(getattr(exc, "orig", None) or exc).split())
                 raise JobError(f"study storage {shown}: cannot open it: {why}") from None
             time.sleep(1 + attempt)
+
+
+def _check_writable(storage, shown: str) -> None:
+    """A storage that opens but cannot be written fails before the search, not at its first trial.
+    Probed with a table created and rolled back, where DDL is transactional (SQLite, PostgreSQL)."""
+    import sqlalchemy.exc
+
+    if storage.engine.dialect.name not in ("sqlite", "postgresql"):
+        return
+    try:
+        with storage.engine.connect() as conn:
+            probe = conn.begin()
+            try:
+                conn.exec_driver_sql("CREATE TABLE glue_bench_write_probe (x INTEGER)")
+            finally:
+                probe.rollback()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        why = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise JobError(f"study storage {shown}: cannot write to it: {why}") from None
 
 
 def _run_to_budget(study, objective, n_trials: int, progress: bool) -> int:

@@ -90,9 +90,60 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini", replicate
 def resolve_zoo(config: dict, mini_size: str = "mini") -> tuple[list[ModelRef], ModelRef]:
     """A zoo's members and base, from its config (`zoo_config(name)`, or a composed one), at the
     config's replicate."""
+    check_zoo_config(config)
     replicate = zoo_replicate(config)
-    return ([model_ref(m, config["source"], mini_size, replicate) for m in config["models"]],
-            model_ref(config["base"], config["source"], mini_size, replicate))
+    refs = [model_ref(m, config["source"], mini_size, replicate) for m in config["models"]]
+    check_distinct(f"zoo {config['name']}", refs)
+    return refs, model_ref(config["base"], config["source"], mini_size, replicate)
+
+
+SOURCES = ("mini", "local", "hub")
+
+
+def check_zoo_config(config) -> None:
+    """A zoo's YAML: a name, a known source, a base and a non-empty list of models, each entry a
+    name/id/path or a {name, path[, gguf_file]} mapping; one line naming the key at fault."""
+    if not isinstance(config, dict):
+        raise ZooError(f"zoo config: expected a mapping with name, source, base and models, got {config!r}")
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise ZooError(f"zoo config: 'name' must be a non-empty string, got {name!r}")
+    if config.get("source") not in SOURCES:
+        raise ZooError(f"zoo {name}: source must be one of {', '.join(SOURCES)}, got {config.get('source')!r}")
+    for key in ("base", "models"):
+        if config.get(key) is None:
+            raise ZooError(f"zoo {name}: no {key!r} (a zoo names its base model and a list of models)")
+    models = config["models"]
+    if not isinstance(models, list) or not models:
+        raise ZooError(f"zoo {name}: 'models' must be a non-empty list of models, got {models!r}")
+    for where, entry in [("base", config["base"])] + [(f"models[{i}]", m) for i, m in enumerate(models)]:
+        _check_entry(f"zoo {name}: {where}", entry)
+
+
+def _check_entry(where: str, entry) -> None:
+    if isinstance(entry, str) and entry:
+        return
+    if isinstance(entry, dict):
+        bad = [k for k in ("name", "path") if not isinstance(entry.get(k), str) or not entry.get(k)]
+        unknown = sorted(set(entry) - {"name", "path", "gguf_file"})
+        if not bad and not unknown:
+            return
+        raise ZooError(f"{where}: a model mapping needs a string name and path (and optionally gguf_file), "
+                       f"got {entry!r}")
+    raise ZooError(f"{where}: expected a model name, hub id or path, or {{name, path}}, got {entry!r}")
+
+
+def check_distinct(where: str, refs: list[ModelRef]) -> None:
+    """No model twice: not under one name, nor under two names that resolve to the same weights
+    (a merge of a model with itself would be stored as a merge of two)."""
+    seen: dict[str, ModelRef] = {}
+    for ref in refs:
+        for identity in {ref.name, ref.key}:
+            if identity in seen:
+                other = seen[identity]
+                same = "is listed twice" if other.name == ref.name else f"and {other.name!r} are the same model ({ref.key})"
+                raise ZooError(f"{where}: model {ref.name!r} {same}; each model may appear once")
+            seen[identity] = ref
 
 
 def _resolve_path(path: str) -> str:
@@ -121,6 +172,22 @@ def ensure_available(refs: list[ModelRef], mini_size: str = "mini") -> None:
             raise ZooError(f"model {ref.name!r}: {ref.location} has no config.json (not a HF model directory)")
         if ref.source == "gguf" and not os.path.exists(os.path.join(ref.location, ref.gguf_file)):
             raise ZooError(f"model {ref.name!r}: GGUF file {ref.gguf_file} not found in {ref.location}")
+    for ref in {r.key: r for r in refs}.values():
+        check_model_files(ref)
+
+
+def check_model_files(ref: ModelRef) -> None:
+    """A mini or local model's config, tokenizer and weight files readable, its weights finite:
+    checked before any model is evaluated, so a broken member fails its job before anything is
+    stored. A hub model's files are checked as it loads (`load_model`), a GGUF file by its reader."""
+    if ref.source not in ("mini", "local"):
+        return
+    from glue_bench.zoo.files import check_directory, check_finite_files
+
+    try:
+        check_finite_files(check_directory(Path(ref.location)))
+    except (OSError, ValueError) as err:
+        raise ZooError(f"model {ref.name!r}: {err}") from None
 
 
 def local_dir(ref: ModelRef) -> Path:
@@ -147,6 +214,11 @@ def load_model(ref: ModelRef, device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(ref.location, gguf_file=ref.gguf_file)
     else:
         model = AutoModelForCausalLM.from_pretrained(local_dir(ref), dtype="auto")
+    if ref.source in ("hub", "gguf"):  # the others' files were checked before the job began
+        from glue_bench.zoo.files import first_non_finite
+
+        if bad := first_non_finite(model.named_parameters()):
+            raise ZooError(f"model {ref.name!r}: tensor {bad!r} holds NaN or inf")
     return model.to(device).eval()
 
 
