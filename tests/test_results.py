@@ -16,7 +16,7 @@ CTX = mp.get_context("fork")  # children inherit the test's imports; the store h
 
 def make_rows(job: str, n: int = 3) -> list[dict]:
     return [dict(zoo="mini", candidate=job, method="ties", strategy="uniform", models=["a", "b"],
-                 task=f"task{i // 2}", metric=f"m{i % 2}", value=i / 10, stderr=0.01,
+                 task=f"task{i // 2}", metric=f"m{i % 2}", value=i % 10 / 10, stderr=0.01,
                  load_s=1.5, build_s=2, eval_s=3.25, versions={"torch": "2.3"},
                  git_commit="abc123", config='{"x": 1}') for i in range(n)]
 
@@ -136,7 +136,10 @@ def test_read_results_missing_file_not_created(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(value=float("nan")), "row 2: column 'value' is not finite"),
+    (dict(value=float("nan")), r"row 2: column 'value' must be a finite score in \[0, 1\], got nan"),
+    (dict(value=float("inf")), r"row 2: column 'value' must be a finite score in \[0, 1\], got inf"),
+    (dict(value=1.5), r"row 2: column 'value' must be a finite score in \[0, 1\], got 1.5"),
+    (dict(value=-0.01), r"row 2: column 'value' must be a finite score in \[0, 1\], got -0.01"),
     (dict(value="0.5"), "row 2: column 'value' is not numeric"),
     (dict(bogus=1), "row 2: unknown column.*'bogus'"),
     (dict(value=None), "row 2: missing required column 'value'"),
