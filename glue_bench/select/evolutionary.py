@@ -226,16 +226,15 @@ def open_storage(url: str):
 
 def _check_writable(storage, shown: str) -> None:
     """A storage that opens but cannot be written fails before the search, not at its first trial.
-    Probed with a table created and rolled back, where DDL is transactional (SQLite, PostgreSQL)."""
+    The probe is an UPDATE of no row: a write to the database's engine (refused when read-only),
+    a change to nothing, and DML, so every driver runs it inside the transaction rolled back."""
     import sqlalchemy.exc
 
-    if storage.engine.dialect.name not in ("sqlite", "postgresql"):
-        return
     try:
         with storage.engine.connect() as conn:
             probe = conn.begin()
             try:
-                conn.exec_driver_sql("CREATE TABLE glue_bench_write_probe (x INTEGER)")
+                conn.exec_driver_sql("UPDATE version_info SET schema_version = schema_version WHERE 1 = 0")
             finally:
                 probe.rollback()
     except sqlalchemy.exc.SQLAlchemyError as exc:
