@@ -48,7 +48,9 @@ def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, 
 
 def test_replicate_0_keeps_today_s_data():
     splits = data.build_splits(replicated(data.SEED, 0))
-    assert _digest(splits) == "1ea15da9f7730c3e"  # computed at bd61413
+    # the splits as they were at bd61413, the test splits since grown (59c09d7) at their end
+    first = {task: {"train": s["train"], "test": s["test"][:data.FIRST_TEST_ITEMS[task]]} for task, s in splits.items()}
+    assert _digest(first) == "1ea15da9f7730c3e"  # computed at bd61413
     assert _digest(data.domain_corpora(splits, replicated(data.SEED, 0))) == "7d4b87fe3ae6c8ee"
 
 
