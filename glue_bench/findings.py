@@ -210,7 +210,9 @@ def _tested(claims: list[Claim], ev: Evidence | None) -> dict:
 
 def findings(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     """The study's findings, each checked where the store has its table's rows, on every replicate
-    zoo the store holds; `ev`: the store's per-item outcomes (without it, point verdicts only)."""
+    zoo the store holds.
+
+    `ev`: the store's per-item outcomes (without it, point verdicts only)."""
     claims: dict[tuple[str, str], list[Claim]] = {}
     not_run = {finding: table for finding, table, _ in CHECKS}
     for replicate in study.replicates(df):
