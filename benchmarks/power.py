@@ -4,8 +4,8 @@ would bring it to a target.
 
     python benchmarks/power.py --results results/store/results.sqlite [--target 0.03]
 
-For every zoo, every pair of whole-split jobs of that zoo (singles and candidates) with per-item
-outcomes is a pair the tables could compare. For each, per task t: v_t, the variance of the
+For every zoo (and replicate), every pair of whole-split jobs of that zoo (singles and candidates)
+with per-item outcomes is a pair the tables could compare. For each, per task t: v_t, the variance of the
 per-item differences, and n_t, the items. The paired SE of the mean of T task means is
 sqrt(sum_t v_t / n_t) / T, the MDE 2.8 x that (80 % power, alpha 0.05; glue_bench.stats). Printed:
 the median and 90th percentile of the MDE over pairs, on the first release's items (each task's
@@ -35,7 +35,8 @@ def pair_variances(results: str, first_items: dict[str, int] | None = None) -> t
     ev = Evidence.of(results)
     whole = df[df["items"].isna()]
     pairs, sizes = [], {}
-    for zoo, rows in whole.groupby("zoo"):
+    # pairs within one replicate zoo: another replicate's documents are other items under the same ids
+    for _, rows in whole.groupby(["zoo", whole["replicate"].fillna(0)]):
         keys = [k for k in rows["job_key"].unique() if ev.outcomes(k)]
         for a, b in itertools.combinations(keys, 2):
             oa, ob = ev.outcomes(a), ev.outcomes(b)

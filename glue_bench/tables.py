@@ -19,9 +19,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
-from glue_bench.evidence import Evidence
 from glue_bench.stats import holm
 from glue_bench.study import (TABLES, add_interval, add_paired, at_replicate, best_single, candidate_scores,
                               final_item_sets, is_value_column, replicates, tasks_of)

@@ -312,14 +312,14 @@ def _gsm_key(item: dict):
 
 # Items per test split. The first 200 / 200 / 200 / 100 / 40 / 40 are the splits of the first
 # release; the rest were added so that the paired minimum detectable effect of the 6-task average
-# reaches 0.03 (issue 21). Measured with benchmarks/power.py on the 21 pairs of mini4's whole-split
-# jobs (5 singles, the linear and TIES merges): median MDE 0.060 on the first release's items, 0.028
-# on these (90th percentile 0.066 -> 0.032). The code tasks add little precision for their cost
-# (their items rarely differ between two of today's models: most fail most problems), MMLU the most;
-# power.py prints the allocation that would spend the items where the variance is. The new items
-# come from a random stream of their own, after every train item is drawn, so the train splits, and
-# so every model, are unchanged; each is new by the key that defines an item of its task, so none
-# was ever trained on. MMLU's questions ask every (creature, attribute) fact there is: its test
+# reaches 0.03 (issue 21). Measured with benchmarks/power.py on the 430 pairs of whole-split jobs
+# of mini2 and mini4 on replicates 0-2 (singles, merges, mixtures): median MDE 0.055 on the first
+# release's items, 0.024 on these (90th percentile 0.065 -> 0.029, largest 0.034). The code tasks
+# add the least precision for their cost: two of today's models rarely differ on a problem, most
+# fail most of them; power.py prints the allocation that spends items where the variance is. The
+# new items come from a random stream of their own, after every train item is drawn, so the train
+# splits, and so every model, are unchanged; each is new by the key that defines an item of its
+# task, so none was ever trained on. MMLU's questions ask every (creature, attribute) fact there is: its test
 # split cannot grow without retraining.
 SPLITS_VERSION = 2  # 1: the first release's test splits (FIRST_TEST_ITEMS); 2: TEST_ITEMS
 TEST_ITEMS = {"mini_arc": 400, "mini_winogrande": 400, "mini_mmlu": 200, "mini_gsm8k": 400,
