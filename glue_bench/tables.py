@@ -219,7 +219,8 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
 TABLE_LEGEND = ("Scores: value ± 95 % half-width (closed form from the per-item outcomes). Differences: "
                 "value [95 % paired bootstrap interval], `*` where significant after Holm's correction over "
                 "the column. Missing intervals: jobs stored without per-item outcomes.")
-FINDINGS_LEGEND = ("Δ: the expected winner minus its competitor, pooled over the replicate zoos, with its 95 % "
+FINDINGS_LEGEND = ("measured: the first replicate zoo's scores. "
+                   "Δ: the expected winner minus its competitor, pooled over the replicate zoos, with its 95 % "
                    "paired bootstrap interval; p: two-sided, per verdict; p Holm: adjusted over the whole table "
                    "(family-wise, see glue_bench/findings.py); MDE: the smallest true Δ found at 80 % power; "
                    "replicates: on how many replicate zoos the measured Δ points the expected way.")
