@@ -146,6 +146,15 @@ def add_interval(table: pd.DataFrame, column: str, se: pd.Series) -> pd.DataFram
     return table
 
 
+def add_delta_to_best_single(table: pd.DataFrame, keys, best_value: float, best_key: str | None,
+                             ev: Evidence | None) -> pd.DataFrame:
+    """`Δ best single` (the rows' `avg` minus the best single model's), paired per row against the
+    best single model's job (`keys`: each row's job); the best single's own row has no interval."""
+    table["Δ best single"] = table["avg"] - best_value
+    return add_paired(table, "Δ best single", [(k, best_key) if best_key and k != best_key else None
+                                               for k in keys], ev)
+
+
 def add_paired(table: pd.DataFrame, column: str, pairs: list[tuple[str, str] | None], ev: Evidence | None):
     """`column low`, `column high` and `column p` of a difference column, paired per row: `pairs`
     gives each row's (job a, job b), None where the row has no b (the reference itself)."""
@@ -210,10 +219,8 @@ def merge_methods(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
         rows = pd.concat([s.loc[[name]].assign(candidate=f"best single: {name}"), merges]) if name else merges
         rows = rows.assign(zoo=zoo).set_index(["zoo", "candidate"])
         table = add_interval(rows[tasks_of(s) + ["avg"]].copy(), "avg", rows["avg_se"])
-        table["Δ best single"] = table["avg"] - best
         best_key = s.loc[name, "job_key"] if name else None
-        add_paired(table, "Δ best single", [(k, best_key) if best_key and k != best_key else None
-                                            for k in rows["job_key"]], ev)
+        add_delta_to_best_single(table, rows["job_key"], best, best_key, ev)
         table["key"], table["best single key"] = rows["job_key"], best_key
         parts.append(table.sort_values("avg", ascending=False))
     return pd.concat(parts) if parts else pd.DataFrame()
@@ -428,9 +435,7 @@ def recipe(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
         best = _best_single_cell(s)
         shown = shown.assign(zoo=zoo).set_index(["zoo", "candidate"])
         table = add_interval(shown[tasks_of(s) + ["avg"]].copy(), "avg", shown["avg_se"])
-        table["Δ best single"] = table["avg"] - best.value
-        add_paired(table, "Δ best single", [(k, best.key) if best.key and k != best.key else None
-                                            for k in shown["job_key"]], ev)
+        add_delta_to_best_single(table, shown["job_key"], best.value, best.key, ev)
         table["gain %"] = 100 * table["Δ best single"] / best.value
         study = pd.Series(float("nan"), index=table.index)
         recipe_rows = [i for i in table.index if i[1].startswith("glue_recipe(")]

@@ -23,8 +23,8 @@ from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
 from glue_bench.stats import holm
-from glue_bench.study import (TABLES, add_interval, add_paired, at_replicate, best_single, candidate_scores,
-                              final_item_sets, is_value_column, replicates, tasks_of)
+from glue_bench.study import (TABLES, add_delta_to_best_single, add_interval, at_replicate, best_single,
+                              candidate_scores, final_item_sets, is_value_column, replicates, tasks_of)
 from glue_bench.zoo import ZooError
 
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
@@ -48,10 +48,8 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
         table[column] = scores[column]
         add_interval(table, column, errors[column].astype(float))
     best, best_value = best_single(scores)
-    table["Δ best single"] = scores["avg"] - best_value
     best_key = scores.loc[best, "job_key"] if best else None
-    add_paired(table, "Δ best single", [(k, best_key) if best_key and k != best_key else None
-                                        for k in scores["job_key"]], ev)
+    add_delta_to_best_single(table, scores["job_key"], best_value, best_key, ev)
     # order: the base, the single models, then the candidates; best first within each
     order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
     table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
