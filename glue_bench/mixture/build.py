@@ -40,33 +40,14 @@ def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[s
 
 
 def router_corpus(router_cfg: dict, replicate: int = 0) -> list[str]:
-    """The trained router's corpus: `chat` (the chat documents of the mini zoo's replicate
-    `replicate`) or a file: JSON lines with a "text" field, or plain text with documents separated
-    by blank lines."""
-    import json
-    from pathlib import Path
+    """The trained router's corpus (`router.corpus`, read by `zoo.corpus.read_corpus`): its first
+    `router.documents` documents."""
+    from glue_bench.zoo.corpus import CorpusError, read_corpus
 
-    corpus = router_cfg.get("corpus")
-    if corpus == "chat":
-        from glue_bench.zoo.mini.build import domain_texts
-
-        texts = domain_texts("chat", replicate)
-    elif corpus and Path(corpus).is_file():
-        raw = Path(corpus).read_text()
-        if corpus.endswith(".jsonl"):
-            texts = []
-            for number, line in enumerate(raw.splitlines(), 1):
-                try:
-                    texts += [json.loads(line)["text"]] if line.strip() else []
-                except (ValueError, KeyError, TypeError):
-                    raise MixtureError(f"router.corpus={corpus}: line {number} is not JSON with a "
-                                       '"text" field') from None
-        else:
-            texts = [doc.strip() for doc in raw.split("\n\n") if doc.strip()]
-    else:
-        raise MixtureError(f"router.corpus={corpus!r}: `chat` (the mini zoo's) or an existing .jsonl/.txt file")
-    if not texts:
-        raise MixtureError(f"router.corpus={corpus!r}: no documents")
+    try:
+        texts = read_corpus(router_cfg.get("corpus"), "router.corpus", replicate)
+    except CorpusError as err:
+        raise MixtureError(str(err)) from None
     return texts[:router_cfg.get("documents", len(texts))]
 
 
