@@ -8,6 +8,7 @@ differences have no interval (None), never an invented one.
     ev = Evidence.of(results_path)
     ev.paired([(key_a, key_b)])                       # one comparison
     ev.paired([(a_r0, b_r0), (a_r1, b_r1)])           # pooled over replicate zoos
+    ev.normalized(key, {task: best_key_of_task})      # normalized performance, with its interval
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.results import ResultStore
-from glue_bench.stats import PairedDifference, paired_bootstrap
+from glue_bench.stats import Interval, PairedDifference, normalized_bootstrap, paired_bootstrap
 
 BOOTSTRAP_ITERS = 10_000  # p-values resolve to 1e-4: below any Holm threshold of a table's verdicts
 
@@ -60,3 +61,17 @@ class Evidence:
                     raise ValueError(f"jobs {key_a} and {key_b} were judged on other items of {task}")
                 a_strata[f"{i}/{task}"], b_strata[f"{i}/{task}"] = a[task][1], b[task][1]
         return paired_bootstrap(a_strata, b_strata, iters=iters) if a_strata else None
+
+    def normalized(self, job_key: str, best_of_task: dict[str, str], iters: int = BOOTSTRAP_ITERS) -> Interval | None:
+        """The job's normalized performance over the tasks of `best_of_task` (task -> the job of the
+        best single model on that task, judged on the same items), with its paired bootstrap
+        interval (glue_bench.stats.normalized_bootstrap); None when a job has no outcomes."""
+        mine, best = self.outcomes(job_key), {}
+        for task, key in best_of_task.items():
+            theirs = self.outcomes(key)
+            if task not in mine or task not in theirs:
+                return None
+            if not np.array_equal(mine[task][0], theirs[task][0]):
+                raise ValueError(f"jobs {job_key} and {key} were judged on other items of {task}")
+            best[task] = theirs[task][1]
+        return normalized_bootstrap({t: mine[t][1] for t in best}, best, iters=iters) if best else None

@@ -9,6 +9,7 @@ the paired standard error is far smaller than the unpaired sqrt(se_a^2 + se_b^2)
     average_se(ses)                  of the mean of T task means: sqrt(sum se_t^2) / T
     paired_se(a, b)                  closed form, for the mean of task means of a - b
     paired_bootstrap(a, b)           percentile 95 % CI and p-value, items resampled within each task
+    normalized_bootstrap(a, best)    MergeBench's normalized performance with its percentile 95 % CI
     mcnemar_exact(a, b)              the classical test for one binary task
     min_detectable_effect(se)        at 80 % power, two-sided alpha 0.05: about 2.8 se
     holm(p_values)                   p-values adjusted for many tests at once (family-wise error)
@@ -74,6 +75,49 @@ def paired_bootstrap(a: Outcomes, b: Outcomes, iters: int = 10_000, seed: int = 
     low, high = np.percentile(boot, [2.5, 97.5])
     p_value = (1 + np.count_nonzero(np.abs(boot - delta) >= abs(delta))) / (iters + 1)
     return PairedDifference(delta, float(low), float(high), float(p_value), paired_se(a, b))
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float         # 95 % percentile interval
+    high: float
+
+
+def normalized_performance(a: Outcomes, best: Outcomes) -> float:
+    """MergeBench's normalized performance: the mean over tasks of mean(a_t) / mean(best_t), `best_t`
+    being the outcomes of the best single model on task t (each task its own expert). Tasks where
+    that best scores 0 have no ratio and are left out (nan when none is left)."""
+    ratios = [np.mean(a[t]) / np.mean(best[t]) for t in _same_tasks(a, best) if np.mean(best[t]) > 0]
+    return float(np.mean(ratios)) if ratios else math.nan
+
+
+def normalized_bootstrap(a: Outcomes, best: Outcomes, iters: int = 10_000, seed: int = 0) -> Interval:
+    """`normalized_performance` with a percentile 95 % interval: items resampled within each task,
+    the same draw for the candidate and the task's best (paired: their covariance counts, as the
+    ratio's denominator is as uncertain as its numerator). A resample in which the best scores 0
+    gives an infinite ratio (nan when the candidate scores 0 too, left out): with few successes
+    behind a task's best, the upper bound is infinite, which is what such a ratio is worth."""
+    rng = np.random.default_rng(seed)
+    tasks = [t for t in _same_tasks(a, best) if np.mean(best[t]) > 0]
+    if not tasks:
+        return Interval(math.nan, math.nan, math.nan)
+    boot = np.zeros(iters)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t in tasks:
+            x, y = np.asarray(a[t], dtype=float), np.asarray(best[t], dtype=float)
+            draw = rng.integers(0, len(x), size=(iters, len(x)))
+            boot += x[draw].mean(axis=1) / y[draw].mean(axis=1)
+    boot /= len(tasks)
+    low, high = np.nanpercentile(boot, [2.5, 97.5], method="inverted_cdf")  # no interpolation with inf
+    return Interval(normalized_performance({t: a[t] for t in tasks}, {t: best[t] for t in tasks}),
+                    float(low), float(high))
+
+
+def _same_tasks(a: Outcomes, b: Outcomes) -> list[str]:
+    for t in a:
+        _diffs(a, b, t)  # the same tasks and items, or a ValueError naming the difference
+    return list(a)
 
 
 def mcnemar_exact(a, b) -> float:

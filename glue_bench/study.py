@@ -155,6 +155,31 @@ def add_delta_to_best_single(table: pd.DataFrame, keys, best_value: float, best_
                                                for k in keys], ev)
 
 
+NORMALIZED = "normalized"
+_TASK_OF_COLUMN = {task.removeprefix("mini_"): task for task in PRIMARY_METRIC}
+
+
+def add_normalized(table: pd.DataFrame, scores: pd.DataFrame, labels, ev: Evidence | None) -> pd.DataFrame:
+    """`normalized` (MergeBench's normalized performance) for the table's rows, `labels` naming each
+    row's candidate in `scores`: per task, the row's score divided by the best single model's on
+    that task (each task its own expert), averaged over the tasks; tasks whose best scores 0 are
+    left out. Its `low`/`high`: the paired bootstrap interval where `ev` holds the outcomes."""
+    tasks = tasks_of(scores)
+    singles = scores.loc[scores["kind"] == "single", tasks]
+    best_of_task = {t: singles[t].idxmax() for t in tasks if singles[t].notna().any() and singles[t].max() > 0}
+    if not best_of_task:
+        table[NORMALIZED] = float("nan")
+        return add_interval(table, NORMALIZED, pd.Series(float("nan"), index=table.index))
+    best_scores = pd.Series({t: singles.loc[label, t] for t, label in best_of_task.items()})
+    ratios = scores[list(best_of_task)].div(best_scores, axis=1).mean(axis=1, skipna=False)
+    table[NORMALIZED] = [ratios[label] for label in labels]
+    best_keys = {_TASK_OF_COLUMN.get(t, t): scores.loc[label, "job_key"] for t, label in best_of_task.items()}
+    found = [ev.normalized(scores.loc[label, "job_key"], best_keys) if ev is not None else None for label in labels]
+    table[f"{NORMALIZED} low"] = [f.low if f is not None else float("nan") for f in found]
+    table[f"{NORMALIZED} high"] = [f.high if f is not None else float("nan") for f in found]
+    return table
+
+
 def add_paired(table: pd.DataFrame, column: str, pairs: list[tuple[str, str] | None], ev: Evidence | None):
     """`column low`, `column high` and `column p` of a difference column, paired per row: `pairs`
     gives each row's (job a, job b), None where the row has no b (the reference itself)."""
@@ -217,10 +242,12 @@ def merge_methods(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
             continue
         name, best = best_single(s)
         rows = pd.concat([s.loc[[name]].assign(candidate=f"best single: {name}"), merges]) if name else merges
+        labels = list(rows.index)
         rows = rows.assign(zoo=zoo).set_index(["zoo", "candidate"])
         table = add_interval(rows[tasks_of(s) + ["avg"]].copy(), "avg", rows["avg_se"])
         best_key = s.loc[name, "job_key"] if name else None
         add_delta_to_best_single(table, rows["job_key"], best, best_key, ev)
+        add_normalized(table, s, labels, ev)
         table["key"], table["best single key"] = rows["job_key"], best_key
         parts.append(table.sort_values("avg", ascending=False))
     return pd.concat(parts) if parts else pd.DataFrame()
@@ -433,9 +460,11 @@ def recipe(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
         if not (shown["kind"] == "built").any():
             continue
         best = _best_single_cell(s)
+        labels = list(shown.index)
         shown = shown.assign(zoo=zoo).set_index(["zoo", "candidate"])
         table = add_interval(shown[tasks_of(s) + ["avg"]].copy(), "avg", shown["avg_se"])
         add_delta_to_best_single(table, shown["job_key"], best.value, best.key, ev)
+        add_normalized(table, s, labels, ev)
         table["gain %"] = 100 * table["Δ best single"] / best.value
         study = pd.Series(float("nan"), index=table.index)
         recipe_rows = [i for i in table.index if i[1].startswith("glue_recipe(")]

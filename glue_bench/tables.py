@@ -23,8 +23,9 @@ from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
 from glue_bench.stats import holm
-from glue_bench.study import (TABLES, add_delta_to_best_single, add_interval, at_replicate, best_single,
-                              candidate_scores, final_item_sets, is_value_column, replicates, tasks_of)
+from glue_bench.study import (NORMALIZED, TABLES, add_delta_to_best_single, add_interval, add_normalized,
+                              at_replicate, best_single, candidate_scores, final_item_sets, is_value_column,
+                              replicates, tasks_of)
 from glue_bench.zoo import ZooError
 
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
@@ -38,7 +39,8 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
     test split (`items=None`) or on the named item set (the final items of a selective search),
     each with its 95 % interval (`<task> low/high`, closed form; missing where a row has no
     standard error), and the difference to the best single model, paired per item where `ev`
-    holds both jobs' outcomes. `where`: the zoo's config and mini size, as `candidate_scores` takes them."""
+    holds both jobs' outcomes, and the normalized performance (`study.add_normalized`). `where`:
+    the zoo's config and mini size, as `candidate_scores` takes them."""
     scores = candidate_scores(df, zoo, items, **where)
     if scores.empty:
         return pd.DataFrame()
@@ -50,6 +52,7 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
     best, best_value = best_single(scores)
     best_key = scores.loc[best, "job_key"] if best else None
     add_delta_to_best_single(table, scores["job_key"], best_value, best_key, ev)
+    add_normalized(table, scores, scores.index, ev)
     # order: the base, the single models, then the candidates; best first within each
     order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
     table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
@@ -77,6 +80,8 @@ def _with_uncertainty(column: str, value, low, high, signed: bool, mark: bool) -
         return text
     if signed:
         return f"{text} [{low:+.3f}, {high:+.3f}]" + ("*" if mark else "")
+    if column == NORMALIZED:  # a ratio's bootstrap interval is not symmetric (and may be unbounded)
+        return f"{text} [{low:.3f}, {high:.3f}]"
     return f"{text} ± {(high - low) / 2:.3f}"
 
 
@@ -84,7 +89,8 @@ def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str
     """The printed zoo table (`zoo_table`), uncertainty in each cell (`shown`)."""
     where = "whole test split" if items is None else items
     return (f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1), "
-            f"± 95 % half-width; Δ [95 % paired CI], * significant (Holm) ==\n{shown(table).to_string()}\n")
+            f"± 95 % half-width; Δ [95 % paired CI], * significant (Holm); normalized: per task ÷ the "
+            f"best single on it, averaged [95 % CI] ==\n{shown(table).to_string()}\n")
 
 
 def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> None:
@@ -216,7 +222,9 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
 
 TABLE_LEGEND = ("Scores: value ± 95 % half-width (closed form from the per-item outcomes). Differences: "
                 "value [95 % paired bootstrap interval], `*` where significant after Holm's correction over "
-                "the column. Missing intervals: jobs stored without per-item outcomes.")
+                "the column. normalized: MergeBench's normalized performance, each task's score divided by the "
+                "best single model's on that task, averaged over tasks [95 % paired bootstrap interval]. Missing "
+                "intervals: jobs stored without per-item outcomes.")
 FINDINGS_LEGEND = ("measured: the first replicate zoo's scores. "
                    "Δ: the expected winner minus its competitor, pooled over the replicate zoos, with its 95 % "
                    "paired bootstrap interval; p: two-sided, per verdict; p Holm: adjusted over the whole table "

@@ -11,6 +11,8 @@ from glue_bench.stats import (
     holm,
     mcnemar_exact,
     min_detectable_effect,
+    normalized_bootstrap,
+    normalized_performance,
     paired_bootstrap,
     paired_se,
     task_se,
@@ -103,3 +105,38 @@ def test_holm_adjustment_by_hand():
     assert adjusted[4] == pytest.approx(0.06)
     assert holm([0.9, 0.8]) == [1.0, 1.0]  # 2 * 0.8 capped at 1; the larger one never adjusts below it
     assert holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+
+
+def test_normalized_performance_by_hand():
+    # task x: candidate 3/4 against its best 2/4 -> 1.5; task y: 1/4 against 2/4 -> 0.5; mean 1.0.
+    # task z: its best scores 0, so it has no ratio and is left out
+    a = {"x": np.array([1, 1, 1, 0]), "y": np.array([1, 0, 0, 0]), "z": np.array([1, 0, 0, 0])}
+    best = {"x": np.array([1, 1, 0, 0]), "y": np.array([0, 1, 1, 0]), "z": np.zeros(4)}
+    assert normalized_performance(a, best) == pytest.approx((1.5 + 0.5) / 2)
+    interval = normalized_bootstrap(a, best, iters=2000)
+    assert interval.value == pytest.approx(1.0)
+    assert interval.low < 1.0 < interval.high
+
+
+def test_normalized_interval_of_the_best_itself_is_one_and_pairing_narrows_it():
+    rng = np.random.default_rng(3)
+    best = {"x": (rng.random(400) < 0.6).astype(float), "y": (rng.random(400) < 0.4).astype(float)}
+    itself = normalized_bootstrap(best, best, iters=2000)
+    assert (itself.value, itself.low, itself.high) == pytest.approx((1.0, 1.0, 1.0))
+    # a candidate that agrees with the best on all but a few items: the paired resampling moves both
+    # means together, so the interval is far narrower than the ratio of two independent means
+    close = {t: v.copy() for t, v in best.items()}
+    close["x"][:8] = 1 - close["x"][:8]
+    paired = normalized_bootstrap(close, best, iters=2000)
+    # the unpaired spread, by the delta method: se(a/b) ~ sqrt(se_a^2 + se_b^2) / b per task, averaged
+    unpaired_se = np.sqrt(sum((2 * close[t].var() / len(close[t])) / best[t].mean() ** 2 for t in best)) / 2
+    assert paired.high - paired.low < 0.5 * (2 * 1.96 * unpaired_se)
+    assert paired.low <= paired.value <= paired.high
+
+
+def test_a_best_with_few_successes_leaves_the_ratio_unbounded_above():
+    a = {"x": np.array([1.0] * 10 + [0.0] * 390)}
+    best = {"x": np.array([1.0] * 2 + [0.0] * 398)}  # a resample misses both successes 13 % of the time
+    interval = normalized_bootstrap(a, best, iters=4000)
+    assert interval.value == pytest.approx(5.0)
+    assert math.isinf(interval.high)

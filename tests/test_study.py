@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from glue_bench.evaluate import EvalConfig, EvalError, selected_tasks
+from glue_bench.evidence import Evidence
 from glue_bench.findings import findings
 from glue_bench.reference import STUDY_RECIPE_GAIN
 from glue_bench.results import ResultStore, read_results
@@ -212,3 +213,27 @@ def test_printed_scores_carry_their_95_percent_half_width_where_known(store):
     assert "0.600 ± 0.059" in text and "0.600 ± 0.078" in text and "0.600 ± 0.049" in text
     chat_a = next(line for line in text.splitlines() if line.startswith("chat_a"))
     assert "±" not in chat_a and "0.400" in chat_a
+
+
+def test_normalized_performance_divides_each_task_by_its_own_best_single(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.add("base", 0.2, 0.2)
+    s.add("chat_a", 0.4, 0.5)     # the best single (avg .45) and arc's best
+    s.add("chat_b", 0.2, 0.6)     # mmlu's best
+    s.add("linear(mini2)", 0.6, 0.3, method="linear", strategy="all", config={"strategy": {"models": None}})
+    table = merge_methods(s.df())
+    assert table.loc[("mini2", "linear(mini2)"), "normalized"] == pytest.approx((0.6 / 0.4 + 0.3 / 0.6) / 2)
+    assert table.loc[("mini2", "best single: chat_a"), "normalized"] == pytest.approx((1 + 0.5 / 0.6) / 2)
+    assert table["normalized low"].isna().all()  # no per-item outcomes here: no interval invented
+
+
+def test_normalized_interval_from_the_outcomes(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.add("base", [0, 0, 1, 0], [0, 0, 0, 1])
+    s.add("chat_a", [1, 1, 0, 0], [1, 0, 0, 0])       # arc's best: 0.5
+    s.add("chat_b", [1, 0, 0, 0], [1, 1, 0, 1])       # mmlu's best: 0.75
+    s.add("linear(mini2)", [1, 1, 1, 0], [1, 1, 0, 0], method="linear", strategy="all")
+    table = zoo_table(s.df(), "mini2", ev=Evidence.of(s.path))
+    assert table.loc["linear(mini2)", "normalized"] == pytest.approx((0.75 / 0.5 + 0.5 / 0.75) / 2)
+    assert table.loc["linear(mini2)", "normalized low"] < table.loc["linear(mini2)", "normalized"]
+    assert table.loc["chat_b", "normalized"] == pytest.approx((0.25 / 0.5 + 1.0) / 2)
