@@ -63,3 +63,27 @@ def test_a_killed_search_resumes_and_ends_with_the_same_number_of_trials(micro_c
         assert proc.returncode == 0, err[-2000:]
         assert "COMPLETED 8 " in out, out
     assert _completed(killed_db) == _completed(whole_db) == 8
+
+
+def test_search_space_per_model_weights_and_shared_coefficients():
+    from glue_bench.merge.params import Param
+    from glue_bench.select.evolutionary import SearchConfig, _to_params, search_space
+
+    two_groups = SearchConfig(layer_groups=2, search_density=True)
+    space = search_space("ties", 2, two_groups)
+    assert space == {f"{p}.{i}.{g}": b for p, b in (("weights", (0.0, 1.0)), ("density", (0.1, 1.0)))
+                     for i in range(2) for g in range(2)}
+    values = {k: float(n) for n, k in enumerate(sorted(space))}  # density.0.0, density.0.1, ..., weights.1.1
+    assert _to_params(values, 2, two_groups) == {"density": [[0.0, 1.0], [2.0, 3.0]], "weights": [[4.0, 5.0], [6.0, 7.0]]}
+    # a method whose coefficients are shared (no weights): one value each, not one per model
+    from glue_bench.merge import METHODS, register
+
+    register("_shared_only", (Param("k", 0.5, "a shared coefficient", search=(0.2, 0.9)),))(lambda tensors, k: tensors[0])
+    try:
+        assert search_space("_shared_only", 3, SearchConfig()) == {"k.0": (0.2, 0.9)}
+        assert _to_params({"k.0": 0.4}, 3, SearchConfig()) == {"k": 0.4}
+        assert _to_params({"k.0": 0.4, "k.1": 0.6}, 3, SearchConfig(layer_groups=2)) == {"k": [0.4, 0.6]}
+    finally:
+        del METHODS["_shared_only"]
+    with pytest.raises(ValueError, match="slerp: has no coefficients to search"):
+        search_space("slerp", 2, SearchConfig())

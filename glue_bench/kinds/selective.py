@@ -9,6 +9,7 @@ import time
 
 from omegaconf import OmegaConf
 
+from glue_bench.errors import JobError
 from glue_bench.evaluate import hf_lm
 from glue_bench.job import Job, log
 from glue_bench.kinds import AlsoJudged, Candidate, Kind, register
@@ -32,13 +33,17 @@ class Selective(Kind):
         return super().refusal(cfg) or searching_refusal(cfg)
 
     def check(self, job: Job) -> None:
-        from glue_bench.select.evolutionary import SearchConfig, open_storage
+        from glue_bench.select.evolutionary import SearchConfig, open_storage, search_space
 
         self.search = instantiate_search(job.cfg)
         # a CMA-ES search's study storage (its own, or its CMA-ES stage's) opened now: a bad or
         # unreachable database URL fails in one line before any model is evaluated
         cma = getattr(self.search, "evolutionary", self.search)
         if isinstance(cma, SearchConfig):
+            try:
+                search_space(job.method, len(job.members), cma)
+            except ValueError as err:  # e.g. SLERP's t or Arcee Fusion: nothing CMA-ES could tune
+                raise JobError(f"strategy {job.cfg.strategy.name}: {err}") from None
             open_storage(cma.storage)
 
     def build(self, job: Job) -> Candidate:

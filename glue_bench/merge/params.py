@@ -36,6 +36,7 @@ class Param:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    search: tuple[float, float] | None = None  # a shared coefficient CMA-ES searches in these bounds
 
     def check_scalar(self, value: Any, where: str) -> Any:
         if self.kind is bool:

@@ -1,8 +1,11 @@
 """Evolutionary merging: CMA-ES over merge coefficients, fitness = the proxy set, resumable.
 
 Search space: one weight per model in [0, 1]; with `search_density`, also one density per model
-in [0.1, 1] for the methods that have one (TIES, DARE, ...); with `layer_groups` = G > 1, each
-model's values are G anchors over depth, interpolated across layers as mergekit's gradients are.
+in [0.1, 1] for the methods that have one (TIES, DARE, ...); and the shared coefficients a method
+declares searchable (`Param.search`: e.g. SCE's `select_topk`, RAM+'s `r` and `alpha`), which is
+all there is to search for methods without weights. With `layer_groups` = G > 1, each value is G
+anchors over depth, interpolated across layers as mergekit's gradients are. A space of one
+dimension (SCE alone, G = 1) is sampled at random: Optuna's CMA-ES needs two.
 Fitness: the problem's `ProxyFitness`, the proxy score of the merged model (kept in memory; the
 merge engine caches the inputs and, for TIES/DARE, the sparsified task vectors, so a trial is one
 pass of arithmetic plus an evaluation). `search` also takes another space and candidate mapping:
@@ -65,20 +68,32 @@ class SearchResult:
     study_name: str
 
 
-def _space(method_name: str, n_models: int, cfg: SearchConfig) -> dict[str, tuple[float, float]]:
-    params = {p.name for p in get_method(method_name).params}
-    if "weights" not in params:
-        raise ValueError(f"{method_name}: has no weights to search")
-    searched = ["weights"] + (["density"] if cfg.search_density and "density" in params else [])
-    bounds = {"weights": (0.0, 1.0), "density": (0.1, 1.0)}
-    return {f"{p}.{i}.{g}": bounds[p] for p in searched for i in range(n_models) for g in range(cfg.layer_groups)}
+_PER_MODEL_BOUNDS = {"weights": (0.0, 1.0), "density": (0.1, 1.0)}
+
+
+def search_space(method_name: str, n_models: int, cfg: SearchConfig) -> dict[str, tuple[float, float]]:
+    """Optuna parameters: `<name>.<model>.<anchor>` per model, `<name>.<anchor>` shared."""
+    params = get_method(method_name).params
+    names = {p.name for p in params}
+    per_model = [p for p in ("weights", "density") if p in names and (p == "weights" or cfg.search_density)]
+    shared = {p.name: p.search for p in params if p.search is not None}
+    if not per_model and not shared:
+        raise ValueError(f"{method_name}: has no coefficients to search")
+    groups = range(cfg.layer_groups)
+    return {**{f"{p}.{i}.{g}": _PER_MODEL_BOUNDS[p] for p in per_model for i in range(n_models) for g in groups},
+            **{f"{p}.{g}": bounds for p, bounds in shared.items() for g in groups}}
 
 
 def _to_params(values: dict, n_models: int, cfg: SearchConfig) -> dict:
+    def value(anchors: list[float]):
+        return anchors[0] if cfg.layer_groups == 1 else anchors
+
     out: dict = {}
     for name in sorted({k.split(".")[0] for k in values}):
-        per_model = [[values[f"{name}.{i}.{g}"] for g in range(cfg.layer_groups)] for i in range(n_models)]
-        out[name] = [anchors[0] if cfg.layer_groups == 1 else anchors for anchors in per_model]
+        if f"{name}.0" in values:  # shared
+            out[name] = value([values[f"{name}.{g}"] for g in range(cfg.layer_groups)])
+        else:
+            out[name] = [value([values[f"{name}.{i}.{g}"] for g in range(cfg.layer_groups)]) for i in range(n_models)]
     return out
 
 
@@ -103,7 +118,7 @@ def search(problem: Problem, cfg: SearchConfig, progress: bool = True,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = len(problem.names)
     if space is None:
-        space = _space(problem.method, n, cfg)
+        space = search_space(problem.method, n, cfg)
         get_method(problem.method).validate(
             {**problem.fixed, **_to_params({k: lo for k, (lo, _) in space.items()}, n, cfg)}, n)
 
