@@ -26,7 +26,12 @@ class Merge(Kind):
         from glue_bench.merge import get_method
 
         if not self.nothing_to_build(job.cfg):
-            get_method(job.method).validate_early(job.method_params, len(job.members))  # before any model is read
+            method = get_method(job.method)
+            method.validate_early(job.method_params, len(job.members))  # before any model is read
+            if method.needs:
+                from glue_bench.merge.statistics import check_calibration
+
+                check_calibration(job.members, _calibration(job), job.method)
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import Merger, TensorSource
@@ -35,8 +40,10 @@ class Merge(Kind):
         log(f"merging {', '.join(names)} with {job.method}")
         sources = [TensorSource(m.name, local_dir(m)) for m in job.members]
         start = time.perf_counter()
+        statistics = _statistics(job)
+        statistics_s = time.perf_counter() - start  # part of the build: a data-dependent merge's own cost
         merger = Merger(sources, job.method, TensorSource(job.base.name, local_dir(job.base)),
-                        device=job.eval_cfg.device)
+                        device=job.eval_cfg.device, statistics=statistics)
         model = merger.to_model(job.method_params)
         load_s = merger.timings["load_s"]  # the output model's allocation; reading the inputs is part of the merge
         build_s = time.perf_counter() - start - load_s
@@ -45,4 +52,23 @@ class Merge(Kind):
         label = f"{job.method}({'+'.join(names)})" if job.cfg.strategy.get("models") else f"{job.method}({job.cfg.zoo.name})"
         return Candidate(label, lambda: hf_lm(model, tok, job.eval_cfg), job.method, names, build_s, load_s=load_s,
                          tokenizer=tok, save=lambda out: save_checkpoint(model, tok, out, job, label),
-                         summary={"load_s": load_s})
+                         summary={"load_s": load_s, **({"statistics_s": statistics_s} if statistics else {})})
+
+
+def _calibration(job: Job):
+    from glue_bench.merge.statistics import Calibration
+
+    return Calibration.from_settings(job.section("method").get("calibration"))
+
+
+def _statistics(job: Job) -> dict:
+    """The statistics a data-dependent method takes (fisher, regmean), from the cache or computed
+    model by model; none for the others."""
+    from glue_bench.merge import get_method
+    from glue_bench.merge.statistics import ensure_statistics
+
+    needs = get_method(job.method).needs
+    if not needs:
+        return {}
+    log(f"statistics ({', '.join(needs)}) of {len(job.members)} models on their calibration data")
+    return ensure_statistics(job.members, needs, _calibration(job), device=job.eval_cfg.device)

@@ -6,7 +6,10 @@ device), the base model's tensor when it uses one, and its parameters resolved f
 also receive `generator(i)`, a seeded numpy Generator for model i and this tensor, so a merge is
 reproducible whatever the order tensors are visited in. Methods registered with `writes_out` also
 receive `out`: the output model's own tensor, to write the result into instead of a new one (saves
-the engine a copy), or None. `engine.Merger` streams every tensor of the models through it.
+the engine a copy), or None. Methods registered with `needs` (e.g. ("fisher",)) also receive, under
+each statistic's name, that statistic of every model for this tensor (statistics.py computes
+them; None for a tensor they do not cover). `engine.Merger` streams every tensor of the models
+through it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class MergeMethod:
     memoizes: bool = False    # takes `memo`: a dict kept across calls for the same tensor (cache=True)
     stacks: bool = False      # takes `workspace`: a dict of buffers reused across one merge's tensors
     writes_out: bool = False  # takes `out`: the tensor to write the result into (the model's own), or None
+    needs: tuple[str, ...] = ()  # statistics of the models it takes, by name (see statistics.py)
     doc: str = ""
 
     def validate(self, params: dict, n_models: int) -> dict:
@@ -77,17 +81,17 @@ METHODS: dict[str, MergeMethod] = {}
 def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", min_models: int = 2,
              max_models: int | None = None, randomized: bool = False,
              check: Callable[[dict], None] | None = None, memoizes: bool = False, stacks: bool = False,
-             writes_out: bool = False):
+             writes_out: bool = False, needs: tuple[str, ...] = ()):
     def wrap(fn):
         doc = (fn.__doc__ or "").strip().split("\n")[0]
         METHODS[name] = MergeMethod(name, fn, tuple(params), base, min_models, max_models, randomized,
-                                    check, memoizes, stacks, writes_out, doc)
+                                    check, memoizes, stacks, writes_out, tuple(needs), doc)
         return fn
     return wrap
 
 
 def get_method(name: str) -> MergeMethod:
-    from glue_bench.merge import methods  # noqa: F401  (registers the methods)
+    from glue_bench.merge import data_methods, methods  # noqa: F401  (registers the methods)
 
     if name not in METHODS:
         raise MergeError(f"unknown merge method {name!r}; known: {', '.join(sorted(METHODS))}")

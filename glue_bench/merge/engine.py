@@ -222,11 +222,13 @@ class Merger:
 
     def __init__(self, sources: list[TensorSource], method_name: str, base: TensorSource | None = None,
                  *, device: str | torch.device = "cpu", cache: bool = False,
-                 cache_budget_bytes: int | None = None, progress: bool = False):
+                 cache_budget_bytes: int | None = None, progress: bool = False,
+                 statistics: dict[str, list[TensorSource]] | None = None):
         if not sources:
             raise MergeError("no models to merge")
         self.method = get_method(method_name)
         self.sources, self.base = sources, base
+        self.statistics = _needed_statistics(self.method, sources, statistics or {})
         self.device = torch.device(device)
         self.keys = check_compatible(sources)
         # the output's architecture: the model with the largest vocabulary (the first, usually)
@@ -291,6 +293,9 @@ class Merger:
                 kwargs["workspace"] = workspace
             if self.method.writes_out:
                 kwargs["out"] = outputs.get(key) if outputs else None
+            for kind, stat_sources in self.statistics.items():
+                kwargs[kind] = _Inputs(stat_sources, key, self._load) if all(key in s.entries for s in stat_sources) \
+                    else None
             memo = self._memo_for(key) if self.method.memoizes else None
             if memo is not None:
                 kwargs["memo"] = memo
@@ -306,8 +311,9 @@ class Merger:
                 self._cached_bytes += _memo_bytes(memo) - memo_before
             merge_s += time.perf_counter() - start
             yield key, merged
-            if isinstance(inputs, _Inputs):
-                inputs.release()
+            for value in [inputs] + [kwargs[kind] for kind in self.statistics]:
+                if isinstance(value, _Inputs):
+                    value.release()
             if uses_base:
                 self.base.release(key)
         self.timings = {"merge_s": merge_s}
@@ -374,6 +380,9 @@ class Merger:
         if trimmed.get("base") is not None:
             trimmed["base"] = trimmed["base"][:shared]
         inputs = list(inputs)
+        for kind in self.statistics:  # entrywise statistics (a Fisher diagonal) lose the same rows
+            if trimmed[kind] is not None:
+                trimmed[kind] = [s[:shared] if s.shape == t.shape else s for s, t in zip(trimmed[kind], inputs)]
         merged = self.method.fn([t[:shared] for t in inputs], **trimmed)
         sizes = sorted(input_rows | {shared})
         out = torch.empty((sizes[-1], *merged.shape[1:]), dtype=merged.dtype, device=merged.device)
@@ -483,6 +492,17 @@ def _plan_shards(source: TensorSource, keys: list[str], dtype: torch.dtype, limi
         shards[-1].append(key)
         size += n
     return shards
+
+
+def _needed_statistics(method, sources: list[TensorSource], statistics: dict[str, list[TensorSource]]
+                       ) -> dict[str, list[TensorSource]]:
+    """The statistics `method` takes, one source per model in `sources`' order, or one line saying
+    which is missing (only the methods that need them are given any)."""
+    for kind in method.needs:
+        if len(statistics.get(kind) or ()) != len(sources):
+            raise MergeError(f"{method.name}: needs the {kind} statistics of each of the {len(sources)} models "
+                             f"(glue_bench.merge.statistics computes them; strategy=all does so itself)")
+    return {kind: statistics[kind] for kind in method.needs}
 
 
 def _free_bytes(device: torch.device) -> int:
