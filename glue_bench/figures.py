@@ -86,14 +86,16 @@ def mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
 
 
 def merge_vs_mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
-    """`study.merge_vs_mixture` (rows = zoos): the best merge and the best mixture per zoo."""
+    """`study.merge_vs_mixture` (rows = (zoo, row)): per zoo, the ensemble (when run), the best
+    single model, the best merge and the best mixture."""
     if table.empty:
         return None
-    shown = ["best single", "best merge", "best mixture"]
+    shown = [row for row in study.MERGE_VS_MIXTURE_ROWS if row in table.index.get_level_values("row")]
     matrix = pd.DataFrame(index=shown)
-    for zoo, row in table.iterrows():
+    for zoo in table.index.get_level_values("zoo").unique():
         for suffix in ("", " low", " high"):
-            matrix[f"{zoo}{suffix}"] = [row.get(f"{name}{suffix}", np.nan) for name in shown]
+            column = table.get(f"avg{suffix}", pd.Series(dtype=float))
+            matrix[f"{zoo}{suffix}"] = [column.get((zoo, row), np.nan) for row in shown]
     return strategy_bars(matrix, path, title)
 
 

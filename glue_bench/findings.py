@@ -153,9 +153,7 @@ def hybrid(df):
 
 
 def merge_or_mix(df):
-    for zoo, row in study.merge_vs_mixture(df).iterrows():
-        merge = study.Cell(row["best merge"], math.nan, row["merge key"])
-        mixture = study.Cell(row["best mixture"], math.nan, row["mixture key"])
+    for zoo, (merge, mixture) in study.best_merge_and_mixture(df).items():
         chat = zoo in CHAT_ZOOS
         yield Claim(zoo, f"{'merge' if chat else 'mixture'} wins",
                     f"merge {merge.value:.3f} / mixture {mixture.value:.3f}",

@@ -16,6 +16,7 @@ outcomes) is given; otherwise, and for jobs stored without outcomes, their inter
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,31 +419,61 @@ def mixture_hybrid(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame
     return cells_table(mixture_cells(df, ("dense_layers",), levels=("ffn", "block")))
 
 
+ENSEMBLE_ROW, COMPUTE = "ensemble (reference)", "forward passes / token"
+MERGE_VS_MIXTURE_ROWS = (ENSEMBLE_ROW, "best single", "best merge", "best mixture")
+
+
+def _passes_per_token(row) -> float:
+    """Model forward passes per token: 1 for one model, N for the ensemble of N (stored with it);
+    nan for a mixture (one expert's pass, or k experts' FFNs, plus its router: not one number)."""
+    if row["mixture"] == "none":
+        return 1.0
+    return float(row["config"].get("forward_passes_per_token", float("nan")))
+
+
 def merge_vs_mixture(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
-    """Per zoo: the best single model, the best merge and the best mixture (whole test split)."""
-    rows = []
+    """Per zoo: the output ensemble of the zoo's models (the reference, at N forward passes per
+    token), the best single model, the best merge and the best mixture (whole test split), each
+    paired against the ensemble and against the best mixture."""
+    parts = []
     for zoo in zoos_in(df):
         s = scored(df, zoo)
         built = s[(s["kind"] == "built") & (s["strategy"] == "all") & s.apply(_whole_zoo, axis=1)]
-        merges, mixtures = built[built["mixture"] == "none"], built[built["mixture"] != "none"]
+        merges = built[built["mixture"] == "none"]
+        mixtures = built[~built["mixture"].isin(["none", "ensemble"])]
+        ensembles = built[built["mixture"] == "ensemble"]
         if merges.empty or mixtures.empty:
             continue
-        shown = {"best single": _best_single_cell(s), "best merge": _cell(s, merges["avg"].idxmax()),
-                 "best mixture": _cell(s, mixtures["avg"].idxmax())}
-        row = {"zoo": zoo, **{name: c.value for name, c in shown.items()},
-               "merge": merges["avg"].idxmax(), "mixture": mixtures["avg"].idxmax(),
-               "winner": max(shown, key=lambda name: shown[name].value).removeprefix("best "),
-               "Δ merge − mixture": shown["best merge"].value - shown["best mixture"].value}
-        row.update({f"{name} se": c.se for name, c in shown.items()})
-        row.update({f"{name.removeprefix('best ')} key": c.key for name, c in shown.items()})
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows).set_index("zoo")
-    for name in ("best single", "best merge", "best mixture"):
-        add_interval(table, name, table.pop(f"{name} se"))
-    add_paired(table, "Δ merge − mixture", list(zip(table["merge key"], table["mixture key"])), ev)
-    return table[[c for c in table.columns if not c.endswith("key")] + ["single key", "merge key", "mixture key"]]
+        best_single_label, _ = best_single(s)
+        chosen = {ENSEMBLE_ROW: ensembles["avg"].idxmax() if len(ensembles) else None,
+                  "best single": best_single_label, "best merge": merges["avg"].idxmax(),
+                  "best mixture": mixtures["avg"].idxmax()}
+        chosen = {row: label for row, label in chosen.items() if label is not None}
+        rows = s.loc[list(chosen.values())]
+        table = pd.DataFrame({"candidate": list(chosen.values()), "avg": rows["avg"].to_numpy(),
+                              COMPUTE: [_passes_per_token(r) for _, r in rows.iterrows()]},
+                             index=pd.MultiIndex.from_tuples([(zoo, row) for row in chosen], names=["zoo", "row"]))
+        add_interval(table, "avg", pd.Series(rows["avg_se"].to_numpy(), index=table.index))
+        keys = rows["job_key"].to_list()
+        for reference, column in ((ENSEMBLE_ROW, "Δ ensemble"), ("best mixture", "Δ best mixture")):
+            if reference not in chosen:
+                table[column] = float("nan")
+                add_paired(table, column, [None] * len(table), None)
+                continue
+            ref_value, ref_key = s.loc[chosen[reference], "avg"], s.loc[chosen[reference], "job_key"]
+            table[column] = table["avg"] - ref_value
+            add_paired(table, column, [(k, ref_key) if k != ref_key else None for k in keys], ev)
+        table["key"] = keys
+        parts.append(table)
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def best_merge_and_mixture(df: pd.DataFrame) -> dict[str, tuple[Cell, Cell]]:
+    """Per zoo of `merge_vs_mixture`: its best merge and best mixture."""
+    table = merge_vs_mixture(df)
+    return {zoo: tuple(Cell(table.loc[(zoo, row), "avg"], math.nan, table.loc[(zoo, row), "key"])
+                       for row in ("best merge", "best mixture"))
+            for zoo in table.index.get_level_values("zoo").unique()} if not table.empty else {}
 
 
 def recipe(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
 from glue_bench.stats import holm
-from glue_bench.study import (NORMALIZED, TABLES, add_delta_to_best_single, add_interval, add_normalized,
+from glue_bench.study import (COMPUTE, NORMALIZED, TABLES, add_delta_to_best_single, add_interval, add_normalized,
                               at_replicate, best_single, candidate_scores, final_item_sets, is_value_column,
                               replicates, tasks_of)
 from glue_bench.zoo import ZooError
@@ -158,6 +158,8 @@ def _cell(column: str, value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
+        if column == COMPUTE:
+            return f"{value:g}"
         if column in ("p", "p Holm") or column.endswith(" p"):
             return f"{value:.3f}" if value >= 0.001 else "<0.001"
         signed = column.startswith("Δ") or "−" in column

@@ -78,8 +78,9 @@ def test_strategy_and_mixture_bars(tmp_path):
 
 
 def test_merge_vs_mixture_and_recipe_bars(tmp_path):
-    outcome = pd.DataFrame({"best single": [0.40, 0.42], "best merge": [0.43, 0.42], "best mixture": [0.43, 0.49],
-                            "winner": ["mixture", "mixture"]}, index=pd.Index(["mini2", "mini4"], name="zoo"))
+    rows = [(zoo, row) for zoo in ("mini2", "mini4") for row in ("best single", "best merge", "best mixture")]
+    outcome = pd.DataFrame({"avg": [0.40, 0.43, 0.43, 0.42, 0.42, 0.49]},
+                           index=pd.MultiIndex.from_tuples(rows, names=["zoo", "row"]))
     assert_png(figures.merge_vs_mixture_bars(outcome, tmp_path / "mvm.png"))
     candidates = [("mini2", "glue_recipe(linear, prompt)"), ("mini2", "chat_b"), ("mini2", "chat_a")]
     recipe = pd.DataFrame({"avg": [0.53, 0.43, 0.39]},

@@ -108,9 +108,17 @@ def test_mixture_tables_keep_only_their_axis(store):
     routing = mixture_routing(store.df())["mini2"].dropna()
     assert dict(routing) == pytest.approx({"best single": 0.5, "ffn, sample": 0.7, "ffn, token": 0.6})
     store.add("linear(mini2)", 0.4, 0.4, method="linear", strategy="all", config={"strategy": {"models": None}})
-    row = merge_vs_mixture(store.df()).loc["mini2"]
-    assert (row["best merge"], row["best mixture"], row["winner"]) == (pytest.approx(0.4), pytest.approx(0.7),
-                                                                        "mixture")
+    table = merge_vs_mixture(store.df()).loc["mini2"]
+    assert list(table.index) == ["best single", "best merge", "best mixture"]  # no ensemble run: no reference row
+    assert table.loc["best merge", ["avg", "Δ best mixture"]].tolist() == pytest.approx([0.4, 0.4 - 0.7])
+    assert table.loc["best mixture", "candidate"] == "mixture(ffn, prompt, sample)"
+    assert table.loc["best single", "forward passes / token"] == 1 and table["Δ ensemble"].isna().all()
+    store.add("ensemble(mini2)", 0.8, 0.6, strategy="all", mixture="ensemble",
+              config={"mixture": {"name": "ensemble"}, "forward_passes_per_token": 2})
+    table = merge_vs_mixture(store.df()).loc["mini2"]
+    assert table.loc["ensemble (reference)", ["avg", "forward passes / token"]].tolist() == pytest.approx([0.7, 2])
+    assert table.loc["best mixture", "Δ ensemble"] == pytest.approx(0.0)
+    assert table.loc["best single", "Δ ensemble"] == pytest.approx(0.5 - 0.7)
 
 
 def test_recipe_gain_beside_the_study(tmp_path):
