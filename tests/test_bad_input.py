@@ -60,6 +60,8 @@ CASES = [
     ("weights-count", ["method.params.weights=[1,2,3]"], "3 values given for 2 models"),
     ("weights-nan", ["method.params.weights=nan"], "linear.weights"),
     ("density-range", ["method=ties", "method.params.density=1.5"], "density"),
+    ("select-topk-zero", ["method=sce", "method.params.select_topk=0"], "sce.select_topk = 0: must be > 0"),
+    ("nearswap-t-negative", ["method=nearswap", "method.params.t=-1"], "nearswap.t = -1: must be >= 0"),
     ("method-unknown-param", ["+method.params.bogus=1"], "unknown parameter(s) bogus"),
     # a merge whose output is not finite, from finite inputs (the singles are in the store already)
     ("weights-beyond-float32", ["method.params.weights=[1e39,1]"], "must be within float32's range"),

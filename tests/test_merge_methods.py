@@ -313,6 +313,194 @@ def test_passthrough_scales_one_model():
         get_method("passthrough").validate({}, 2)
 
 
+def _sce_by_entries(base, models, select_topk):
+    """SCE written out entry by entry: select by variance, weights from mean squares, elect, average."""
+    n = base.numel()
+    deltas = [[float(m.flatten()[j] - base.flatten()[j]) for j in range(n)] for m in models]
+    if select_topk < 1:
+        variances = []
+        for j in range(n):
+            column = [d[j] for d in deltas]
+            mean = sum(column) / len(column)
+            variances.append(sum((x - mean) ** 2 for x in column) / len(column))
+        k = int(sum(v != 0 for v in variances) * select_topk)
+        kept = set(sorted(range(n), key=lambda j: (-variances[j], j))[:k])  # ties: lowest index first
+        deltas = [[x if j in kept else 0.0 for j, x in enumerate(d)] for d in deltas]
+    squares = [sum(x * x for x in d) / n for d in deltas]
+    weights = [q / sum(squares) for q in squares] if sum(squares) >= 1e-6 else [1 / len(deltas)] * len(deltas)
+    merged = []
+    for j in range(n):
+        sign = 1.0 if sum(d[j] for d in deltas) >= 0 else -1.0
+        agreeing = [(w, d[j]) for w, d in zip(weights, deltas) if d[j] * sign > 0]
+        merged.append(float(base.flatten()[j]) + sum(w * x for w, x in agreeing)
+                      / max(sum(w for w, _ in agreeing), 1e-6))
+    return torch.tensor(merged).view_as(base)
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.5, 0.2])
+@pytest.mark.parametrize("scale", [1.0, 1e-4])  # RMS 1e-4 task vectors: mergekit's equal-weights floor
+def test_sce_selects_by_variance_weights_by_mean_square_and_averages_agreeing_entries(select_topk, scale):
+    torch.manual_seed(6)
+    base = torch.randn(4, 5)
+    models = [base + scale * torch.randn(4, 5) * s for s in (0.5, 1.0, 2.0)]
+    out = merge("sce", models, base, select_topk=select_topk)
+    assert torch.allclose(out, _sce_by_entries(base, models, select_topk), atol=1e-6, rtol=1e-5)
+
+
+def test_sce_keeps_the_lowest_indices_among_tied_variances():
+    base = torch.zeros(4)
+    a, b = torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.tensor([-1.0, 1.0, -1.0, 1.0])  # every variance 1
+    out = merge("sce", [a, b], base, select_topk=0.5)
+    # entries 0 and 1 kept; both sum to 0, which elects +: a's +1 and b's +1 survive
+    assert out.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 1)])
+def test_sce_on_norms_single_entries_and_all_zero_task_vectors(shape):
+    torch.manual_seed(7)
+    base = torch.randn(shape)
+    models = [base + 0.1 * torch.randn(shape) for _ in range(3)]
+    for select_topk in (1.0, 0.5):
+        expected = _sce_by_entries(base, models, select_topk)
+        assert torch.allclose(merge("sce", models, base, select_topk=select_topk), expected, atol=1e-6)
+    unchanged = merge("sce", [base.clone(), base.clone()], base, select_topk=0.5)  # nothing varies: k = 0
+    assert torch.equal(unchanged, base)
+
+
+def test_nearswap_moves_towards_the_second_by_t_over_the_difference():
+    t = 0.01
+    first = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -2.0])
+    second = first + torch.tensor([0.0, 0.005, 0.01, 0.02, -0.1, 4.0])
+    out = merge("nearswap", [first, second], t=t)
+    expected = []
+    for a, b in zip(first.tolist(), second.tolist()):
+        weight = min(1.0, t / max(abs(a - b), 1e-6))  # within t: the second's value
+        expected.append(weight * b + (1 - weight) * a)
+    assert expected[3] == pytest.approx(1.01) and expected[4] == pytest.approx(0.99)
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+    assert torch.equal(merge("nearswap", [first, second], t=0.0), first)
+    assert torch.equal(merge("nearswap", [first, first.clone()], t=t), first)
+
+
+def _arcee_fusion_by_entries(first, second):
+    """Importance |b - a| x KL(softmax(b row) || softmax(a row)), threshold median + 1.5 IQR."""
+    rows_a, rows_b = first.reshape(-1, first.shape[-1]).tolist(), second.reshape(-1, second.shape[-1]).tolist()
+    importance = []
+    for row_a, row_b in zip(rows_a, rows_b):
+        p = [math.exp(x) / sum(math.exp(y) for y in row_b) + 1e-8 for x in row_b]
+        q = [math.exp(x) / sum(math.exp(y) for y in row_a) + 1e-8 for x in row_a]
+        kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        importance += [abs(b - a) * kl for a, b in zip(row_a, row_b)]
+    ranked = sorted(importance)
+    n = len(ranked)
+    q1, median, q3 = (ranked[int(f * (n - 1))] for f in (0.25, 0.5, 0.75))
+    threshold = median + 1.5 * (q3 - q1)
+    picked = [b if i >= threshold else a
+              for i, a, b in zip(importance, first.flatten().tolist(), second.flatten().tolist())]
+    return torch.tensor(picked).view_as(first), sum(i >= threshold for i in importance)
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (40,), (1,)])
+def test_arcee_fusion_takes_the_second_s_outlier_importance_entries(shape):
+    torch.manual_seed(8)
+    first = torch.randn(shape)
+    second = first + 0.01 * torch.randn(shape) + torch.randn(shape) * (torch.rand(shape) < 0.15)  # a few large
+    expected, taken = _arcee_fusion_by_entries(first, second)
+    assert torch.allclose(merge("arcee_fusion", [first, second]), expected, atol=1e-7)
+    if shape != (1,):
+        assert 0 < taken < first.numel()
+    assert torch.equal(merge("arcee_fusion", [first, first.clone()]), first)  # no change, nothing taken
+
+
+def test_arcee_fusion_quartiles_are_exact_above_a_million_entries():
+    """mergekit samples the quartiles of larger tensors at random; these are exact and repeatable."""
+    generator = torch.Generator().manual_seed(9)
+    first = torch.randn(1100, 1000, generator=generator)
+    second = first + 0.01 * torch.randn(1100, 1000, generator=generator)
+    out = merge("arcee_fusion", [first, second])
+    assert torch.equal(out, merge("arcee_fusion", [first, second]))
+    p = torch.softmax(second, -1) + 1e-8
+    q = torch.softmax(first, -1) + 1e-8
+    importance = (second - first).abs() * (p * (p / q).log()).sum(-1, keepdim=True)
+    ranked = importance.flatten().sort().values  # the whole sort, not a sample
+    n = ranked.numel()
+    q1, median, q3 = (ranked[(n - 1) * i // 4] for i in (1, 2, 3))
+    expected = torch.where(importance >= median + 1.5 * (q3 - q1), second, first)
+    assert torch.equal(out, expected) and 0 < int((out == second).sum()) < n
+
+
+def _ram_by_entries(base, models, epsilon, r=None, alpha=None):
+    """RAM (and RAM+ when r is given), written out entry by entry and model by model."""
+    n = base.numel()
+    deltas = [[float(m.flatten()[j] - base.flatten()[j]) for j in range(n)] for m in models]
+    changed = [[abs(x) > epsilon for x in d] for d in deltas]
+    counts = [sum(c[j] for c in changed) for j in range(n)]
+    scales = [1.0] * len(models)
+    if r is not None:
+        for i, c in enumerate(changed):
+            unique = sum(c[j] and counts[j] == 1 for j in range(n))
+            shared = sum(c[j] and counts[j] > 1 for j in range(n))
+            rho = shared / max(unique, epsilon) if max(unique, epsilon) > 0 else 0.0
+            scales[i] = 1 + r * min(rho, alpha)
+    merged = []
+    for j in range(n):
+        terms = [(scale, d[j]) for scale, d, c in zip(scales, deltas, changed) if c[j]]
+        if len(terms) == 1:
+            merged.append(terms[0][0] * terms[0][1])
+        else:
+            merged.append(sum(x for _, x in terms) / max(len(terms), 1))
+        merged[-1] += float(base.flatten()[j])
+    return torch.tensor(merged).view_as(base)
+
+
+RAM_BASE = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0, 3.0, -0.5, 0.25, 1.5])
+RAM_DELTAS = [torch.tensor([0.2, 0.0, 0.3, -0.1, 1e-6, 0.4, 0.0, 0.0, 0.05]),  # entry 4: below epsilon
+              torch.tensor([0.0, 0.5, -0.3, 0.0, 0.0, 0.2, 0.0, 0.7, 0.0]),
+              torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0, -0.6, 0.0, 0.0, 0.0])]  # changed no entry alone
+# entry 6 changed by none; entries 2 and 5 by all three; the rest by one model each
+
+
+def test_ram_averages_each_entry_over_the_models_that_changed_it():
+    models = [RAM_BASE + d for d in RAM_DELTAS]
+    out = merge("ram", models, RAM_BASE, epsilon=1e-5)
+    expected = RAM_BASE + torch.tensor([0.2, 0.5, 0.1 / 3, -0.1, 0.0, 0.0, 0.0, 0.7, 0.05])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(out, _ram_by_entries(RAM_BASE, models, 1e-5), atol=1e-6)
+
+
+@pytest.mark.parametrize("r, alpha, epsilon", [(0.1, 0.2, 1e-5), (0.5, 5.0, 1e-5), (1.0, 3.0, 0.0), (0.3, 1.0, 0.25)])
+def test_ramplus_tl_boosts_unique_updates_by_each_model_s_overlap(r, alpha, epsilon):
+    models = [RAM_BASE + d for d in RAM_DELTAS]
+    out = merge("ramplus_tl", models, RAM_BASE, r=r, alpha=alpha, epsilon=epsilon)
+    assert torch.allclose(out, _ram_by_entries(RAM_BASE, models, epsilon, r, alpha), atol=1e-6)
+    if (r, alpha, epsilon) == (0.5, 5.0, 1e-5):  # model 0: 2 shared, 3 unique (rho 2/3); model 1: 2 and 2
+        assert out[0] == pytest.approx(0.5 + 0.2 * (1 + 0.5 * 2 / 3)) and out[7] == pytest.approx(0.25 + 0.7 * 1.5)
+        assert out[2] == pytest.approx(2.0 + 0.1 / 3)  # shared entries: the plain mean
+
+
+@pytest.mark.parametrize("name", ["ram", "ramplus_tl"])
+def test_ram_methods_on_single_entries_norms_and_unchanged_models(name):
+    torch.manual_seed(10)
+    for shape in [(1,), (9,)]:
+        base = torch.randn(shape)
+        models = [base + torch.randn(shape) * (torch.rand(shape) < 0.5) for _ in range(3)]
+        params = {"r": 0.4, "alpha": 2.0} if name == "ramplus_tl" else {}
+        expected = _ram_by_entries(base, models, 1e-5, *params.values())
+        assert torch.allclose(merge(name, models, base, **params), expected, atol=1e-6)
+        assert torch.equal(merge(name, [base.clone(), base.clone()], base), base)
+
+
+@pytest.mark.parametrize("name, params", [("sce", {"select_topk": 0.5}), ("nearswap", {"t": 0.1}),
+                                          ("arcee_fusion", {}), ("ram", {}), ("ramplus_tl", {})])
+def test_new_methods_leave_their_inputs_untouched(name, params):
+    torch.manual_seed(11)
+    base, *models = torch.randn(4, 6, 5)
+    models = models if get_method(name).max_models is None else models[:2]
+    copies = [m.clone() for m in (base, *models)]
+    merge(name, models, base, **params)
+    assert all(torch.equal(a, b) for a, b in zip((base, *models), copies))
+
+
 def test_depth_lists_interpolate_like_mergekit_gradients():
     assert at_depth([0.0, 1.0], 0.25) == 0.25
     assert at_depth([0.0, 1.0, 0.0], 0.75) == 0.5
@@ -333,6 +521,15 @@ def test_depth_lists_interpolate_like_mergekit_gradients():
     ("linear", {"weights": [float("nan"), 1.0]}, 2, r"linear.weights\[0\] = nan: must be a finite number"),
     ("linear", {"normalize": "yes"}, 2, r"linear.normalize = 'yes': must be true or false"),
     ("model_stock", {}, 1, r"model_stock: needs at least 2 model\(s\), got 1"),
+    ("sce", {"select_topk": 0}, 3, r"sce.select_topk = 0: must be > 0"),
+    ("sce", {"select_topk": 1.2}, 3, r"sce.select_topk = 1.2: must be <= 1"),
+    ("nearswap", {"t": -0.1}, 2, r"nearswap.t = -0.1: must be >= 0"),
+    ("nearswap", {}, 3, r"nearswap: takes at most 2 model\(s\), got 3"),
+    ("arcee_fusion", {}, 3, r"arcee_fusion: takes at most 2 model\(s\), got 3"),
+    ("arcee_fusion", {"t": 0.5}, 2, r"arcee_fusion: unknown parameter\(s\) t \(known: none\)"),
+    ("ram", {"epsilon": -1e-5}, 2, r"ram.epsilon = -1e-05: must be >= 0"),
+    ("ramplus_tl", {"r": -0.1}, 2, r"ramplus_tl.r = -0.1: must be >= 0"),
+    ("ramplus_tl", {"alpha": -0.2}, 2, r"ramplus_tl.alpha = -0.2: must be >= 0"),
 ])
 def test_bad_parameters_are_refused_with_one_line(name, params, n, message):
     with pytest.raises(MergeError, match=message) as err:

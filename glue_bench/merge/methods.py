@@ -5,6 +5,26 @@ Definitions follow the papers and, where they agree, mergekit (the parity tests 
 the mini zoo). The one deliberate difference: DARE and DELLA rescale kept entries by 1/(keep
 probability) as their papers do; mergekit rescales to the same L1 norm. `rescale: l1` gives
 mergekit's behaviour (see sparsify.py).
+
+mergekit 0.1.5's newer methods follow mergekit's code, including where it departs from its papers:
+- sce (arXiv 2408.07990; compared with the authors' code, FuseChat's sce_merging.py): mergekit
+  zeroes the entries outside the top-k variance in the task vectors it merges, where the authors'
+  code uses the selection only to compute the weights and merges every entry; mergekit falls back
+  to equal weights where the models' mean squares sum below 1e-6, an absolute floor (task vectors
+  of RMS under ~1e-3 get equal weights), the authors' code only where that sum is 0; and mergekit
+  floors each entry's divisor (the weights of its agreeing terms) at 1e-6 where the authors' code
+  replaces a 0 by 1. `select_topk: 1` (the default) makes the first difference moot.
+- ramplus_tl (arXiv 2601.13572; compared with the authors' code, ram-main.py of
+  xiangchi-yuan/mrl): each model's shared / unique ratio rho is counted within the tensor being
+  merged (mergekit's "tensor-local" variant), where the authors' RAM+ counts it over the model's
+  whole task vector; the boost is 1 + r min(alpha, rho) (r = 0.1, alpha = 0.2: at most 1.02)
+  where the authors' is 1 + (r' - 1) min(1, rho) (r' = 1.1), the same at alpha = 1, r = r' - 1;
+  and epsilon is both the threshold an entry's change must exceed and the floor of the unique
+  count that divides rho. `ram` is the authors' RAM.
+- arcee_fusion: mergekit estimates the quartiles of tensors above a million entries from an
+  unseeded random sample; here they are exact at every size, so merges stay deterministic (and
+  equal mergekit's wherever mergekit's are exact).
+- nearswap and arcee_fusion take exactly two models; the first plays mergekit's `base_model`.
 """
 
 from __future__ import annotations
@@ -16,8 +36,8 @@ import torch
 
 from glue_bench.merge import MergeError, kernels, register
 from glue_bench.merge.params import Param
-from glue_bench.merge.sparsify import (RESCALES, magnitude_band, random_keep, random_keep_rows, rank_keep,
-                                      top_magnitude_rows)
+from glue_bench.merge.sparsify import (RESCALES, _kth_largest_magnitude_on_device, magnitude_band, random_keep,
+                                      random_keep_rows, rank_keep, top_magnitude_rows)
 
 # parameters several methods share, declared once
 WEIGHTS = Param("weights", 1.0, "one per model (or one for all)", per_model=True)
@@ -440,3 +460,147 @@ def passthrough(tensors, scale):
     """One model's tensors, optionally scaled (per layer group with a depth list)."""
     return tensors[0] * scale[0] if scale[0] != 1.0 else tensors[0].clone()
 
+
+
+# ---- mergekit 0.1.5's newer methods ----------------------------------------------------------
+
+@register("sce", (Param("select_topk", 1.0, "fraction of the entries that vary across models kept, those "
+                        "that vary most (1 keeps all)", low=0, high=1, low_open=True, search=(0.1, 1.0)),),
+          base="required", stacks=True)
+def sce(tensors, base, select_topk, workspace=None):
+    """SCE: keep the most varying entries, elect signs, average the agreeing by mean-square weights.
+
+    Select: the entries whose task vectors vary most across the models (`_keep_most_varying`).
+    Calculate: model i's weight, the mean square of its (selected) task vector over their sum.
+    Erase: each entry keeps the terms with the sign of the task vectors' (unweighted) sum and is
+    their weighted mean (mergekit's; the divisor floored at 1e-6)."""
+    deltas = _stack(tensors, base, workspace=workspace).deltas
+    if select_topk < 1:
+        _keep_most_varying(deltas, select_topk)
+    weights = _mean_square_shares(deltas)
+    elected = deltas.sum(0)
+    elected.sign_().add_(0.5).sign_()            # +1 where the sum is >= 0, else -1
+    agreeing = deltas.mul_(elected).clamp_(min=0)   # |delta| where it has the elected sign, else 0
+    merged = torch.mv(agreeing.T, weights).mul_(elected)
+    divisor = torch.mv(agreeing.sign_().T, weights).clamp_(min=1e-6)  # mergekit's floor
+    return torch.add(base, merged.div_(divisor).view_as(base))
+
+
+def _keep_most_varying(deltas, select_topk):
+    """Zero every row's entries outside the k whose task vectors vary most across the rows (by
+    population variance), in place; k = select_topk x the number of entries that vary at all. Among
+    variances tied with the k-th, the lowest indices stay (as in TIES's trim)."""
+    variance = deltas.var(0, unbiased=False)
+    # in float32, as mergekit computes it: the same k at every boundary
+    k = int(np.float32(int(torch.count_nonzero(variance))) * np.float32(select_topk))
+    if k == 0:
+        deltas.zero_()
+        return
+    threshold, above = _kth_largest_magnitude_on_device(variance, k)
+    keep = variance >= threshold
+    if above is not None:  # more than k reach the threshold: only the first tied ones stay
+        keep[(variance == threshold).nonzero().view(-1)[k - above:]] = False
+    deltas.mul_(keep)
+
+
+def _mean_square_shares(deltas):
+    """Each row's mean square over their sum; equal shares where that sum is below mergekit's
+    absolute floor of 1e-6 (so task vectors of RMS ~1e-3 or less get equal shares)."""
+    squares = torch.linalg.vector_norm(deltas, dim=1).square_().div_(deltas.shape[1])  # no squared copy
+    total = float(squares.sum())
+    if abs(total) < 1e-6:
+        return torch.full_like(squares, 1 / len(squares))
+    return squares / total
+
+
+@register("nearswap", (Param("t", 1e-4, "entries closer than t take the second model's value; "
+                             "farther ones move towards it by t / |difference| (0 keeps the first)",
+                             low=0),),
+          min_models=2, max_models=2)
+def nearswap(tensors, t):
+    """NearSwap: the first model, moved towards the second by min(1, t / |difference|) entry by entry.
+
+    Where the two are within t of each other it takes the second's value; the first plays
+    mergekit's base_model."""
+    first, second = tensors[0], tensors[1]
+    step = t / torch.sub(second, first).abs_().clamp_(min=1e-6)   # mergekit's floor
+    return torch.lerp(first, second, step.clamp_(max=1))
+
+
+@register("arcee_fusion", (), min_models=2, max_models=2)
+def arcee_fusion(tensors):
+    """Arcee Fusion: the first model, with the second's entries where the change is an outlier.
+
+    An entry's importance is |second - first| x the KL divergence between the softmaxes of its
+    row (last dim) in the two; it is an outlier at >= median + 1.5 IQR of the tensor's
+    importances. The first plays mergekit's base_model."""
+    first, second = tensors[0], tensors[1]
+    importance = _fusion_importance(first, second)
+    lower, median, upper = _exact_quartiles(importance.view(-1))
+    return torch.where(importance >= median + 1.5 * (upper - lower), second, first)
+
+
+def _fusion_importance(first, second, eps=1e-8):
+    """|second - first| x KL(softmax(second) || softmax(first)) of its row (along the last dim),
+    both softmaxes offset by eps as mergekit's are. Two tensor-sized buffers."""
+    p = torch.softmax(second, dim=-1).add_(eps)
+    q = torch.softmax(first, dim=-1).add_(eps)
+    kl = torch.div(p, q, out=q).log_().mul_(p).sum(-1, keepdim=True)
+    return torch.sub(second, first, out=p).abs_().mul_(kl)
+
+
+def _exact_quartiles(flat):
+    """The entries at sorted positions floor(q (n - 1)), q = 1/4, 1/2, 3/4 (0-d float32 tensors):
+    mergekit's quartiles up to a million entries. Above, mergekit estimates them from a random
+    sample; these stay exact, so the merge stays deterministic. By selection, not a sort."""
+    n = flat.numel()
+    return [flat.kthvalue((n - 1) * quarter // 4 + 1).values for quarter in (1, 2, 3)]
+
+
+_EPSILON_RAM = Param("epsilon", 1e-5, "task-vector entries of magnitude <= epsilon count as unchanged", low=0)
+
+
+@register("ram", (_EPSILON_RAM,), base="required", stacks=True)
+def ram(tensors, base, epsilon, workspace=None):
+    """RAM: each entry's mean over the task vectors that changed it (|delta| > epsilon).
+
+    An update only one model made is kept whole, not diluted by the others' zeros."""
+    deltas = _stack(tensors, base, workspace=workspace).deltas
+    merged, _ = _mean_of_changed(deltas, epsilon)
+    return torch.add(base, merged.view_as(base))
+
+
+@register("ramplus_tl", (Param("r", 0.1, "strength of the boost of a model's unique updates", low=0, search=(0.0, 1.0)),
+                         Param("alpha", 0.2, "cap on the shared / unique ratio the boost grows with", low=0,
+                               search=(0.0, 1.0)),
+                         _EPSILON_RAM),
+          base="required", stacks=True)
+def ramplus_tl(tensors, base, r, alpha, epsilon, workspace=None):
+    """RAM+ (tensor-local): RAM, with each model's unique updates scaled up by its overlap.
+
+    Model i's entries that no other model changed are scaled by 1 + r min(alpha, rho_i), rho_i
+    = its changed entries that others changed too / those only it changed, counted in this
+    tensor (mergekit's tensor-local variant)."""
+    deltas = _stack(tensors, base, workspace=workspace).deltas
+    merged, unique = _mean_of_changed(deltas, epsilon)
+    scales = []
+    for row in deltas:
+        changed = row != 0
+        n_unique = int((changed & unique).sum())
+        n_shared = int(changed.sum()) - n_unique
+        floor = max(n_unique, epsilon)  # mergekit's; at 0 the model has no unique entry to scale
+        rho = n_shared / floor if floor > 0 else 0.0
+        scales.append(1 + r * min(rho, alpha))
+    boosted = torch.mv(deltas.T, _vector(scales, deltas))  # on a unique entry, its one model's term
+    return torch.add(base, torch.where(unique, boosted, merged).view_as(base))
+
+
+def _mean_of_changed(deltas, epsilon):
+    """Zero the rows' entries of magnitude <= epsilon in place; return each column's mean over its
+    nonzero entries (0 where none) and where exactly one row is nonzero."""
+    torch.hardshrink(deltas, epsilon, out=deltas)
+    counts = torch.zeros(deltas.shape[1], dtype=deltas.dtype, device=deltas.device)
+    for row in deltas:  # row by row: a [numel] mask at a time, not [N, numel]
+        counts.add_(row != 0)
+    merged = deltas.sum(0).div_(counts.clamp(min=1))
+    return merged, counts == 1
