@@ -14,7 +14,8 @@ keep per-tensor work in `memo`), so a search loop pays arithmetic, not a reload,
 Peak memory of one in-memory merge: the output model, plus the tensors the method holds at once:
 one input and an accumulator for linear and task arithmetic; every model's task vector of the
 current tensor for the sign-electing methods (TIES and its kin stack them, with one row more for
-the election, in a `workspace` buffer reused from tensor to tensor); all inputs for e.g. multislerp.
+the election, in a `workspace` buffer reused from tensor to tensor) and for SCE and RAM (the same
+buffer); the two inputs and two tensor-sized buffers for Arcee Fusion; all inputs for e.g. multislerp.
 """
 
 from __future__ import annotations
