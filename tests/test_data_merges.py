@@ -202,3 +202,21 @@ def test_two_micro_models_merge_through_the_engine_into_a_model_with_finite_outp
     monkeypatch.setattr(statistics, "_compute", lambda *a, **k: pytest.fail("statistics recomputed"))
     again = ensure_statistics(refs, needs, calibration, cache_dir=tmp_path, progress=False)
     assert [s.directory for s in again[needs[0]]] == [s.directory for s in stats[needs[0]]]
+
+
+def test_strategy_all_refuses_a_model_without_calibration_data_before_reading_any(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from glue_bench.kinds.merge import Merge
+
+    local = ModelRef("mine", "local", str(tmp_path), key=str(tmp_path))
+    method = {"name": "fisher", "params": {}, "calibration": {"documents": 8}}
+    job = SimpleNamespace(cfg=OmegaConf.create({"method": method}), method="fisher", method_params={},
+                          members=[local, local], section=lambda group: method)
+    with pytest.raises(MergeError, match=r"^fisher: model 'mine' has no training data here: set method.calibration"):
+        Merge().check(job)
+    method["calibration"]["documents"] = -1
+    with pytest.raises(MergeError, match=r"method.calibration.documents=-1"):
+        Merge().check(job)

@@ -10,6 +10,9 @@ the method asks; dropped once the method's loop moves past it) and the base's, a
 result to the output: an in-memory model (`to_model`) or a sharded HF checkpoint (`save`). With
 `cache=True` the inputs stay on the device between calls, within a memory budget (and methods may
 keep per-tensor work in `memo`), so a search loop pays arithmetic, not a reload, per candidate.
+A method that needs statistics of the models (fisher, regmean: `MergeMethod.needs`) is given them
+as one `TensorSource` per model and statistic (`statistics=`, files statistics.py writes), read
+tensor by tensor beside the weights and dropped the same way.
 
 Peak memory of one in-memory merge: the output model, plus the tensors the method holds at once:
 one input and an accumulator for linear and task arithmetic; every model's task vector of the
