@@ -220,3 +220,11 @@ def test_strategy_all_refuses_a_model_without_calibration_data_before_reading_an
     method["calibration"]["documents"] = -1
     with pytest.raises(MergeError, match=r"method.calibration.documents=-1"):
         Merge().check(job)
+
+
+def test_a_mini_model_whose_domain_has_fewer_documents_than_asked_is_calibrated_on_all_of_them():
+    from glue_bench.zoo.mini.build import domain_texts
+
+    code = set(domain_texts("code"))
+    texts = calibration_texts(ModelRef("code", "mini", "unused", key="code"), Calibration(documents=len(code) + 50))
+    assert code <= set(texts) and len(texts) == len(set(texts))  # every code document once, and no other twice

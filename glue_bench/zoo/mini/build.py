@@ -201,7 +201,8 @@ def domain_texts(domain: str, replicate: int = 0) -> list[str]:
 def expert_prompts(name: str, n: int = 16, seed: int = 0, replicate: int = 0) -> list[str]:
     """Prompts typical of a mini-zoo model, for prompt-initialised routers: `n` training documents
     (of replicate `replicate`'s data) of the domains it was fine-tuned on, in proportion to its
-    fine-tuning weights (for a model pretrained from scratch, to its pretraining mixture)."""
+    fine-tuning weights (for a model pretrained from scratch, to its pretraining mixture); a domain
+    with fewer documents than its share gives them all."""
     made = recipe(name)  # an unknown name fails here, naming it
     weights = dict(made.weights)
     if made.parent is not None:  # the fine-tuning share: what `_ft` added to a fifth of the pretraining mix
@@ -212,4 +213,5 @@ def expert_prompts(name: str, n: int = 16, seed: int = 0, replicate: int = 0) ->
     for d in sorted(shares, key=lambda d: counts[d] - shares[d])[:n - sum(counts.values())]:
         counts[d] += 1  # largest remainders
     rng = random.Random(f"{seed}:{name}")
-    return [doc for d, k in counts.items() if k for doc in rng.sample(_corpora(replicate)[d], k)]
+    corpora = _corpora(replicate)
+    return [doc for d, k in counts.items() if k for doc in rng.sample(corpora[d], min(k, len(corpora[d])))]
