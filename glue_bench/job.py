@@ -22,7 +22,7 @@ from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
 from glue_bench.provenance import machine_facts, ref_fingerprint
 from glue_bench.results import ResultStore
-from glue_bench.zoo import ModelRef, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
+from glue_bench.zoo import ModelRef, add_bos_token, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
 
 # config keys that do not change a job's scores, so they stay out of its key
 _NOT_IN_KEY = ("results_path", "force", "save", "print_table")
@@ -109,7 +109,11 @@ class Job:
     def evaluate_singles(self, items: ItemSet | None = None) -> None:
         """The base's and each single model's scores, each once per eval settings and item set."""
         for ref in [self.base] + [r for r in self.refs if r.key != self.base.key]:
-            key = self.sub_key({"single": ref.key}, items)
+            bos = add_bos_token(ref, self.eval_cfg.add_bos_token)
+            # a model evaluated by a BOS convention of its own is another job than under the eval
+            # setting; the key says so only then, so that the keys of every other single hold
+            key = self.sub_key({"single": ref.key, **({} if bos == self.eval_cfg.add_bos_token else
+                                                      {"add_bos_token": bos})}, items)
             if self.store.has_job(key):
                 continue
             log(f"evaluating single model {ref.name}" + (f" on the {items.label}" if items else ""))
@@ -117,7 +121,7 @@ class Job:
             model, tok = load_model(ref, self.eval_cfg.device), load_tokenizer(ref)
             load_s = time.perf_counter() - start
             rows, stats = evaluate_model(model, tok, self.tasks_dir, self.eval_cfg,
-                                         samples=items.samples if items else None)
+                                         samples=items.samples if items else None, add_bos_token=bos)
             self.store.append_job(key, [{**self.common, **r, "candidate": ref.name, "method": "none",
                                          "strategy": "none", "mixture": "none", "router": "none", "models": ref.name,
                                          "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],

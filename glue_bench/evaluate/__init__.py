@@ -42,7 +42,10 @@ class EvalConfig:
     batch_size: int = 32
     device: str = "cpu"                 # HFLM defaults to cuda: always pass it
     allow_code_execution: bool = False  # opt-in: run generated code (sandboxed) for pass@1
-    add_bos_token: bool = True          # the mini zoo is trained with BOS, as Llama is
+    # BOS for models that say nothing themselves: a zoo entry's add_bos_token, then the model's
+    # tokenizer_config.json, come first (`zoo.add_bos_token`); the mini zoo, trained with BOS as
+    # Llama is, says nothing, so it takes this. Merged and layered candidates take this too.
+    add_bos_token: bool = True
 
 
 _DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
@@ -140,8 +143,17 @@ def selected_tasks(cfg: EvalConfig) -> list[str]:
     return [t for t in cfg.tasks if t not in CODE_TASKS]
 
 
+def generation_tasks(cfg: EvalConfig) -> list[str]:
+    """The selected tasks shipped here whose requests generate text (lm-eval's generate_until); a
+    task of lm-eval's registry is not read (indexing it costs seconds), its kind shows when it runs."""
+    shipped = shipped_tasks()
+    return [t for t in selected_tasks(cfg) if t in shipped and
+            re.search(r"^output_type:\s*generate_until\s*$", (TASKS_SRC / f"{t}.yaml").read_text(), re.M)]
+
+
 def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConfig,
-                   samples: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
+                   samples: dict[str, list[int]] | None = None,
+                   add_bos_token: bool | None = None) -> tuple[list[dict], dict]:
     """Evaluate an in-memory model with lm-eval (its tasks prepared once per item set:
     `evaluate/prepared.py`); with `samples`, on those test-split document indices of each task
     only (a proxy set), instead of `cfg.limit`.
@@ -150,17 +162,19 @@ def evaluate_model(model, tokenizer, tasks_dir: str | os.PathLike, cfg: EvalConf
     {"eval_s", "tokens", "outcomes"} where tokens counts the prompt and generated tokens processed and
     outcomes are per item {task, metric, doc_id, value}: each metric on each document.
     """
-    return evaluate_lm(hf_lm(model, tokenizer, cfg), tasks_dir, cfg, samples, tokenizer)
+    return evaluate_lm(hf_lm(model, tokenizer, cfg, add_bos_token), tasks_dir, cfg, samples, tokenizer)
 
 
-def hf_lm(model, tokenizer, cfg: EvalConfig):
-    """An in-memory model as lm-eval's HFLM, with the eval settings (device, batch, BOS)."""
+def hf_lm(model, tokenizer, cfg: EvalConfig, add_bos_token: bool | None = None, lm_class=None):
+    """An in-memory model as lm-eval's HFLM (or `lm_class`, a subclass), with the eval settings
+    (device, batch, BOS); `add_bos_token` is the model's own convention, when it has one."""
     from lm_eval.models.huggingface import HFLM
 
     # HFLM warns twice per model that it was handed a model object, not a name: that is the design here
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
-    return HFLM(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
-                add_bos_token=cfg.add_bos_token)
+    bos = cfg.add_bos_token if add_bos_token is None else add_bos_token
+    return (lm_class or HFLM)(pretrained=model, tokenizer=tokenizer, device=cfg.device, batch_size=cfg.batch_size,
+                              add_bos_token=bos)
 
 
 def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict[str, list[int]] | None = None,

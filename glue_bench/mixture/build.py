@@ -96,8 +96,18 @@ def mixture_of(models: dict[str, tuple], members: dict[str, list], base_ref, rou
         losses = torch.stack([_mean_token_loss(model, tok, texts) for model, tok in models.values()], dim=1)
         router = TrainedRouter.train(encoder, losses, texts, width=router_cfg["width"], steps=router_cfg["steps"],
                                      lr=router_cfg["lr"], seed=router_cfg["seed"])
-    experts = {name: hf_lm(model, tok, eval_cfg) for name, (model, tok) in models.items()}
+    experts = {name: hf_lm(model, tok, eval_cfg, family_bos(members[name], eval_cfg.add_bos_token))
+               for name, (model, tok) in models.items()}
     return ModelMixtureLM(experts, router)
+
+
+def family_bos(refs, default: bool) -> bool:
+    """The BOS convention of an expert standing for `refs` (one model, or a family merged into one):
+    theirs where they agree (`zoo.add_bos_token`), else `default`."""
+    from glue_bench.zoo import add_bos_token
+
+    conventions = {add_bos_token(ref, default) for ref in refs}
+    return conventions.pop() if len(conventions) == 1 else default
 
 
 def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture_cfg: dict, router_cfg: dict, *,

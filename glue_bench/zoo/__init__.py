@@ -27,6 +27,7 @@ class ModelRef:
     gguf_file: str | None = None
     key: str = ""             # identity in result keys (not the cache path, which varies by machine)
     replicate: int = 0        # which independent build of the mini zoo (0 for every other source)
+    add_bos_token: bool | None = None  # the zoo entry's BOS convention for this model (None: it says nothing)
 
 
 def zoo_config(zoo: str) -> dict:
@@ -69,12 +70,14 @@ def zoo_replicate(config: dict) -> int:
 
 
 def model_ref(entry: str | dict, source: str, mini_size: str = "mini", replicate: int = 0) -> ModelRef:
-    """Resolve one zoo entry (a name/id string, or a dict with name/path/gguf_file)."""
+    """Resolve one zoo entry (a name/id string, or a dict with name/path[/gguf_file][/add_bos_token])."""
     if isinstance(entry, dict):
         path = _resolve_path(str(entry["path"]))
+        bos = entry.get("add_bos_token")
         if entry.get("gguf_file"):
-            return ModelRef(entry["name"], "gguf", path, entry["gguf_file"], key=f"{path}/{entry['gguf_file']}")
-        return ModelRef(entry["name"], "local", path, key=path)
+            return ModelRef(entry["name"], "gguf", path, entry["gguf_file"], key=f"{path}/{entry['gguf_file']}",
+                            add_bos_token=bos)
+        return ModelRef(entry["name"], "local", path, key=path, add_bos_token=bos)
     if source == "mini":
         from glue_bench.zoo.mini.build import model_dir
 
@@ -102,7 +105,7 @@ SOURCES = ("mini", "local", "hub")
 
 def check_zoo_config(config) -> None:
     """A zoo's YAML: a name, a known source, a base and a non-empty list of models, each entry a
-    name/id/path or a {name, path[, gguf_file]} mapping; one line naming the key at fault."""
+    name/id/path or a {name, path[, gguf_file][, add_bos_token]} mapping; one line naming the key at fault."""
     if not isinstance(config, dict):
         raise ZooError(f"zoo config: expected a mapping with name, source, base and models, got {config!r}")
     name = config.get("name")
@@ -125,11 +128,13 @@ def _check_entry(where: str, entry) -> None:
         return
     if isinstance(entry, dict):
         bad = [k for k in ("name", "path") if not isinstance(entry.get(k), str) or not entry.get(k)]
-        unknown = sorted(set(entry) - {"name", "path", "gguf_file"})
+        unknown = sorted(set(entry) - {"name", "path", "gguf_file", "add_bos_token"})
         if not bad and not unknown:
+            if not isinstance(entry.get("add_bos_token", False), bool):
+                raise ZooError(f"{where}: add_bos_token={entry['add_bos_token']!r}: expected true or false")
             return
-        raise ZooError(f"{where}: a model mapping needs a string name and path (and optionally gguf_file), "
-                       f"got {entry!r}")
+        raise ZooError(f"{where}: a model mapping needs a string name and path (and optionally gguf_file, "
+                       f"add_bos_token), got {entry!r}")
     raise ZooError(f"{where}: expected a model name, hub id or path, or {{name, path}}, got {entry!r}")
 
 
@@ -203,8 +208,12 @@ def local_dir(ref: ModelRef) -> Path:
         return Path(snapshot_download(ref.location, allow_patterns=["*.json", "*.safetensors", "*.model",
                                                                     "tokenizer*"]))
     except Exception as exc:  # offline, gated, missing: all end the same way for the user
-        raise ZooError(f"model {ref.name!r}: cannot get {ref.location} from the Hugging Face hub "
-                       f"({type(exc).__name__}); this needs hub access, or a local copy in HF_HOME") from None
+        raise _unreachable(ref, exc) from None
+
+
+def _unreachable(ref: ModelRef, exc: Exception) -> ZooError:
+    return ZooError(f"model {ref.name!r}: cannot get {ref.location} from the Hugging Face hub "
+                    f"({type(exc).__name__}); this needs hub access, or a local copy in HF_HOME")
 
 
 def load_model(ref: ModelRef, device: str = "cpu"):
@@ -220,6 +229,52 @@ def load_model(ref: ModelRef, device: str = "cpu"):
         if bad := first_non_finite(model.named_parameters()):
             raise ZooError(f"model {ref.name!r}: tensor {bad!r} holds NaN or inf")
     return model.to(device).eval()
+
+
+def add_bos_token(ref: ModelRef, default: bool) -> bool:
+    """Whether the model is evaluated with a BOS token, each model by its own convention: its zoo
+    entry's `add_bos_token`, else its tokenizer_config.json's `add_bos_token` (what the model's
+    authors declared), else `default` (eval.add_bos_token). Whether the tokenizer's template
+    prepends a BOS is no separate evidence: lm-eval's add_bos_token=true applies that template,
+    so a tokenizer that prepends none gets none either way."""
+    if ref.add_bos_token is not None:
+        return ref.add_bos_token
+    declared = _declared_bos(ref)
+    return default if declared is None else declared
+
+
+def _declared_bos(ref: ModelRef) -> bool | None:
+    """tokenizer_config.json's `add_bos_token`, read from the file: transformers 5 drops it from a
+    loaded tokenizer's settings. A GGUF file's own metadata is not read (its zoo entry says it)."""
+    import json
+
+    path = _tokenizer_config(ref)
+    if path is None or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ZooError(f"model {ref.name!r}: {path.name} cannot be read ({err})") from None
+    declared = config.get("add_bos_token") if isinstance(config, dict) else None
+    return declared if isinstance(declared, bool) else None
+
+
+def _tokenizer_config(ref: ModelRef) -> Path | None:
+    """Where a model's tokenizer_config.json is; a hub model's alone is fetched (or found in the HF
+    cache), not its weights."""
+    if ref.source == "gguf":
+        return None
+    if ref.source != "hub":
+        return Path(ref.location) / "tokenizer_config.json"
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(ref.location, "tokenizer_config.json"))
+    except EntryNotFoundError:
+        return None
+    except Exception as exc:  # offline, gated, missing: all end the same way for the user
+        raise _unreachable(ref, exc) from None
 
 
 def load_tokenizer(ref: ModelRef):
