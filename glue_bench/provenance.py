@@ -91,12 +91,16 @@ def _update(digest, tensors: dict) -> None:
 
 def lm_fingerprint(lm) -> str | None:
     """The fingerprint of an lm-eval LM's weights: an HF model's state dict, or for a model-level
-    mixture its experts' fingerprints and its router's. None where the weights cannot be seen
-    (an LM of another kind): missing rather than a hash of something else."""
+    mixture its experts' fingerprints and its router's, for a sequence-level ensemble its members'.
+    None where the weights cannot be seen (an LM of another kind): missing rather than a hash of
+    something else."""
     if isinstance(getattr(lm, "model", None), torch.nn.Module):  # HFLM
         return state_fingerprint(lm.model)
     if hasattr(lm, "hflm"):  # an FFN-level mixture routed per document: its model holds the routers
         return lm_fingerprint(lm.hflm)
+    if isinstance(getattr(lm, "members", None), dict):  # an ensemble of members with their own tokenizers
+        parts = [lm_fingerprint(member) for member in lm.members.values()]
+        return None if None in parts else hashlib.sha256(" ".join(parts).encode()).hexdigest()[:_HEX]
     if hasattr(lm, "experts") and hasattr(lm, "router"):
         parts = [lm_fingerprint(expert) for expert in lm.experts] + [router_fingerprint(lm.router)]
         if None in parts:

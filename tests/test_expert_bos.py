@@ -1,7 +1,7 @@
 """Each model's own BOS convention: its zoo entry's add_bos_token, else its tokenizer_config.json's,
-else eval.add_bos_token; every expert of a model-level mixture and each single model is evaluated
-by its own, and a single model evaluated by another convention than the eval setting's is another
-job."""
+else eval.add_bos_token; every expert of a model-level mixture, every member of an ensemble of
+other conventions and each single model is evaluated by its own, and a single model evaluated by
+another convention than the eval setting's is another job."""
 
 import json
 import shutil
@@ -72,6 +72,17 @@ def test_each_expert_of_a_model_level_mixture_gets_its_own_bos(dirs):
     assert [expert.add_bos_token for expert in lm.experts] == [False, True]
     bos = lm.experts[0].tokenizer.bos_token_id
     assert [expert.tok_encode("hello")[0] == bos for expert in lm.experts] == [False, True]
+
+
+def test_ensemble_members_of_other_conventions_are_averaged_per_sequence_each_by_its_own(dirs):
+    from glue_bench.mixture.ensemble import ensemble_of
+
+    lm, averaging, _ = ensemble_of([_ref(dirs, "plain_a", False, name="a"), _ref(dirs, "plain_b", name="b")],
+                                   EvalConfig())
+    assert averaging == "sequence"
+    assert {name: member.add_bos_token for name, member in lm.members.items()} == {"a": False, "b": True}
+    lm, averaging, _ = ensemble_of([_ref(dirs, "plain_a", name="a"), _ref(dirs, "plain_b", name="b")], EvalConfig())
+    assert averaging == "token" and lm.add_bos_token is True
 
 
 class _Store:

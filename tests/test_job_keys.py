@@ -63,13 +63,14 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
     assert job.sub_key({"single": job.base.key}) == "5ad5d7b49ade666c"
 
 
-def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s(tmp_path):
+def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s_or_an_ensemble_s(tmp_path):
     def key(*overrides):
         cfg = _compose(list(overrides), tmp_path)
         return Job.from_config(cfg, unused=kind_for(cfg).unused(cfg)).key
 
     assert key("zoo=mini2", "method=linear") != key("zoo=mini2", "method=ties")
     assert key("zoo=mini2", "strategy=stack", "method=linear") == key("zoo=mini2", "strategy=stack", "method=ties")
+    assert key("zoo=mini2", "mixture=ensemble", "method=linear") == key("zoo=mini2", "mixture=ensemble", "method=ties")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -84,6 +85,8 @@ def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s(tmp_path):
     (["strategy=evolutionary", "method=none"], "strategy evolutionary: needs a merge method"),
     (["strategy=heuristic_average", "router=prompt"], "router=prompt: only mixtures route"),
     (["mixture=ffn", "++mixture.level=expert", "router=prompt"], "level 'expert' is not implemented"),
+    (["mixture=ensemble", "router=prompt"], "router=prompt: mixture=ensemble routes nothing"),
+    (["strategy=heuristic_average", "mixture=ensemble"], "strategy heuristic_average with mixture=ensemble"),
 ])
 def test_each_kind_refuses_what_it_does_not_build_in_one_line(overrides, message, tmp_path):
     with pytest.raises(JobError, match=message) as err:

@@ -7,6 +7,7 @@ the shared tail (`glue_bench.run`) evaluates, stores and saves. One module each:
     merge       one merge method over the zoo (or strategy.models)
     selective   a search on the proxy set (heuristics, CMA-ES, data flow), judged on the final items
     recipe      the Model-GLUE recipe: families, a selective merge in each, a model-level mixture
+    ensemble    every model answers, their predictions averaged (the output ensemble)
     mixture     FFN-, block- or model-level mixture behind a router
     stack       the models' layers stacked in depth
 """
@@ -83,7 +84,7 @@ class Kind:
 
 KINDS: dict[str, type[Kind]] = {}
 # the order claims are asked in: the first kind that claims a config builds it
-_MODULES = ("stack", "recipe", "selective", "mixture", "merge")
+_MODULES = ("stack", "recipe", "selective", "ensemble", "mixture", "merge")
 
 
 def register(cls: type[Kind]) -> type[Kind]:
