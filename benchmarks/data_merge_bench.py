@@ -8,9 +8,13 @@ For each method, in a fresh process of its own, over the zoo's members on the CP
     then the time to find them all in the cache (a second merge's cost);
 (b) merge: one streamed merge into an in-memory model, reading the statistics beside the weights;
 (c) peak resident memory (VmHWM) of (a) and of (b), each reset just before (clear_refs) and
-    measured above the resident size then (after a warm-up on one model with two documents, for
-    imports and code pages, and malloc_trim), as a multiple of one member's weight file. `linear`
-    runs the same merge without statistics, for reference.
+    measured above the resident size then (after malloc_trim), as a multiple of one member's
+    weight file. Warm-ups, unmeasured: the statistic of one model on two documents before (a),
+    the same merge before (b) (imports, code pages). `linear` runs the same merge without
+    statistics, for reference. Twice: with glibc's default allocator, which keeps freed blocks
+    under 32 MiB (all of the mini zoo's) in its heap, where fragmentation adds to the peak, and
+    with its mmap threshold pinned at 64 KiB, which shows the working set itself, as it is for
+    large models (as benchmarks/merge_bench.py does).
 One run each (the statistics pass is seconds per model); the load average before and after is
 printed, as others may share the machine.
 """
@@ -53,7 +57,6 @@ with tempfile.TemporaryDirectory() as cache:
     stats = {}
     if needs:
         ensure_statistics(refs[:1], needs, Calibration(documents=2), cache_dir=cache + '/warm', progress=False)
-        Merger(sources, 'linear').to_model({})  # warms the merge path's code too
         before = reset_peak()
         start = time.perf_counter()
         stats = ensure_statistics(refs, needs, Calibration(documents=documents), cache_dir=cache, progress=False)
@@ -63,8 +66,8 @@ with tempfile.TemporaryDirectory() as cache:
         ensure_statistics(refs, needs, Calibration(documents=documents), cache_dir=cache, progress=False)
         out['cached_s'] = time.perf_counter() - start
         out['statistics_bytes'] = sum(Path(s.directory, 'model.safetensors').stat().st_size for s in stats[needs[0]])
-    else:
-        Merger(sources, method).to_model({})
+    warm = Merger(sources, method, statistics=stats).to_model({})  # the same merge, unmeasured: code pages, allocator
+    del warm
     before = reset_peak()
     start = time.perf_counter()
     model = Merger(sources, method, statistics=stats).to_model({})
@@ -74,8 +77,10 @@ print(json.dumps(out))
 """
 
 
-def run_method(method: str, zoo: str, size: str, documents: int) -> dict:
+def run_method(method: str, zoo: str, size: str, documents: int, pin_mmap: bool) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if pin_mmap:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     done = subprocess.run([sys.executable, "-c", SCRIPT, method, zoo, size, str(documents)], capture_output=True,
                           text=True, cwd=REPO, env=env)
     if done.returncode:
@@ -104,13 +109,17 @@ def main() -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
     print(f"zoo {args.zoo} ({args.size}): {n_models} models, one model's weights {one_model / 1e6:.2f} MB; "
           f"{args.documents} calibration documents per model")
-    print(f"{'method':<10}{'statistics s':>14}{'(cached) s':>12}{'stats MB':>10}{'peak x model':>14}"
-          f"{'merge s':>10}{'peak x model':>14}")
-    for method in args.methods:
-        r = run_method(method, args.zoo, args.size, args.documents)
-        stats = (f"{r['statistics_s']:>14.2f}{r['cached_s']:>12.2f}{r['statistics_bytes'] / 1e6:>10.1f}"
-                 f"{r['statistics_peak'] / one_model:>14.2f}") if "statistics_s" in r else f"{'-':>14}{'-':>12}{'-':>10}{'-':>14}"
-        print(f"{method:<10}{stats}{r['merge_s']:>10.2f}{r['merge_peak'] / one_model:>14.2f}")
+    for pin_mmap in (False, True):
+        print("glibc's mmap threshold pinned at 64 KiB (blocks above it mapped, returned when freed)" if pin_mmap
+              else "glibc's default allocator")
+        print(f"{'method':<10}{'statistics s':>14}{'(cached) s':>12}{'stats MB':>10}{'peak x model':>14}"
+              f"{'merge s':>10}{'peak x model':>14}")
+        for method in args.methods:
+            r = run_method(method, args.zoo, args.size, args.documents, pin_mmap)
+            stats = (f"{r['statistics_s']:>14.2f}{r['cached_s']:>12.2f}{r['statistics_bytes'] / 1e6:>10.1f}"
+                     f"{r['statistics_peak'] / one_model:>14.2f}") if "statistics_s" in r else \
+                f"{'-':>14}{'-':>12}{'-':>10}{'-':>14}"
+            print(f"{method:<10}{stats}{r['merge_s']:>10.2f}{r['merge_peak'] / one_model:>14.2f}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
     print("statistics s: every model's statistic computed from an empty cache, one model at a time; (cached) s: "
           "the same call again, all found on disk; stats MB: their files, all models; peak x model: the rise of "
