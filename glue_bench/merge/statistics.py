@@ -14,9 +14,12 @@ train splits only), or, for any model when `corpus` is set, documents drawn from
 (`zoo.corpus.read_corpus`: `chat` or a .jsonl/.txt file).
 
 Memory: one model at a time is loaded, its statistics accumulated in float32 (the Fisher beside
-its gradients: about three times the model's float32 size; the Gram matrices, about the size of
-the linear layers' inputs squared), written to a cache, and freed before the next model. The
-merge then reads them tensor by tensor from the cache as it reads the weights (`TensorSource`).
+the parameters and their gradients; the Gram matrices, one [in, in] per linear layer), written to
+a cache, and freed before the next model: the peak is one model's, not the zoo's (measured on
+mini8, float32: ~7x one model's weights for the Fisher, counting its file's pages, one
+sequence's activations and the write's copy; ~3.3x for the Gram matrices;
+benchmarks/data_merge_bench.py). The merge then reads them tensor by tensor from the cache as it
+reads the weights (`TensorSource`).
 
 Cache: <GLUE_BENCH_CACHE>/statistics/<kind>/<model>-<digest>/model.safetensors (+ info.json),
 the digest over the model's key and files, the calibration settings and texts, and this module's
