@@ -86,8 +86,8 @@ def mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
 
 
 def merge_vs_mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
-    """`study.merge_vs_mixture` (rows = (zoo, row)): per zoo, the ensemble (when run), the best
-    single model, the best merge and the best mixture."""
+    """`study.merge_vs_mixture` (rows = (zoo, row)): per zoo, the best merge and the best mixture
+    as bars, the best single model and the output ensemble (when run) as lines across them."""
     if table.empty:
         return None
     shown = [row for row in study.MERGE_VS_MIXTURE_ROWS if row in table.index.get_level_values("row")]
@@ -96,7 +96,7 @@ def merge_vs_mixture_bars(table: pd.DataFrame, path, title: str = "") -> Path | 
         for suffix in ("", " low", " high"):
             column = table.get(f"avg{suffix}", pd.Series(dtype=float))
             matrix[f"{zoo}{suffix}"] = [column.get((zoo, row), np.nan) for row in shown]
-    return strategy_bars(matrix, path, title)
+    return _grouped_bars(matrix, path, title, {"best single": "solid", study.ENSEMBLE_ROW: "dashed"})
 
 
 def recipe_bars(table: pd.DataFrame, path, title: str = "") -> Path | None:
