@@ -39,7 +39,7 @@ import torch
 
 from glue_bench.merge import MergeError, get_method
 from glue_bench.merge.params import resolve
-from glue_bench.zoo.files import is_finite, read_header, weight_files
+from glue_bench.zoo.files import atomic_dir, is_finite, read_header, weight_files
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -446,10 +446,7 @@ class Merger:
         out_dtype = dtype or _DTYPES_BY_NAME.get(config.get("dtype") or config.get("torch_dtype"),
                                                  torch.float32)
         shards = _plan_shards(self.template, self.keys, out_dtype, max_shard_bytes)
-        staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
+        with atomic_dir(out_dir) as staging:  # an empty out_dir is replaced
             pending: dict[str, torch.Tensor] = {}
             shard_of = {key: i for i, keys in enumerate(shards) for key in keys}
             names = (["model.safetensors"] if len(shards) == 1 else
@@ -469,11 +466,6 @@ class Merger:
                 if extra.is_file() and extra.name not in ("config.json", "model.safetensors.index.json") \
                         and not extra.name.endswith(".safetensors"):
                     shutil.copy2(extra, staging / extra.name)
-            if out_dir.exists():
-                out_dir.rmdir()
-            staging.rename(out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return out_dir
 
 

@@ -34,7 +34,6 @@ import json
 import os
 import random
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -256,21 +255,13 @@ def _compute(ref, texts: list[str], calibration: Calibration, dirs: dict[str, Pa
 
 
 def _write(final: Path, statistic: dict[str, torch.Tensor], info: dict) -> None:
-    """Written beside `final` and renamed into place: a killed job never leaves half a file, and
-    two jobs computing the same statistic at once both end with a whole one."""
+    """Written whole or not at all: a killed job never leaves half a file, and two jobs computing
+    the same statistic at once both end with a whole one."""
     from safetensors.torch import save_file
 
-    staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    from glue_bench.zoo.files import atomic_dir
+
+    with atomic_dir(final, another_may_finish_first=True) as staging:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in statistic.items()},
                   staging / "model.safetensors", metadata={"format": "pt"})
         (staging / "info.json").write_text(json.dumps(info, indent=2))
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / "model.safetensors").is_file():  # not another job's copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

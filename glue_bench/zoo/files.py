@@ -2,17 +2,42 @@
 files whose safetensors headers parse and whose tensors lie inside the file (a truncated copy is
 found here, not halfway through a merge), and weights that are all finite numbers.
 
-Every check raises ValueError with the reason; callers add which model it is.
+Every check raises ValueError with the reason; callers add which model it is. And the other side:
+`atomic_dir`, how a model directory (or anything shaped like one) is written whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import torch
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, another_may_finish_first: bool = False):
+    """Yield a scratch directory beside `final`, renamed to `final` only if the block completes
+    (replacing an empty `final`): a killed writer never leaves half a directory. With
+    `another_may_finish_first` (writers not under one lock), a whole `final` another writer put in
+    place first is kept, and this copy dropped."""
+    final = Path(final)
+    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+        try:
+            os.replace(scratch, final)
+        except OSError:
+            if not (another_may_finish_first and final.is_dir()):  # only renames ever make `final`
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
             "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}

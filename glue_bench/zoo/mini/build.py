@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from glue_bench.zoo import ZooError, check_replicate
+from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
 from glue_bench.zoo.mini.spec import MIX, SIZES, VERSION, Recipe, fingerprint, lineage, recipe, replicated
 
@@ -67,19 +68,6 @@ def _build_lock(root: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def _atomic_dir(final: Path):
-    """Yield a scratch directory that is renamed to `final` only if the block completes."""
-    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
-        yield scratch
-        os.replace(scratch, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def ensure_data(size: str = "mini", replicate: int = 0) -> Path:
     """The six tasks' splits as JSON lines (same data for every size; a replicate's own), in a
     directory per version of the test splits (`data.SPLITS_VERSION`; the first one's was `data`)."""
@@ -87,7 +75,7 @@ def ensure_data(size: str = "mini", replicate: int = 0) -> Path:
     if not final.exists():
         with _build_lock(size_dir(size, replicate)):
             if not final.exists():
-                with _atomic_dir(final) as scratch:
+                with atomic_dir(final) as scratch:
                     data.write_splits(_splits(replicate), scratch)
     return final
 
@@ -112,7 +100,7 @@ class _Builder:
                 vocab = self.cfg.foreign_vocab_size if foreign else self.cfg.vocab_size
                 # the foreign tokenizer also differs in how it cuts numbers, as real ones do
                 tok = train_tokenizer(texts, vocab, split_digits=not foreign)
-                with _atomic_dir(path) as scratch:
+                with atomic_dir(path) as scratch:
                     tok.save_pretrained(scratch)
             self._tokenizers[foreign] = AutoTokenizer.from_pretrained(path)
         return self._tokenizers[foreign]
@@ -136,7 +124,7 @@ class _Builder:
         card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
                 "replicate": self.replicate, "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": sum(losses[-10:]) / len(losses[-10:])}
-        with _atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
+        with atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
             save_model(model, tok, scratch)
             (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))
 
