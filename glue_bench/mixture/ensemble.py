@@ -118,11 +118,12 @@ def greedy_generate(members, context: torch.Tensor, attention_mask: torch.Tensor
     ids, step, caches = context, context, [None] * len(members)
     finished = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
     eos = torch.tensor(sorted(eos_ids), device=context.device)
+    cache_names = [_cache_name(member) for member in members]
     while ids.shape[1] < max_length:
         logits = []
         for i, member in enumerate(members):
             out = member(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **_cache_kwargs(member, caches[i]))
+                         **{cache_names[i]: caches[i]})
             caches[i] = out.cache if hasattr(out, "cache") else out.past_key_values
             logits.append(out.logits[:, -1, :])
         token = log_mean_probs(logits).argmax(-1)
@@ -136,11 +137,10 @@ def greedy_generate(members, context: torch.Tensor, attention_mask: torch.Tensor
     return ids
 
 
-def _cache_kwargs(member, cache) -> dict:
-    """The member's KV cache under the name its forward takes (`cache` from transformers 5,
+def _cache_name(member) -> str:
+    """The name the member's forward takes its KV cache by (`cache` from transformers 5,
     `past_key_values` before)."""
-    name = "cache" if "cache" in inspect.signature(member.forward).parameters else "past_key_values"
-    return {name: cache}
+    return "cache" if "cache" in inspect.signature(member.forward).parameters else "past_key_values"
 
 
 class SequenceEnsembleLM(DispatchingLM):
