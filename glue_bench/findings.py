@@ -2,25 +2,40 @@
 tables built from the store, with the evidence each verdict rests on.
 
 Every check reads one study table and yields claims "a beats b" (the merge beats its better parent,
-the model-level mixture beats the best other level...), each naming the two jobs compared. A claim
-is tested on the per-item differences of the two jobs (paired bootstrap, stratified per task;
-glue_bench.stats), pooled over the replicate zoos the store holds, and lands in one of four states:
+the model-level mixture beats the best other level...), each naming the two jobs compared, once per
+replicate zoo the store holds. A claim is tested with the replicate zoo as the unit of inference
+(glue_bench.evidence.across_replicates): per replicate r the paired difference Δ_r of the two jobs
+on their items, with its items-only standard error; the R differences pooled as a random-effects
+model (DerSimonian–Laird τ², Hartung–Knapp–Sidik–Jonkman interval on R − 1 degrees of freedom;
+glue_bench.stats.random_effects). So a verdict is about zoos built the way the mini zoo is, not
+about the R zoos that were trained: pooling the replicates' items as one sample (zoos fixed) calls
+a null difference "significant" in ~12 % of cases at a between-zoo sd of 0.01 with three
+replicates. That items-only interval is kept beside it, labelled "on these zoos". A claim lands in
+one of four states:
 
     agrees (significant)      the difference is in the expected direction and significant
     agrees (within noise)     in the expected direction, not significant
     inconclusive              against the expected direction, not significant
     DISAGREES (significant)   against the expected direction and significant
 
-"Significant" is after Holm's correction over every verdict of the table (p_Holm < 0.05): the
-table makes some thirty claims that a reader takes one by one, so the guarantee wanted is that
-*any* verdict marked significant is wrong with probability under 5 % (family-wise error), and
-Holm gives it whatever the dependence between the verdicts (they share candidates); Benjamini–
-Hochberg would only bound the share of wrong ones, and needs positive dependence to do that.
-A claim whose jobs have no per-item outcomes (a store written before they were kept) keeps its
-point verdict, marked "(no interval)". A finding whose table has no rows yet is "not run".
+"Significant" is across zoos, after Holm's correction over every verdict of the table
+(p_Holm < 0.05): the table makes some thirty claims that a reader takes one by one, so the
+guarantee wanted is that *any* verdict marked significant is wrong with probability under 5 %
+(family-wise error), and Holm gives it whatever the dependence between the verdicts (they share
+candidates); Benjamini–Hochberg would only bound the share of wrong ones, and needs positive
+dependence to do that. A claim measured on one replicate zoo cannot be significant across zoos:
+it is "agrees (within noise; 1 zoo)" or "inconclusive (1 zoo)" whatever its items say (they are in
+the "on these zoos" columns). A claim whose jobs have no per-item outcomes (a store written before
+they were kept) keeps its point verdict, marked "(no interval)". A finding whose table has no rows
+yet is "not run".
 
-Where a side is "the best of several" (the best other level, the best merge), it is chosen on the
-same items: that favours the competitor, so "agrees" errs on the side of caution.
+Where a side is "the best of several" (the best other level, the best merge, the best hybrid), it
+is chosen on other items than it is tested on (glue_bench.evidence.Evidence.best_of: cross-fitted
+on two halves of every task's items), so neither side gains from being the maximum of noisy scores.
+
+Power at the replicate level: "MDE" is the smallest true Δ the verdict's R replicates detect at 80 %
+power given the τ̂ and items-only standard errors measured (glue_bench.stats.replicate_mde), and
+"R for 0.03" the replicates needed to detect 0.03 (the effect the mini splits are sized for).
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ import pandas as pd
 
 from glue_bench import study
 from glue_bench.evidence import Evidence
-from glue_bench.stats import holm, min_detectable_effect
+from glue_bench.stats import holm, min_detectable_effect, replicate_mde, replicates_needed
 
 # zoos of near-duplicate chat models (the study's which2 and which4-chat, and their mirrors); the
 # other zoos are domain experts
@@ -40,6 +55,7 @@ CHAT_ZOOS = {"mini2", "mini4_chat", "which2", "which4_chat"}
 # models trained far from their init (CodeLlama's case): merging them is expected to fail
 FAR_TRAINED = {"code_far", "code_far_instruct", "codellama/CodeLlama-7b-Instruct-hf", "ise-uiuc/Magicoder-S-CL-7B"}
 ALPHA = 0.05
+TARGET_EFFECT = 0.03  # the effect the mini splits were sized to see: "R for 0.03" is the R that sees it
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,13 @@ class Claim:
     a: study.Cell
     b: study.Cell
     ties_agree: bool = False
+    a_of: tuple[str, ...] = ()   # the jobs `a` is the best of, when it is the best of several
+    b_of: tuple[str, ...] = ()
+
+    @property
+    def sides(self):
+        """The two sides as glue_bench.evidence tests them: a job key, or the keys of a best of several."""
+        return (self.a_of if len(self.a_of) > 1 else self.a.key, self.b_of if len(self.b_of) > 1 else self.b.key)
 
     @property
     def delta(self) -> float:
@@ -61,9 +84,21 @@ class Claim:
         return self.delta > 0 or (self.ties_agree and self.delta == 0)
 
 
-def _best(cells: dict[str, study.Cell], labels) -> tuple[str, study.Cell] | None:
+@dataclass(frozen=True)
+class Best:
+    """The best of several candidates on the table's scores (what `measured` shows), with the jobs
+    it was chosen from (what the test cross-fits)."""
+    label: str
+    cell: study.Cell
+    of: tuple[str, ...]
+
+
+def _best(cells: dict[str, study.Cell], labels) -> Best | None:
     chosen = [(label, cells[label]) for label in labels if not math.isnan(cells[label].value)]
-    return max(chosen, key=lambda kv: kv[1].value) if chosen else None
+    if not chosen:
+        return None
+    label, cell = max(chosen, key=lambda kv: kv[1].value)
+    return Best(label, cell, tuple(c.key for _, c in chosen))
 
 
 # ---- the checks: one study table each -> claims ----------------------------------------------------
@@ -88,8 +123,8 @@ def heuristics(df):
         mine = _best(cells, [label for label in rows if label.startswith(expected)])
         others = _best(cells, [label for label in rows if not label.startswith(expected)])
         if mine and others:
-            yield Claim(column, f"{expected} best", f"{mine[0]} {mine[1].value:.3f} / {others[0]} {others[1].value:.3f}",
-                        mine[1], others[1])
+            yield Claim(column, f"{expected} best", f"{mine.label} {mine.cell.value:.3f} / {others.label} "
+                        f"{others.cell.value:.3f}", mine.cell, others.cell, a_of=mine.of, b_of=others.of)
 
 
 def _method(label: str) -> str:
@@ -103,8 +138,8 @@ def warm_start(df):
             cold = _best(cells, [label for label in cells if label.startswith(f"evolutionary({method})")])
             if cold and not math.isnan(cells[warm_label].value):
                 yield Claim(f"{column} {method}", "heuristic + CMA-ES ≥ CMA-ES",
-                            f"{cells[warm_label].value:.3f} vs {cold[1].value:.3f}", cells[warm_label], cold[1],
-                            ties_agree=True)
+                            f"{cells[warm_label].value:.3f} vs {cold.cell.value:.3f}", cells[warm_label], cold.cell,
+                            ties_agree=True, b_of=cold.of)
 
 
 SIMPLE = ("evolutionary(linear", "evolutionary(task_arithmetic")
@@ -117,7 +152,8 @@ def simple_methods(df):
         other = _best(cells, [label for label in rows if not label.startswith(SIMPLE)])
         if simple and other:
             yield Claim(column, "linear or task arithmetic best",
-                        f"{simple[0]} {simple[1].value:.3f} / {other[0]} {other[1].value:.3f}", simple[1], other[1])
+                        f"{simple.label} {simple.cell.value:.3f} / {other.label} {other.cell.value:.3f}",
+                        simple.cell, other.cell, a_of=simple.of, b_of=other.of)
 
 
 def model_level(df):
@@ -126,7 +162,7 @@ def model_level(df):
         if "model" in cells and other:
             yield Claim(zoo, "model level best",
                         " / ".join(f"{k} {cells[k].value:.3f}" for k in ("ffn", "block", "model") if k in cells),
-                        cells["model"], other[1])
+                        cells["model"], other.cell, b_of=other.of)
 
 
 def routing(df):
@@ -148,16 +184,16 @@ def hybrid(df):
                                     and label != f"{level}, dense_layers 0"])
             if dense0 and hybrids:
                 yield Claim(f"{zoo} {level}", "dense first layers help",
-                            f"{hybrids[0].split(', ')[1]} {hybrids[1].value:.3f} vs dense 0 {dense0.value:.3f}",
-                            hybrids[1], dense0)
+                            f"{hybrids.label.split(', ')[1]} {hybrids.cell.value:.3f} vs dense 0 {dense0.value:.3f}",
+                            hybrids.cell, dense0, a_of=hybrids.of)
 
 
 def merge_or_mix(df):
-    for zoo, (merge, mixture) in study.best_merge_and_mixture(df).items():
+    for zoo, ((merge, merges), (mixture, mixtures)) in study.best_merge_and_mixture(df).items():
         chat = zoo in CHAT_ZOOS
+        (a, a_of), (b, b_of) = ((merge, merges), (mixture, mixtures)) if chat else ((mixture, mixtures), (merge, merges))
         yield Claim(zoo, f"{'merge' if chat else 'mixture'} wins",
-                    f"merge {merge.value:.3f} / mixture {mixture.value:.3f}",
-                    *((merge, mixture) if chat else (mixture, merge)))
+                    f"merge {merge.value:.3f} / mixture {mixture.value:.3f}", a, b, a_of=a_of, b_of=b_of)
 
 
 def recipe_gain(df):
@@ -184,31 +220,60 @@ CHECKS = [  # (finding, study table, check)
 
 # ---- verdicts --------------------------------------------------------------------------------------
 
-def verdict(agrees: bool, p_holm: float) -> str:
-    """One of the four states (see the module's doc); a point verdict where there is no p-value.
-    `agrees`: the measured difference points the expected way."""
-    if math.isnan(p_holm):
+def verdict(agrees: bool, p_holm: float, replicates: int = 2, tested: bool = True) -> str:
+    """One of the four states (see the module's doc). `agrees`: the measured difference points the
+    expected way; `replicates`: the zoos it rests on (one zoo cannot make it significant across
+    zoos); `tested`: whether per-item outcomes gave it an interval (else a point verdict)."""
+    if not tested or (replicates > 1 and math.isnan(p_holm)):
         return ("agrees" if agrees else "DISAGREES") + " (no interval)"
+    if replicates == 1:
+        return "agrees (within noise; 1 zoo)" if agrees else "inconclusive (1 zoo)"
     if p_holm < ALPHA:
         return "agrees (significant)" if agrees else "DISAGREES (significant)"
     return "agrees (within noise)" if agrees else "inconclusive"
 
 
+R_NEEDED = f"R for {TARGET_EFFECT}"
+COLUMNS = ["finding", "where", "expected", "measured", "Δ", "Δ low", "Δ high", "p", "τ", "MDE", R_NEEDED,
+           "Δ on these zoos", "Δ on these zoos low", "Δ on these zoos high", "p on these zoos", "MDE on these zoos",
+           "replicates", "agrees", "zoos"]
+
+
+def _signs(deltas) -> str:
+    return " ".join("+" if d > 0 else "−" if d < 0 else "0" for d in deltas)
+
+
 def _tested(claims: list[Claim], ev: Evidence | None) -> dict:
-    """One verdict's evidence, pooled over its replicates: the paired difference of expected minus
-    competitor, its interval, p-value and minimum detectable effect at 80 % power."""
-    pairs = [(c.a.key, c.b.key) for c in claims]
-    found = ev.paired(pairs) if ev is not None and all(a and b for a, b in pairs) else None
-    delta = found.delta if found else sum(c.delta for c in claims) / len(claims)
-    return {"Δ": delta, "agrees": delta > 0 or (claims[0].ties_agree and delta == 0), "Δ low": found.low if found else math.nan, "Δ high": found.high if found else math.nan,
-            "p": found.p_value if found else math.nan,
-            "MDE": min_detectable_effect(found.se) if found else math.nan,
-            "replicates": f"{sum(c.agrees for c in claims)}/{len(claims)} agree"}
+    """One verdict's evidence, one claim per replicate zoo: the expected winner minus its competitor
+    across zoos (random effects) and on these zoos (items only), their intervals, p-values and
+    minimum detectable effects at 80 % power."""
+    known = ev is not None and all(c.a.key and c.b.key for c in claims)
+    found = ev.across_replicates([c.sides for c in claims]) if known else None
+    deltas = found.deltas if found else tuple(c.delta for c in claims)
+    ties_agree = claims[0].ties_agree
+
+    def agrees(delta: float) -> bool:
+        return delta > 0 or (ties_agree and delta == 0)
+
+    row = {"replicates": f"{sum(map(agrees, deltas))}/{len(deltas)} agree ({_signs(deltas)})", "zoos": len(deltas)}
+    if found is None:
+        delta = sum(deltas) / len(deltas)
+        return {**row, "Δ": delta, "agrees": agrees(delta)}
+    items = found.on_these_zoos
+    row.update({"Δ on these zoos": items.delta, "Δ on these zoos low": items.low, "Δ on these zoos high": items.high,
+                "p on these zoos": items.p_value, "MDE on these zoos": min_detectable_effect(items.se)})
+    across = found.across_zoos
+    if across is None:  # one replicate: its own difference, no interval across zoos
+        return {**row, "Δ": deltas[0], "agrees": agrees(deltas[0])}
+    needed = replicates_needed(TARGET_EFFECT, across.ses, across.tau)
+    return {**row, "Δ": across.delta, "Δ low": across.low, "Δ high": across.high, "p": across.p_value,
+            "τ": across.tau, "MDE": replicate_mde(across.ses, across.tau, across.replicates),
+            R_NEEDED: float(needed) if needed else math.inf, "agrees": agrees(across.delta)}
 
 
 def findings(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
-    """The study's findings, each checked where the store has its table's rows, on every replicate
-    zoo the store holds.
+    """The study's findings, each checked where the store has its table's rows, across the replicate
+    zoos the store holds.
 
     `ev`: the store's per-item outcomes (without it, point verdicts only)."""
     claims: dict[tuple[str, str], list[Claim]] = {}
@@ -226,11 +291,12 @@ def findings(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
                         **_tested(found, ev)})
     for finding, table in not_run.items():
         records.append({"finding": finding, "where": "-", "expected": "-", "measured": f"not run ({table})"})
-    table = pd.DataFrame(records, columns=["finding", "where", "expected", "measured", "Δ", "Δ low", "Δ high",
-                                           "p", "MDE", "replicates", "agrees"])
+    table = pd.DataFrame(records, columns=COLUMNS)
     table["p Holm"] = holm(table["p"])
-    table["verdict"] = [verdict(agrees, p) if isinstance(r, str) else "-"
-                        for agrees, p, r in zip(table.pop("agrees"), table["p Holm"], table["replicates"])]
+    tested = table["Δ on these zoos"].notna()
+    table["verdict"] = [verdict(agrees, p, int(zoos), was_tested) if isinstance(r, str) else "-"
+                        for agrees, p, r, zoos, was_tested in zip(table.pop("agrees"), table["p Holm"],
+                                                                  table["replicates"], table.pop("zoos"), tested)]
     order = {finding: i for i, (finding, _, _) in enumerate(CHECKS)}
     table = table.sort_values("finding", key=lambda f: f.map(order), kind="stable")
     return table.set_index(["finding", "where"])

@@ -438,10 +438,7 @@ def merge_vs_mixture(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFra
     parts = []
     for zoo in zoos_in(df):
         s = scored(df, zoo)
-        built = s[(s["kind"] == "built") & (s["strategy"] == "all") & s.apply(_whole_zoo, axis=1)]
-        merges = built[built["mixture"] == "none"]
-        mixtures = built[~built["mixture"].isin(["none", "ensemble"])]
-        ensembles = built[built["mixture"] == "ensemble"]
+        merges, mixtures, ensembles = _merges_mixtures_ensembles(s)
         if merges.empty or mixtures.empty:
             continue
         best_single_label, _ = best_single(s)
@@ -468,12 +465,25 @@ def merge_vs_mixture(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFra
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-def best_merge_and_mixture(df: pd.DataFrame) -> dict[str, tuple[Cell, Cell]]:
-    """Per zoo of `merge_vs_mixture`: its best merge and best mixture."""
+def _merges_mixtures_ensembles(s: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A zoo's whole-zoo merges, mixtures (ensembles apart) and output ensembles, from `scored`."""
+    built = s[(s["kind"] == "built") & (s["strategy"] == "all") & s.apply(_whole_zoo, axis=1)]
+    return (built[built["mixture"] == "none"], built[~built["mixture"].isin(["none", "ensemble"])],
+            built[built["mixture"] == "ensemble"])
+
+
+def best_merge_and_mixture(df: pd.DataFrame) -> dict[str, tuple[tuple[Cell, tuple[str, ...]], tuple[Cell, tuple[str, ...]]]]:
+    """Per zoo of `merge_vs_mixture`: its best merge and best mixture, each with the jobs it is the
+    best of (a claim about them chooses on other items than it tests: glue_bench.evidence.best_of)."""
     table = merge_vs_mixture(df)
-    return {zoo: tuple(Cell(table.loc[(zoo, row), "avg"], math.nan, table.loc[(zoo, row), "key"])
-                       for row in ("best merge", "best mixture"))
-            for zoo in table.index.get_level_values("zoo").unique()} if not table.empty else {}
+    if table.empty:
+        return {}
+    found = {}
+    for zoo in table.index.get_level_values("zoo").unique():
+        merges, mixtures, _ = _merges_mixtures_ensembles(scored(df, zoo))
+        found[zoo] = tuple((Cell(table.loc[(zoo, row), "avg"], math.nan, table.loc[(zoo, row), "key"]),
+                            tuple(of["job_key"])) for row, of in (("best merge", merges), ("best mixture", mixtures)))
+    return found
 
 
 def recipe(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:

@@ -160,7 +160,9 @@ def _cell(column: str, value) -> str:
             return "–"
         if column == COMPUTE:
             return f"{value:g}"
-        if column in ("p", "p Holm") or column.endswith(" p"):
+        if column.startswith("R for "):  # replicates needed: a count, or more than any search went
+            return f"{value:.0f}" if math.isfinite(value) else "> 1000"
+        if column in ("p", "p Holm") or column.endswith(" p") or column.startswith("p "):
             return f"{value:.3f}" if value >= 0.001 else "<0.001"
         signed = column.startswith("Δ") or "−" in column
         return f"{value:+.2f}" if "%" in column and signed else f"{value:.2f}" if "%" in column \
@@ -228,10 +230,16 @@ TABLE_LEGEND = ("Scores: value ± 95 % half-width (closed form from the per-item
                 "best single model's on that task, averaged over tasks [95 % paired bootstrap interval]. Missing "
                 "intervals: jobs stored without per-item outcomes.")
 FINDINGS_LEGEND = ("measured: the first replicate zoo's scores. "
-                   "Δ: the expected winner minus its competitor, pooled over the replicate zoos, with its 95 % "
-                   "paired bootstrap interval; p: two-sided, per verdict; p Holm: adjusted over the whole table "
-                   "(family-wise, see glue_bench/findings.py); MDE: the smallest true Δ found at 80 % power; "
-                   "replicates: on how many replicate zoos the measured Δ points the expected way.")
+                   "Δ: the expected winner minus its competitor across replicate zoos (each zoo's paired "
+                   "difference, pooled by random effects: DerSimonian–Laird τ, Hartung–Knapp interval on R − 1 "
+                   "degrees of freedom), with its 95 % interval and p: what the verdict says of zoos built this "
+                   "way, not only of these; τ: the between-zoo sd of Δ; MDE: the smallest true Δ these R zoos "
+                   "find at 80 % power; R for 0.03: the zoos needed to find 0.03. Δ on these zoos: the replicates' "
+                   "items as one sample (95 % paired bootstrap interval, its p and MDE): true of the zoos trained, "
+                   "not of the next. A side that is the best of several is chosen on the other half of the items "
+                   "it is tested on (cross-fitted). p Holm: the across-zoo p adjusted over the whole table "
+                   "(family-wise, see glue_bench/findings.py); replicates: on how many zoos Δ points the expected "
+                   "way, and each zoo's sign. One zoo is never significant across zoos.")
 
 
 def main(argv: list[str] | None = None) -> None:
