@@ -27,6 +27,7 @@ import pandas as pd
 from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.evidence import Evidence
 from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
+from glue_bench.stats import wilson
 from glue_bench.zoo import ZooError, resolve_zoo, zoo_config
 
 META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "items", "config")
@@ -147,6 +148,17 @@ def add_interval(table: pd.DataFrame, column: str, se: pd.Series) -> pd.DataFram
     return table
 
 
+def add_proportion_interval(table: pd.DataFrame, column: str, items: pd.Series) -> pd.DataFrame:
+    """`column low` and `column high`: Wilson's 95 % interval of each proportion over its `items`
+    (glue_bench.stats.wilson; nan where the count is unknown). Not the Wald p ± 1.96 se, which a
+    task with no success prints as 0.000 ± 0.000."""
+    bounds = [wilson(p * n, n) if not (math.isnan(p) or math.isnan(n)) else (math.nan, math.nan)
+              for p, n in zip(table[column], items.reindex(table.index))]
+    table[f"{column} low"] = [low for low, _ in bounds]
+    table[f"{column} high"] = [high for _, high in bounds]
+    return table
+
+
 def add_delta_to_best_single(table: pd.DataFrame, keys, best_value: float, best_key: str | None,
                              ev: Evidence | None) -> pd.DataFrame:
     """`Δ best single` (the rows' `avg` minus the best single model's), paired per row against the
@@ -157,7 +169,7 @@ def add_delta_to_best_single(table: pd.DataFrame, keys, best_value: float, best_
 
 
 NORMALIZED = "normalized"
-_TASK_OF_COLUMN = {task.removeprefix("mini_"): task for task in PRIMARY_METRIC}
+TASK_OF_COLUMN = {task.removeprefix("mini_"): task for task in PRIMARY_METRIC}
 
 
 def add_normalized(table: pd.DataFrame, scores: pd.DataFrame, labels, ev: Evidence | None) -> pd.DataFrame:
@@ -174,7 +186,7 @@ def add_normalized(table: pd.DataFrame, scores: pd.DataFrame, labels, ev: Eviden
     best_scores = pd.Series({t: singles.loc[label, t] for t, label in best_of_task.items()})
     ratios = scores[list(best_of_task)].div(best_scores, axis=1).mean(axis=1, skipna=False)
     table[NORMALIZED] = [ratios[label] for label in labels]
-    best_keys = {_TASK_OF_COLUMN.get(t, t): scores.loc[label, "job_key"] for t, label in best_of_task.items()}
+    best_keys = {TASK_OF_COLUMN.get(t, t): scores.loc[label, "job_key"] for t, label in best_of_task.items()}
     found = [ev.normalized(scores.loc[label, "job_key"], best_keys) if ev is not None else None for label in labels]
     table[f"{NORMALIZED} low"] = [f.low if f is not None else float("nan") for f in found]
     table[f"{NORMALIZED} high"] = [f.high if f is not None else float("nan") for f in found]

@@ -23,9 +23,9 @@ from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import read_results
 from glue_bench.stats import holm
-from glue_bench.study import (COMPUTE, NORMALIZED, TABLES, add_delta_to_best_single, add_interval, add_normalized,
-                              at_replicate, best_single, candidate_scores, final_item_sets, is_value_column,
-                              replicates, tasks_of)
+from glue_bench.study import (COMPUTE, TABLES, TASK_OF_COLUMN, add_delta_to_best_single, add_interval,
+                              add_normalized, add_proportion_interval, at_replicate, best_single, candidate_scores,
+                              final_item_sets, is_value_column, replicates, tasks_of)
 from glue_bench.zoo import ZooError
 
 DEFAULT_RESULTS = os.path.join("results", "store", "results.sqlite")
@@ -37,8 +37,9 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
               **where) -> pd.DataFrame:
     """Scores of the zoo's single models and of every candidate built from the zoo, on the whole
     test split (`items=None`) or on the named item set (the final items of a selective search),
-    each with its 95 % interval (`<task> low/high`, closed form; missing where a row has no
-    standard error), and the difference to the best single model, paired per item where `ev`
+    each task's with its 95 % Wilson interval (`<task> low/high`: sound at 0 and 1 successes; from
+    the items counted in `ev`, else from the stored standard error; missing where neither is),
+    the average's closed form, and the difference to the best single model, paired per item where `ev`
     holds both jobs' outcomes, and the normalized performance (`study.add_normalized`). `where`:
     the zoo's config and mini size, as `candidate_scores` takes them."""
     scores = candidate_scores(df, zoo, items, **where)
@@ -46,9 +47,11 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
         return pd.DataFrame()
     errors = candidate_scores(df, zoo, items, values="stderr", **where)
     table = pd.DataFrame(index=scores.index)
-    for column in tasks_of(scores) + ["avg"]:
+    for column in tasks_of(scores):
         table[column] = scores[column]
-        add_interval(table, column, errors[column].astype(float))
+        add_proportion_interval(table, column, _items_counted(scores, column, errors[column].astype(float), ev))
+    table["avg"] = scores["avg"]
+    add_interval(table, "avg", errors["avg"].astype(float))
     best, best_value = best_single(scores)
     best_key = scores.loc[best, "job_key"] if best else None
     add_delta_to_best_single(table, scores["job_key"], best_value, best_key, ev)
@@ -57,6 +60,24 @@ def zoo_table(df: pd.DataFrame, zoo: str, items: str | None = None, ev: Evidence
     order = scores["kind"].map({"base": 0, "single": 1, "built": 2})
     table = table.assign(order=order).sort_values(["order", "avg"], ascending=[True, False]).drop(columns="order")
     return table.rename(index={lbl: f"{lbl} (zoo base)" for lbl in scores.index[scores["kind"] == "base"]})
+
+
+def _items_counted(scores: pd.DataFrame, column: str, se: pd.Series, ev: Evidence | None) -> pd.Series:
+    """Each row's number of items of the task: counted in its per-item outcomes, else worked back
+    from a mean of 0/1 values p and its stored se = sqrt(p (1 - p) / (n - 1)); nan where neither
+    tells (no outcomes, and p at 0 or 1, where se is 0 whatever n)."""
+    task = TASK_OF_COLUMN.get(column, column)
+    counts = []
+    for label in scores.index:
+        found = ev.outcomes(scores.loc[label, "job_key"]).get(task) if ev is not None else None
+        p, error = scores.loc[label, column], se[label]
+        if found is not None:
+            counts.append(float(len(found[0])))
+        elif 0 < p < 1 and error > 0:
+            counts.append(p * (1 - p) / error ** 2 + 1)
+        else:
+            counts.append(math.nan)
+    return pd.Series(counts, index=scores.index)
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +101,7 @@ def _with_uncertainty(column: str, value, low, high, signed: bool, mark: bool) -
         return text
     if signed:
         return f"{text} [{low:+.3f}, {high:+.3f}]" + ("*" if mark else "")
-    if column == NORMALIZED:  # a ratio's bootstrap interval is not symmetric (and may be unbounded)
+    if abs((high - value) - (value - low)) > 1e-9:  # Wilson's, a ratio's bootstrap interval (maybe unbounded)
         return f"{text} [{low:.3f}, {high:.3f}]"
     return f"{text} ± {(high - low) / 2:.3f}"
 
@@ -89,8 +110,8 @@ def format_table(table: pd.DataFrame, zoo: str, items: str | None = None) -> str
     """The printed zoo table (`zoo_table`), uncertainty in each cell (`shown`)."""
     where = "whole test split" if items is None else items
     return (f"\n== {zoo}, {where}: primary metric per task (acc_norm / acc / exact match / pass@1), "
-            f"± 95 % half-width; Δ [95 % paired CI], * significant (Holm); normalized: per task ÷ the "
-            f"best single on it, averaged [95 % CI] ==\n{shown(table).to_string()}\n")
+            f"[95 % Wilson interval], avg ± 95 % half-width; Δ [95 % paired CI], * significant (Holm); "
+            f"normalized: per task ÷ the best single on it, averaged [95 % CI] ==\n{shown(table).to_string()}\n")
 
 
 def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> None:

@@ -11,6 +11,7 @@ from glue_bench.evaluate import EvalConfig, EvalError, selected_tasks
 from glue_bench.evidence import Evidence
 from glue_bench.findings import findings
 from glue_bench.reference import STUDY_RECIPE_GAIN
+from glue_bench.stats import wilson
 from glue_bench.results import ResultStore, read_results
 from glue_bench.study import (
     merge_methods,
@@ -213,12 +214,14 @@ def test_printed_scores_carry_their_95_percent_half_width_where_known(store):
 
     store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", stderr=(0.03, 0.04))
     table = zoo_table(store.df(), "mini2")
-    assert table.loc["linear(mini2)", "arc high"] - 0.6 == pytest.approx(1.96 * 0.03)
+    # a task's interval is Wilson's over the items its stored se implies: se = sqrt(p (1 - p) / (n - 1))
+    assert (table.loc["linear(mini2)", "arc low"], table.loc["linear(mini2)", "arc high"]) == pytest.approx(
+        wilson(0.6 * (0.24 / 0.03 ** 2 + 1), 0.24 / 0.03 ** 2 + 1))
     assert 0.6 - table.loc["linear(mini2)", "avg low"] == pytest.approx(1.96 * (0.03 ** 2 + 0.04 ** 2) ** 0.5 / 2)
     assert table.loc["chat_a", ["arc low", "avg high"]].isna().all()  # stored without a standard error: none invented
     assert table[["Δ best single low", "Δ best single p"]].isna().all().all()  # no outcomes: no paired interval
     text = format_table(table, "mini2")
-    assert "0.600 ± 0.059" in text and "0.600 ± 0.078" in text and "0.600 ± 0.049" in text
+    assert "0.600 [0.540, 0.657]" in text and "0.600 [0.520, 0.675]" in text and "0.600 ± 0.049" in text
     chat_a = next(line for line in text.splitlines() if line.startswith("chat_a"))
     assert "±" not in chat_a and "0.400" in chat_a
 
@@ -245,3 +248,16 @@ def test_normalized_interval_from_the_outcomes(tmp_path):
     assert table.loc["linear(mini2)", "normalized"] == pytest.approx((0.75 / 0.5 + 0.5 / 0.75) / 2)
     assert table.loc["linear(mini2)", "normalized low"] < table.loc["linear(mini2)", "normalized"]
     assert table.loc["chat_b", "normalized"] == pytest.approx((0.25 / 0.5 + 1.0) / 2)
+
+
+def test_a_task_with_no_success_gets_wilsons_interval_not_zero_plus_minus_zero(tmp_path):
+    from glue_bench.tables import format_table
+
+    s = Store(tmp_path / "r.sqlite")
+    for name in ("base", "chat_a", "chat_b"):
+        s.add(name, [0] * 400, [1] * 200 + [0] * 200)  # no success in 400 arc items
+    table = zoo_table(s.df(), "mini2", ev=Evidence.of(s.path))
+    z2 = 1.959963984540054 ** 2
+    assert table.loc["chat_a", "arc low"] == 0 and table.loc["chat_a", "arc high"] == pytest.approx(z2 / (400 + z2))
+    text = format_table(table, "mini2")
+    assert "0.000 [0.000, 0.010]" in text and "0.000 ± 0.000" not in text
