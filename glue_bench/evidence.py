@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from glue_bench.evaluate import PRIMARY_METRIC
-from glue_bench.results import ResultStore
+from glue_bench.results import ResultStore, open_store
 from glue_bench.stats import (Interval, PairedDifference, PooledDifference, normalized_bootstrap, paired_bootstrap,
                               paired_se, random_effects)
 
@@ -60,7 +60,7 @@ class Evidence:
 
     @classmethod
     def of(cls, results_path: str | os.PathLike) -> "Evidence":
-        return cls(ResultStore(results_path, create=False))
+        return cls(open_store(results_path))
 
     def outcomes(self, job_key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """task -> (document ids, primary-metric values), by document; {} when none were kept."""

@@ -7,6 +7,11 @@ Each job appends all of its rows plus a row in ``jobs`` in one transaction, so a
 job is either fully recorded or absent, and "is it done?" is a single lookup. With its rows go its
 per-item outcomes (table ``items``: the metric's value on each test document), from which the
 standard errors and the paired differences of glue_bench.stats are computed.
+
+A store travels as an evidence archive (glue_bench.archive: one compact Parquet file, how the
+evidence behind the committed tables is versioned): `ResultStore.archive` writes one, and every
+reader here (`open_store`, `read_results`, glue_bench.evidence) takes an archive's path as it
+takes a store's, by first making a private SQLite copy of it.
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ import math
 import numbers
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
+
+from glue_bench.archive import ArchiveError, is_archive, read_archive, write_archive
 
 COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
            "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
@@ -215,6 +223,48 @@ class ResultStore:
             raise ResultsError(f"{where}: value must be a finite number, got {value!r}")
         return job_key, task, metric, int(doc_id), float(value)
 
+    def archive(self, path: str | os.PathLike) -> int:
+        """Write every job's rows and outcomes to an evidence archive (glue_bench.archive), after
+        checking that each replicate is one build (`check_one_build_per_replicate`); returns the
+        number of jobs written."""
+        import pandas as pd
+
+        check_one_build_per_replicate(self.to_dataframe())
+        with self._connect() as conn:
+            rows = pd.read_sql_query(f"SELECT r.{', r.'.join(COLUMNS)}, j.finished_at FROM results r "
+                                     "JOIN jobs j USING (job_key) ORDER BY r.rowid", conn)
+            outcomes = pd.read_sql_query("SELECT job_key, task, metric, doc_id, value FROM items", conn)
+        try:
+            write_archive(rows, outcomes, path)
+        except ArchiveError as e:
+            raise ResultsError(str(e)) from None
+        return rows["job_key"].nunique()
+
+    @classmethod
+    def from_archive(cls, archive: str | os.PathLike, path: str | os.PathLike) -> "ResultStore":
+        """A new store at `path` holding an archive's jobs as they were stored (created_at and
+        finished_at kept), in one transaction."""
+        try:
+            rows, outcomes = read_archive(archive)
+        except ArchiveError as e:
+            raise ResultsError(str(e)) from None
+        store = cls(path)
+        columns = ("job_key", *ROW_COLUMNS, "created_at")
+        sql = f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+        def plain(v):  # pandas' missing values and numpy scalars as SQLite takes them
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return None
+            return v.item() if hasattr(v, "item") else v
+
+        with store._transaction() as conn:
+            conn.executemany(sql, [tuple(plain(v) for v in row) for row in rows[list(columns)].itertuples(index=False)])
+            conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)",
+                             [(k, t, m, int(d), float(v)) for k, t, m, d, v in outcomes.itertuples(index=False)])
+            conn.executemany("INSERT INTO jobs VALUES (?, ?)",
+                             rows[["job_key", "finished_at"]].drop_duplicates("job_key").itertuples(index=False))
+        return store
+
     def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = ()) -> bool:
         """Insert all rows of one job, and its per-item outcomes ({task, metric, doc_id, value}),
         atomically and mark it done; False if it already was."""
@@ -266,6 +316,58 @@ class ResultStore:
         return df
 
 
+_OPENED_ARCHIVES: dict[tuple, ResultStore] = {}
+
+
+def open_store(path: str | os.PathLike) -> ResultStore:
+    """An existing store, or an evidence archive made a store: a private SQLite copy, once per
+    process and version of the file (path, size, mtime), in a temporary folder. Never creates or
+    changes the file at `path`."""
+    if not is_archive(path):
+        return ResultStore(path, create=False)
+    if not os.path.isfile(path):
+        raise ResultsError(f"archive {path}: no such file")
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _OPENED_ARCHIVES:
+        folder = tempfile.mkdtemp(prefix="glue_bench_archive_")
+        _OPENED_ARCHIVES[key] = ResultStore.from_archive(path, Path(folder) / "results.sqlite")
+    return _OPENED_ARCHIVES[key]
+
+
 def read_results(path: str | os.PathLike):
-    """All rows of an existing store as a DataFrame; never creates a file."""
-    return ResultStore(path, create=False).to_dataframe()
+    """All rows of an existing store (or evidence archive) as a DataFrame; never creates a file."""
+    return open_store(path).to_dataframe()
+
+
+def _single_model_key(row) -> str:
+    try:
+        return json.loads(row["config"]).get("key") or row["candidate"]
+    except (TypeError, ValueError):
+        return row["candidate"]
+
+
+def check_one_build_per_replicate(df) -> None:
+    """A replicate zoo is one build of its models: a model evaluated with two different weights in
+    one replicate (its zoo rebuilt, here or on another machine, and both builds' jobs stored) would
+    mix two zoos in every comparison of that replicate. Raises ResultsError naming the model, the
+    replicate and the two builds' weights and CPUs. Rows without a weights fingerprint (older
+    stores) are not checked."""
+    singles = df[(df["method"] == "none") & (df["mixture"].fillna("none") == "none") & df["weights"].notna()]
+    if singles.empty:
+        return
+    singles = singles.assign(model=singles.apply(_single_model_key, axis=1))
+    for (model, replicate), rows in singles.groupby(["model", "replicate"]):
+        builds = rows.drop_duplicates("weights")
+        if len(builds) > 1:
+            seen = [f"{w} on {_cpu(m)}" for w, m in zip(builds["weights"], builds["machine"])][:2]
+            raise ResultsError(f"replicate {replicate}: model {model} was evaluated with the weights of two builds "
+                               f"({seen[0]}; {seen[1]}): a replicate is one build, keep one build's jobs "
+                               "(another build is another replicate)")
+
+
+def _cpu(machine) -> str:
+    try:
+        return json.loads(machine).get("cpu") or "an unknown CPU"
+    except (TypeError, ValueError):
+        return "an unknown machine"

@@ -5,6 +5,11 @@ Written, per study table (glue_bench.study), as Markdown, LaTeX and CSV into --o
 
     python -m glue_bench.tables                       # every zoo in the default store
     python -m glue_bench.tables --zoo mini4 --results results/store/results.sqlite --out results/tables
+    python -m glue_bench.tables --results results/evidence.parquet --out /tmp/tables   # the committed evidence
+    python -m glue_bench.tables --results my.sqlite --archive my_evidence.parquet      # a store as an archive
+
+--results takes a store or an evidence archive (glue_bench.archive): the committed tables are
+regenerated from results/evidence.parquet, and a CI test checks they are byte-identical to it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from omegaconf import OmegaConf
 
 from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
-from glue_bench.results import read_results
+from glue_bench.results import check_one_build_per_replicate, open_store, read_results
 from glue_bench.stats import holm
 from glue_bench.study import (COMPUTE, TABLES, TASK_OF_COLUMN, add_delta_to_best_single, add_interval,
                               add_normalized, add_proportion_interval, at_replicate, best_single, candidate_scores,
@@ -218,6 +223,7 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
     replicate. A table with no rows in the store has its files removed, so none is left over from
     an older store."""
     df = read_results(results_path)
+    check_one_build_per_replicate(df)
     ev = Evidence.of(results_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zoo", action="append", help="zoo(s) to print (default: all in the store)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the study tables go (default: %(default)s)")
     parser.add_argument("--print-only", action="store_true", help="print the zoo tables, write nothing")
+    parser.add_argument("--archive", metavar="FILE.parquet",
+                        help="also write the store's jobs and per-item outcomes as an evidence archive")
     args = parser.parse_args(argv)
+    if args.archive:
+        if not args.archive.endswith(".parquet"):
+            parser.error(f"--archive {args.archive}: expected a .parquet file")
+        jobs = open_store(args.results).archive(args.archive)
+        print(f"wrote the evidence of {jobs} jobs to {args.archive}")
     print_tables(args.results, zoos=args.zoo)
     if not args.print_only:
         written = write_study_tables(args.results, args.out)
