@@ -96,3 +96,15 @@ def test_a_replicate_holding_two_builds_of_a_model_is_refused_never_mixed(tmp_pa
     store2 = _store(tmp_path / "r2.sqlite")
     store2.append_job("other replicate", [_row("mini_arc", "acc_norm", 0.3, weights="w2", replicate=2)])
     assert store2.archive(tmp_path / "e2.parquet") == 4
+
+
+def test_the_committed_tables_regenerate_byte_for_byte_from_the_committed_evidence(tmp_path, monkeypatch):
+    """So that no committed table can drift from its evidence: results/tables is what
+    `python -m glue_bench.tables --results results/evidence.parquet` writes, file for file."""
+    monkeypatch.chdir(REPO)  # the tables name their store relative to where they are made
+    out = tmp_path / "tables"
+    written = write_study_tables("results/evidence.parquet", out)
+    committed = sorted(p.name for p in (REPO / "results" / "tables").iterdir() if p.suffix.lstrip(".") in FORMATS)
+    assert sorted(p.name for p in written) == committed
+    for name in committed:
+        assert (out / name).read_bytes() == (REPO / "results" / "tables" / name).read_bytes(), name
