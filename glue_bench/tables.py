@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=os.environ.get("GLUE_BENCH_RESULTS", DEFAULT_RESULTS))
     parser.add_argument("--zoo", action="append", help="zoo(s) to print (default: all in the store)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the study tables go (default: %(default)s)")
-    parser.add_argument("--print-only", action="store_true", help="print the zoo tables, write nothing")
+    parser.add_argument("--print-only", action="store_true",
+                        help="print the zoo tables, write no study tables (--archive still writes its file)")
     parser.add_argument("--archive", metavar="FILE.parquet",
                         help="also write the store's jobs and per-item outcomes as an evidence archive")
     args = parser.parse_args(argv)
