@@ -79,11 +79,7 @@ class Evidence:
         no outcomes. Raises ValueError when a pair was judged on other items (a table comparing
         what cannot be compared)."""
         strata = self._strata(pairs)
-        if strata is None:
-            return None
-        a_strata = {f"{i}/{task}": a[task] for i, (a, _) in enumerate(strata) for task in a}
-        b_strata = {f"{i}/{task}": b[task] for i, (_, b) in enumerate(strata) for task in b}
-        return paired_bootstrap(a_strata, b_strata, iters=iters) if a_strata else None
+        return _pooled_bootstrap(strata, iters) if strata is not None else None
 
     def across_replicates(self, pairs: list[tuple[Side, Side]], iters: int = BOOTSTRAP_ITERS) -> ReplicateEvidence | None:
         """The difference a - b with one pair per replicate zoo: each replicate's own difference and
@@ -91,8 +87,8 @@ class Evidence:
         when there are two or more; beside it the items-only interval (`paired`). None when a job of
         the pairs has no outcomes."""
         strata = self._strata(pairs)
-        on_these = self.paired(pairs, iters)
-        if strata is None or on_these is None:
+        on_these = _pooled_bootstrap(strata, iters) if strata is not None else None
+        if on_these is None:
             return None
         deltas = tuple(float(np.mean([np.mean(a[t] - b[t]) for t in a])) for a, b in strata)
         ses = tuple(paired_se(a, b) for a, b in strata)
@@ -157,3 +153,10 @@ class Evidence:
                 raise ValueError(f"jobs {job_key} and {key} were judged on other items of {task}")
             best[task] = theirs[task][1]
         return normalized_bootstrap({t: mine[t][1] for t in best}, best, iters=iters) if best else None
+
+
+def _pooled_bootstrap(strata: list[tuple[dict, dict]], iters: int) -> PairedDifference | None:
+    """The items-only paired bootstrap over every pair's tasks, each pair's tasks strata of their own."""
+    a_strata = {f"{i}/{task}": a[task] for i, (a, _) in enumerate(strata) for task in a}
+    b_strata = {f"{i}/{task}": b[task] for i, (_, b) in enumerate(strata) for task in b}
+    return paired_bootstrap(a_strata, b_strata, iters=iters) if a_strata else None

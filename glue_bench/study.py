@@ -487,14 +487,13 @@ def _merges_mixtures_ensembles(s: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 def best_merge_and_mixture(df: pd.DataFrame) -> dict[str, tuple[tuple[Cell, tuple[str, ...]], tuple[Cell, tuple[str, ...]]]]:
     """Per zoo of `merge_vs_mixture`: its best merge and best mixture, each with the jobs it is the
     best of (a claim about them chooses on other items than it tests: glue_bench.evidence.best_of)."""
-    table = merge_vs_mixture(df)
-    if table.empty:
-        return {}
     found = {}
-    for zoo in table.index.get_level_values("zoo").unique():
+    for zoo in zoos_in(df):
         merges, mixtures, _ = _merges_mixtures_ensembles(scored(df, zoo))
-        found[zoo] = tuple((Cell(table.loc[(zoo, row), "avg"], math.nan, table.loc[(zoo, row), "key"]),
-                            tuple(of["job_key"])) for row, of in (("best merge", merges), ("best mixture", mixtures)))
+        if merges.empty or mixtures.empty:  # as merge_vs_mixture: no row for this zoo
+            continue
+        found[zoo] = tuple((Cell(of["avg"].max(), math.nan, of.loc[of["avg"].idxmax(), "job_key"]),
+                            tuple(of["job_key"])) for of in (merges, mixtures))
     return found
 
 

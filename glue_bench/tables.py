@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from glue_bench.archive import is_archive
 from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
 from glue_bench.results import check_one_build_per_replicate, open_store, read_results
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write the store's jobs and per-item outcomes as an evidence archive")
     args = parser.parse_args(argv)
     if args.archive:
-        if not args.archive.endswith(".parquet"):
+        if not is_archive(args.archive):
             parser.error(f"--archive {args.archive}: expected a .parquet file")
         jobs = open_store(args.results).archive(args.archive)
         print(f"wrote the evidence of {jobs} jobs to {args.archive}")
