@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -95,23 +94,27 @@ def test_killed_job_leaves_no_partial_rows_and_rerun_completes(run_cli, micro_ca
 
     env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
            "GLUE_BENCH_RESULTS": str(run_cli.results)}
-    slow_eval = ["eval.tasks=[mini_arc,mini_winogrande]", "eval.limit=200"]
+    # Generation makes the merged candidate's evaluation last about a second after "merging" is
+    # printed, so a kill sent as soon as that line is read lands before its rows are written (a
+    # fixed sleep after it raced on a faster machine). The mid-transaction kill is tested
+    # deterministically in test_results.test_killed_append_leaves_nothing.
+    slow_eval = ["eval.tasks=[mini_arc,mini_gsm8k]", "eval.limit=200"]
     args = [sys.executable, "-m", "glue_bench", "zoo=mini2", *slow_eval,
             f"hydra.run.dir={run_cli.results.parent}/killed"]
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # kill it while the merged candidate is being evaluated
+    for line in proc.stderr:
         if "merging" in line:
-            time.sleep(0.5)
             proc.send_signal(signal.SIGKILL)
             break
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     df = read_results(run_cli.results)
     assert (df.method == "linear").sum() == 0 and set(df.candidate) == {"base", "chat_a", "chat_b"}
     rerun = run_cli("zoo=mini2", *slow_eval)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     df = read_results(run_cli.results)
     _assert_each_row_once(df)
-    assert (df.method == "linear").sum() == 4  # 2 tasks x (acc, acc_norm)
+    rows_per_candidate = (df.candidate == "base").sum()  # the same tasks and metrics for each
+    assert rows_per_candidate >= 2 and (df.method == "linear").sum() == rows_per_candidate
 
 
 def test_force_replaces_a_job_without_duplicates(run_cli):
