@@ -72,21 +72,23 @@ class Evidence:
         return {task: (rows["doc_id"].to_numpy(), rows["value"].to_numpy(dtype=float))
                 for task, rows in frame.groupby("task", sort=True)}
 
-    def paired(self, pairs: list[tuple[Side, Side]], iters: int = BOOTSTRAP_ITERS) -> PairedDifference | None:
+    def paired(self, pairs: list[tuple[Side, Side]], iters: int = BOOTSTRAP_ITERS,
+               tasks: tuple[str, ...] | None = None) -> PairedDifference | None:
         """The difference a - b over the pairs' items (each pair's tasks a stratum of its own, so
         several pairs pool replicate zoos as if the zoos were fixed: the mean over pairs of their
         mean of task means, its interval about these zoos only); None when a job of the pairs has
         no outcomes. Raises ValueError when a pair was judged on other items (a table comparing
-        what cannot be compared)."""
-        strata = self._strata(pairs)
+        what cannot be compared). `tasks`: these of the jobs' tasks only (e.g. a domain's)."""
+        strata = self._strata(pairs, tasks)
         return _pooled_bootstrap(strata, iters) if strata is not None else None
 
-    def across_replicates(self, pairs: list[tuple[Side, Side]], iters: int = BOOTSTRAP_ITERS) -> ReplicateEvidence | None:
+    def across_replicates(self, pairs: list[tuple[Side, Side]], iters: int = BOOTSTRAP_ITERS,
+                          tasks: tuple[str, ...] | None = None) -> ReplicateEvidence | None:
         """The difference a - b with one pair per replicate zoo: each replicate's own difference and
         items-only standard error, pooled as a random-effects model (glue_bench.stats.random_effects)
         when there are two or more; beside it the items-only interval (`paired`). None when a job of
-        the pairs has no outcomes."""
-        strata = self._strata(pairs)
+        the pairs has no outcomes; `tasks` as for `paired`."""
+        strata = self._strata(pairs, tasks)
         on_these = _pooled_bootstrap(strata, iters) if strata is not None else None
         if on_these is None:
             return None
@@ -95,11 +97,14 @@ class Evidence:
         across = random_effects(deltas, ses) if len(strata) >= 2 else None
         return ReplicateEvidence(across, on_these, deltas, ses)
 
-    def _strata(self, pairs: list[tuple[Side, Side]]) -> list[tuple[dict, dict]] | None:
-        """Per pair: task -> values of a and of b on the same items; None when a job has no outcomes."""
+    def _strata(self, pairs: list[tuple[Side, Side]], tasks: tuple[str, ...] | None = None) -> list[tuple[dict, dict]] | None:
+        """Per pair: task -> values of a and of b on the same items; None when a job has no outcomes
+        (or none of `tasks`, when given)."""
         strata = []
         for side_a, side_b in pairs:
             a, b = self.side(side_a), self.side(side_b)
+            if tasks is not None:
+                a, b = ({t: v for t, v in side.items() if t in tasks} for side in (a, b))
             if not a or not b:
                 return None
             if set(a) != set(b):

@@ -111,20 +111,51 @@ def _digest(items) -> str:
 FIRST_RELEASE = {  # task: (train split, test split)
     "mini_arc": ("e7ffc8536c9cbe71", "f8a99eca84c4f616"), "mini_winogrande": ("d4162f59d0ae0fa5", "b49785ffa2602305"),
     "mini_mmlu": ("1484e6cc146757d3", "65e70b83bfb6889a"), "mini_gsm8k": ("7fc14c0bdd804d82", "b6e53e33007b87bd"),
-    "mini_mbpp": ("c671937b5bc26254", "de6da5f1b30df861"), "mini_humaneval": ("57be19dc33fde369", "976eccc1a9cfe1d8"),
 }
+# the code problems of zoo v3 (constants 2..29 in train and test, short asserts), computed when made
+CODE_V3 = {"mini_mbpp": ("450608e5f9645eea", "a82372bbf7dca51a"),
+           "mini_humaneval": ("4927c31df39d5523", "f812a351f5fec86c")}
 
 
 def test_grown_test_splits_keep_every_train_item_and_the_first_test_items():
-    """The models are trained on the train splits only: unchanged, so every model is the same one.
-    The first release's test items stay first, in order (document ids 0..n-1)."""
+    """The first release's train items and first test items stay what they were, in order (document
+    ids 0..n-1), for every task but code, whose problems zoo v3 made learnable (pinned from then)."""
     assert data.domain_corpora(SPLITS) == data.domain_corpora(data.build_splits())  # and what it is made of:
     for task, (train, test) in FIRST_RELEASE.items():
         first = data.FIRST_TEST_ITEMS[task]
         assert _digest(SPLITS[task]["train"]) == train, task
         assert _digest(SPLITS[task]["test"][:first]) == test, task
         assert len(SPLITS[task]["test"]) == data.TEST_ITEMS[task] >= first
+    for task, (train, test) in CODE_V3.items():
+        assert (_digest(SPLITS[task]["train"]), _digest(SPLITS[task]["test"])) == (train, test), task
+        assert len(SPLITS[task]["test"]) == data.TEST_ITEMS[task]
     ids = [item["task_id"] for item in SPLITS["mini_humaneval"]["test"] + SPLITS["mini_humaneval"]["train"]]
     assert len(set(ids)) == len(ids)
     names = [item["entry_point"] for item in SPLITS["mini_humaneval"]["test"]]
     assert len(set(names)) == len(names) > 40  # distinct problems, not repeats
+
+
+def test_code_problems_combine_seen_parts_and_no_constant_answer_passes():
+    """A test problem is a (template, constant) pair never trained on, each part seen in training;
+    its three asserts expect at least two values, so a function returning a constant fails them."""
+    train = {item["code"] for item in SPLITS["mini_mbpp"]["train"]}
+    test = {item["code"] for item in SPLITS["mini_mbpp"]["test"]}
+    assert not train & test
+    for spec in data.func_specs():
+        expected = [spec.expected(v) for v in spec.inputs]
+        assert len({repr(e) for e in expected}) >= 2, spec.name
+
+
+def test_the_longest_one_shot_prompt_fits_the_trained_context(micro_cache):
+    """MBPP's prompt with its one-shot example and answer, and GSM8K's two-shot one, fit in the
+    sequence length the zoo trains on (else the answer's tokens sit where no model was trained)."""
+    from transformers import AutoTokenizer
+
+    from glue_bench.zoo.mini.build import size_dir
+    from glue_bench.zoo.mini.spec import SIZES
+
+    tok = AutoTokenizer.from_pretrained(size_dir("micro") / "tokenizer")  # the smallest vocabulary: the longest
+    longest = {task: max(len(tok(data.task_document(task, it))["input_ids"]) for split in ("train", "test")
+                         for it in SPLITS[task][split]) for task in ("mini_mbpp", "mini_gsm8k")}
+    assert 2 * longest["mini_mbpp"] <= SIZES["micro"].seq_len == SIZES["mini"].seq_len
+    assert 3 * longest["mini_gsm8k"] <= SIZES["micro"].seq_len

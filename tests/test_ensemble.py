@@ -17,6 +17,7 @@ from lm_eval.api.instance import Instance
 from glue_bench.evaluate import EvalConfig, evaluate_lm, hf_lm, render_tasks
 from glue_bench.mixture.ensemble import (EnsembleError, EnsembleHFLM, EnsembleModel, SequenceEnsembleLM,
                                          greedy_generate, log_mean_probs, same_tokenizer)
+from glue_bench.zoo.mini.spec import VERSION
 
 CFG = EvalConfig(tasks=["mini_arc", "mini_gsm8k"], limit=4, batch_size=4)
 
@@ -183,7 +184,7 @@ def test_a_job_with_other_tokenizers_and_generation_tasks_fails_before_any_model
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("glue_bench: error: mixture=ensemble: members chat_a, foreign_chat do not share")
     assert "mini_gsm8k" in last
-    assert not (empty / "mini-v2" / "micro" / "models").exists()
+    assert not (empty / f"mini-{VERSION}" / "micro" / "models").exists()
 
 
 def test_the_cli_runs_the_ensemble_and_stores_its_compute(run_cli):

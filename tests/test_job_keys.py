@@ -12,20 +12,21 @@ from glue_bench.kinds import kind_for
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
-# computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg))
+# computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg)), and
+# computed again when zoo v3 changed every model's key (the models, not the key's computation, changed)
 PINNED = {
-    ("merge", "mini"): (["zoo=mini4", "method=ties"], "b67775840801fed6"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "a5b7cfe079d4add2"),
-    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "ed050fb3677bdb2f"),
-    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "c5ea0eb1b2ecbb61"),
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "ee9db0f58891e3ac"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "f31dbb8be668e45d"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "59c75b80df012d90"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "10ade3cb79b94b68"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                         "7efc6e42a3c6d794"),
+                         "911a621b8413f43e"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "7b5814abbec060c5"),
-    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "f235800e21afc788"),
-    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "81db20bf881dd592"),
-    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "5f5eb0c55635add5"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "0e867f1189b7bd69"),
+                          "59226d7ac9077495"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "ada40eb0ec233308"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "ea92335f49438ba1"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "80b8fd5faa25b394"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "90b97ff445fb257a"),
 }
 
 
@@ -57,10 +58,10 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
-    assert job.base.key == "mini-v2/mini/base-61674932"  # the test splits grew, the model did not change
-    assert job.sub_key({"single": job.base.key}) != "5ad5d7b49ade666c"  # judged on other items: another job
+    assert job.base.key == "mini-v3/mini/base-323704b5"  # the test splits grew, the model did not change
+    assert job.sub_key({"single": job.base.key}) != "3b1bca8ae1b0a692"  # judged on other items: another job
     monkeypatch.setattr(data, "SPLITS_VERSION", 1)
-    assert job.sub_key({"single": job.base.key}) == "5ad5d7b49ade666c"
+    assert job.sub_key({"single": job.base.key}) == "3b1bca8ae1b0a692"
 
 
 def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s_or_an_ensemble_s(tmp_path):

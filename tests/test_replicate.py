@@ -19,7 +19,7 @@ from glue_bench.zoo import ZooError, model_ref, resolve_zoo, zoo_config
 from glue_bench.zoo.mini import data
 from glue_bench.zoo.mini.build import main as build_main
 from glue_bench.zoo.mini.build import model_dir, size_dir
-from glue_bench.zoo.mini.spec import replicated
+from glue_bench.zoo.mini.spec import VERSION, replicated
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -33,11 +33,12 @@ def _compose(overrides, tmp_path):
         return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
 
 
-# computed at bd61413, before replicates existed
+# computed when zoo v3 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
+# keys unchanged by the replicates; v3 is another zoo: new recipes' data, new keys)
 @pytest.mark.parametrize("name, size, key", [
-    ("base", "micro", "mini-v2/micro/base-e1b20416"), ("base", "mini", "mini-v2/mini/base-61674932"),
-    ("chat_a", "micro", "mini-v2/micro/chat_a-362e8c9b"), ("math_altinit", "mini", "mini-v2/mini/math_altinit-4b1ee630"),
-    ("foreign_chat", "micro", "mini-v2/micro/foreign_chat-36dacbec"),
+    ("base", "micro", "mini-v3/micro/base-4fd7e5ce"), ("base", "mini", "mini-v3/mini/base-323704b5"),
+    ("chat_a", "micro", "mini-v3/micro/chat_a-a52f1bb0"), ("math_altinit", "mini", "mini-v3/mini/math_altinit-de678f15"),
+    ("foreign_chat", "micro", "mini-v3/micro/foreign_chat-7a5dca79"),
 ])
 def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
@@ -48,10 +49,10 @@ def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, 
 
 def test_replicate_0_keeps_today_s_data():
     splits = data.build_splits(replicated(data.SEED, 0))
-    # the splits as they were at bd61413, the test splits since grown (59c09d7) at their end
+    # the splits of zoo v3 (replicate 0 draws with the seeds it always did), computed when v3 was made
     first = {task: {"train": s["train"], "test": s["test"][:data.FIRST_TEST_ITEMS[task]]} for task, s in splits.items()}
-    assert _digest(first) == "1ea15da9f7730c3e"  # computed at bd61413
-    assert _digest(data.domain_corpora(splits, replicated(data.SEED, 0))) == "7d4b87fe3ae6c8ee"
+    assert _digest(first) == "de935c362c59aeb5"
+    assert _digest(data.domain_corpora(splits, replicated(data.SEED, 0))) == "d3505821ffe3a04e"
 
 
 def test_replicate_1_draws_other_test_items_and_other_world_facts():
@@ -65,10 +66,10 @@ def test_replicate_1_draws_other_test_items_and_other_world_facts():
 
 def test_a_replicate_lives_in_its_own_directory_and_keys(monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
-    assert size_dir("micro", 1) == tmp_path / "mini-v2" / "micro-r1"
+    assert size_dir("micro", 1) == tmp_path / f"mini-{VERSION}" / "micro-r1"
     ref = model_ref("chat_a", "mini", "micro", 1)
-    assert ref.key.startswith("mini-v2/micro-r1/chat_a-") and ref.key != model_ref("chat_a", "mini", "micro").key
-    assert Path(ref.location).parent == tmp_path / "mini-v2" / "micro-r1" / "models" and ref.replicate == 1
+    assert ref.key.startswith(f"mini-{VERSION}/micro-r1/chat_a-") and ref.key != model_ref("chat_a", "mini", "micro").key
+    assert Path(ref.location).parent == tmp_path / f"mini-{VERSION}" / "micro-r1" / "models" and ref.replicate == 1
 
 
 def _build_base(cache: Path) -> dict:
@@ -77,7 +78,7 @@ def _build_base(cache: Path) -> dict:
     code = ("from glue_bench.zoo.mini.build import ensure_models; "
             "ensure_models(['base'], 'micro', progress=False, replicate=1)")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
-    return load_file(cache / "mini-v2" / "micro-r1" / "models" / model_dir("base", "micro", 1).name
+    return load_file(cache / f"mini-{VERSION}" / "micro-r1" / "models" / model_dir("base", "micro", 1).name
                      / "model.safetensors")
 
 
@@ -90,7 +91,7 @@ def replicate_1_cache(tmp_path_factory) -> Path:
 
 
 def test_replicate_1_builds_other_weights_the_same_each_time(micro_cache, replicate_1_cache, tmp_path):
-    one = load_file(replicate_1_cache / "mini-v2" / "micro-r1" / "models" / model_dir("base", "micro", 1).name
+    one = load_file(replicate_1_cache / f"mini-{VERSION}" / "micro-r1" / "models" / model_dir("base", "micro", 1).name
                     / "model.safetensors")
     zero = load_file(model_dir("base", "micro", 0) / "model.safetensors")  # micro_cache's replicate 0
     assert one.keys() == zero.keys()
@@ -110,7 +111,7 @@ def test_a_job_at_replicate_1_has_its_own_key_and_rows(replicate_1_cache, monkey
     assert job.key != zero.key and job.base.key != zero.base.key
     assert job.common["replicate"] == 1 and "replicate" not in zero.payload["zoo"]
     job.prepare()
-    assert job.tasks_dir.is_relative_to(replicate_1_cache / "mini-v2" / "micro-r1")
+    assert job.tasks_dir.is_relative_to(replicate_1_cache / f"mini-{VERSION}" / "micro-r1")
     job.evaluate_singles()
     rows = read_results(tmp_path / "r.sqlite")
     assert len(rows) > 0 and set(rows["replicate"]) == {1}

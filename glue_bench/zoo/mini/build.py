@@ -29,7 +29,7 @@ from pathlib import Path
 from glue_bench.zoo import ZooError, check_replicate
 from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import MIX, SIZES, VERSION, Recipe, fingerprint, lineage, recipe, replicated
+from glue_bench.zoo.mini.spec import SIZES, VERSION, Recipe, fingerprint, finetune_shares, lineage, recipe, replicated
 
 
 def cache_root() -> Path:
@@ -191,12 +191,7 @@ def expert_prompts(name: str, n: int = 16, seed: int = 0, replicate: int = 0) ->
     (of replicate `replicate`'s data) of the domains it was fine-tuned on, in proportion to its
     fine-tuning weights (for a model pretrained from scratch, to its pretraining mixture); a domain
     with fewer documents than its share gives them all."""
-    made = recipe(name)  # an unknown name fails here, naming it
-    weights = dict(made.weights)
-    if made.parent is not None:  # the fine-tuning share: what `_ft` added to a fifth of the pretraining mix
-        weights = {d: max(0.0, w - 0.2 * MIX.get(d, 0.0) / sum(MIX.values())) for d, w in weights.items()}
-    total = sum(weights.values())
-    shares = {d: n * w / total for d, w in weights.items()}
+    shares = {d: n * w for d, w in finetune_shares(name).items()}  # an unknown name fails there, naming it
     counts = {d: int(s) for d, s in shares.items()}
     for d in sorted(shares, key=lambda d: counts[d] - shares[d])[:n - sum(counts.values())]:
         counts[d] += 1  # largest remainders

@@ -167,30 +167,28 @@ def _gsm_item(rng: random.Random) -> dict:
 
 
 # ---------------------------------------------------------------- code: MBPP / HumanEval-shaped functions
-# (name, argument, spec, expression, test inputs); {k} is a small constant
+# (name, argument, spec, expression, test inputs, or a function of k giving them); {k} is a
+# constant of 2..29 (1 would make x % k a constant). Every expected value is short: an MBPP prompt states three asserts and, with its
+# one-shot example, must fit the context the zoo is trained on (spec.Size.seq_len), or the code
+# after [BEGIN] is never seen in training. The inputs make a constant answer fail for every k.
 _FUNCS = [
     ("add_{k}", "x", "return x plus {k}", "x + {k}", [1, 5, 10]),
     ("sub_{k}", "x", "return x minus {k}", "x - {k}", [10, 20, 3]),
+    ("rsub_{k}", "x", "return {k} minus x", "{k} - x", [1, 5, 10]),
     ("mul_{k}", "x", "return x times {k}", "x * {k}", [2, 3, 7]),
-    ("is_div_{k}", "x", "check whether x is divisible by {k}", "x % {k} == 0", [12, 7, 30]),
-    ("pow_{k}", "x", "return x to the power {k}", "x ** {k}", [2, 3, 1]),
-    ("add_{k}_each", "xs", "add {k} to each item of the list xs", "[x + {k} for x in xs]",
-     [[1, 2], [5], [0, 3, 4]]),
-    ("repeat_{k}", "s", "repeat the string s {k} times", "s * {k}", ["ab", "x", "hi"]),
-    ("first_{k}", "xs", "return the first {k} items of the list xs", "xs[:{k}]",
-     [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 3, 2, 1, 0, 9, 8, 7, 6, 5], list(range(20, 32))]),
-    ("count_{k}", "xs", "count how many times {k} occurs in the list xs", "xs.count({k})",
-     [[1, 2, 3], [4, 4, 5, 6, 7, 8, 9], [1, 1, 2, 2, 3, 3, 9, 9, 5]]),
-    ("max_plus_{k}", "xs", "return the largest item of xs plus {k}", "max(xs) + {k}",
-     [[1, 2, 3], [9, 4], [7]]),
-    ("min_plus_{k}", "xs", "return the smallest item of xs plus {k}", "min(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
-    ("last_{k}", "xs", "return the last {k} items of the list xs", "xs[-{k}:]",
-     [list(range(10)), list(range(30, 42)), [5, 4, 3, 2, 1, 0, 9, 8, 7, 6]]),
+    ("double_plus_{k}", "x", "return twice x plus {k}", "2 * x + {k}", [0, 1, 5]),
     ("div_{k}", "x", "return x divided by {k}, rounded down", "x // {k}", [10, 25, 99]),
     ("mod_{k}", "x", "return the remainder of x divided by {k}", "x % {k}", [10, 25, 99]),
-    ("mul_{k}_each", "xs", "multiply each item of the list xs by {k}", "[x * {k} for x in xs]",
-     [[1, 2], [5], [0, 3, 4]]),
-    ("gt_{k}", "x", "check whether x is greater than {k}", "x > {k}", [0, 5, 12]),
+    ("is_div_{k}", "x", "check whether x is divisible by {k}", "x % {k} == 0", lambda k: [k, 2 * k, k + 1]),
+    ("gt_{k}", "x", "check whether x is greater than {k}", "x > {k}", [0, 15, 40]),
+    ("max_with_{k}", "x", "return the larger of x and {k}", "max(x, {k})", [0, 15, 40]),
+    ("min_with_{k}", "x", "return the smaller of x and {k}", "min(x, {k})", [0, 15, 40]),
+    ("add_{k}_each", "xs", "add {k} to each item of the list xs", "[x + {k} for x in xs]", [[1, 2], [5], [0, 3]]),
+    ("mul_{k}_each", "xs", "multiply each item of the list xs by {k}", "[x * {k} for x in xs]", [[1, 2], [5], [0, 3]]),
+    ("count_{k}", "xs", "count how many times {k} occurs in the list xs", "xs.count({k})",
+     lambda k: [[k, 1], [k, k, 2], [3]]),
+    ("max_plus_{k}", "xs", "return the largest item of xs plus {k}", "max(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
+    ("min_plus_{k}", "xs", "return the smallest item of xs plus {k}", "min(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
     ("sum_plus_{k}", "xs", "return the sum of the list xs plus {k}", "sum(xs) + {k}", [[1, 2, 3], [9, 4], [7]]),
     ("len_plus_{k}", "s", "return the length of the string s plus {k}", "len(s) + {k}", ["ab", "xyz", ""]),
 ]
@@ -214,11 +212,15 @@ class FuncSpec:
         return [f"assert {call}({v!r}) == {self.expected(v)!r}" for v in self.inputs]
 
 
-def func_specs(constants=range(1, 10)) -> list[FuncSpec]:
-    """Every template with every constant; the default constants are those of the train split and
-    the first 40 test problems, the larger ones only ever appear in test problems."""
-    return [FuncSpec(n.format(k=k), a, s.format(k=k), e.format(k=k), tuple(i))
-            for n, a, s, e, i in _FUNCS for k in constants]
+CONSTANTS = range(2, 30)
+
+
+def func_specs() -> list[FuncSpec]:
+    """Every template with every constant: the train and test problems are disjoint sets of these
+    (template, constant) pairs, so a test problem combines a template and a constant each seen in
+    training, never together."""
+    return [FuncSpec(n.format(k=k), a, s.format(k=k), e.format(k=k), tuple(i(k) if callable(i) else i))
+            for n, a, s, e, i in _FUNCS for k in CONSTANTS]
 
 
 def _mbpp_item(spec: FuncSpec, task_id: int) -> dict:
@@ -288,8 +290,8 @@ def build_splits(seed: int = SEED) -> dict[str, dict[str, list[dict]]]:
 
     specs = func_specs()
     order = list(range(len(specs)))
-    rng.shuffle(order)  # held-out function specs: 40 unseen (template, constant) pairs
-    test_ids, train_ids = order[:40], order[40:]
+    rng.shuffle(order)  # held-out function specs: unseen (template, constant) pairs
+    test_ids, train_ids = order[:TEST_ITEMS["mini_mbpp"]], order[TEST_ITEMS["mini_mbpp"]:]
     out["mini_mbpp"] = {"test": [_mbpp_item(specs[i], i) for i in test_ids],
                         "train": [_mbpp_item(specs[i], i) for i in train_ids]}
     out["mini_humaneval"] = {"test": [_humaneval_item(specs[i], i) for i in test_ids],
@@ -310,20 +312,18 @@ def _gsm_key(item: dict):
     return item["question"]
 
 
-# Items per test split. The first 200 / 200 / 200 / 100 / 40 / 40 are the splits of the first
-# release; the rest were added so that the paired minimum detectable effect of the 6-task average
-# reaches 0.03 (issue 21). Measured with benchmarks/power.py on the 430 pairs of whole-split jobs
-# of mini2 and mini4 on replicates 0-2 (singles, merges, mixtures): median MDE 0.055 on the first
-# release's items, 0.024 on these (90th percentile 0.065 -> 0.029, largest 0.034). The code tasks
-# add the least precision for their cost: two of today's models rarely differ on a problem, most
-# fail most of them; power.py prints the allocation that spends items where the variance is. The
-# new items come from a random stream of their own, after every train item is drawn, so the train
-# splits, and so every model, are unchanged; each is new by the key that defines an item of its
-# task, so none was ever trained on. MMLU's questions ask every (creature, attribute) fact there is: its test
-# split cannot grow without retraining.
-SPLITS_VERSION = 2  # 1: the first release's test splits (FIRST_TEST_ITEMS); 2: TEST_ITEMS
+# Items per test split. The first 200 / 200 / 200 / 100 are the splits of the first release for
+# ARC, WinoGrande, MMLU and GSM8K; their rest were added so that the paired minimum detectable
+# effect of the 6-task average reaches 0.03 (issue 21; benchmarks/power.py on the v2 zoo: median
+# MDE 0.055 on the first release's items, 0.024 on these). The new items come from a random stream
+# of their own, after every train item is drawn, and each is new by the key that defines an item
+# of its task, so none was ever trained on. MMLU's questions ask every (creature, attribute) fact
+# there is: its test split cannot grow without retraining. The code tasks' 200 problems are zoo
+# v3's (held-out (template, constant) pairs, drawn with the train split): v2's 400 asked constants
+# never trained on and sat at 1-2 % pass@1 for every model; v3's code expert passes ~0.9 of them.
+SPLITS_VERSION = 3  # 1: the first release's test splits (FIRST_TEST_ITEMS); 2: TEST_ITEMS; 3: zoo v3's code problems
 TEST_ITEMS = {"mini_arc": 400, "mini_winogrande": 400, "mini_mmlu": 200, "mini_gsm8k": 400,
-              "mini_mbpp": 400, "mini_humaneval": 400}
+              "mini_mbpp": 200, "mini_humaneval": 200}
 # The most test items a task's generator can give: MMLU's asks every fact there is (above). The
 # others draw new items from a large space: not bounded at any size a power analysis asks.
 MAX_TEST_ITEMS = {"mini_mmlu": 200}
@@ -339,17 +339,6 @@ def _more_test_items(out: dict, seed: int, ranks: dict, world: dict) -> None:
         known = {key(item) for split in out[task].values() for item in split}
         if (wanted := TEST_ITEMS[task] - len(out[task]["test"])) > 0:
             out[task]["test"] += _unique(rng, make, wanted, key=key, exclude=known)
-    # code: the templates with constants no train (or first test) problem has, numbered after them
-    first = len(func_specs())
-    unseen = func_specs(constants=range(10, 30))
-    order = list(range(len(unseen)))
-    rng.shuffle(order)
-    wanted = TEST_ITEMS["mini_mbpp"] - len(out["mini_mbpp"]["test"])
-    if wanted > len(order):
-        raise ValueError(f"TEST_ITEMS asks {TEST_ITEMS['mini_mbpp']} code problems; there are {40 + len(order)}")
-    for i in order[:max(0, wanted)]:
-        out["mini_mbpp"]["test"].append(_mbpp_item(unseen[i], first + i))
-        out["mini_humaneval"]["test"].append(_humaneval_item(unseen[i], first + i))
 
 
 def task_document(task: str, item: dict) -> str:

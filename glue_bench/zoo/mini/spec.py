@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from glue_bench.zoo import ZooError
 
 # Bump when a recipe, the data or the training code changes what gets built: caches are keyed by it.
-VERSION = "v2"
+VERSION = "v3"  # v3: code problems a model can learn (spec.py, data.py), a 384-token context
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,11 @@ class Size:
     arch: dict                 # the Llama family's shapes
     foreign_arch: dict         # the CrystalChat-like model: other width and depth
     step_scale: float          # multiplies every recipe's steps
-    batch_size: int = 8
-    seq_len: int = 128
+    # 416 tokens hold the longest prompt the tasks ask, MBPP's with its one-shot example (388 with
+    # micro's tokenizer, 268 with mini's); v2 trained on 128, so its models never saw MBPP's code.
+    # 3 sequences a step cost about what v2's 8 of 128 did
+    batch_size: int = 3
+    seq_len: int = 416
     vocab_size: int = 1024
     foreign_vocab_size: int = 768
 
@@ -85,6 +88,27 @@ RECIPES = {r.name: r for r in [
     # other architecture and tokenizer: not mergeable at all
     Recipe("foreign_chat", None, {**MIX, "chat": 3.0}, 300, 3e-3, 26, "LLM360/CrystalChat", foreign=True),
 ]}
+
+def finetune_shares(name: str) -> dict[str, float]:
+    """The share of each domain in `name`'s own training data: what `_ft` added to a fifth of the
+    pretraining mix (for a model pretrained from scratch, its pretraining mixture), summing to 1."""
+    made = RECIPES[name] if name in RECIPES else recipe(name)  # an unknown name fails there, naming it
+    weights = dict(made.weights)
+    if made.parent is not None:
+        weights = {d: max(0.0, w - 0.2 * MIX.get(d, 0.0) / sum(MIX.values())) for d, w in weights.items()}
+    total = sum(weights.values())
+    return {d: w / total for d, w in weights.items()}
+
+
+# The domain experts: fine-tunes with at least half their own data in one benchmark domain (chat
+# has no benchmark). Each must beat the base on its domain's tasks (glue_bench.phenomena).
+DOMAIN_EXPERTS = {name: tuple(d for d, share in finetune_shares(name).items() if share >= 0.5 and d != "chat")
+                  for name, r in RECIPES.items() if r.parent is not None}
+DOMAIN_EXPERTS = {name: domains for name, domains in DOMAIN_EXPERTS.items() if domains}
+FAR_TRAINED = ("code_far", "code_far_instruct")  # the base's init, trained far away (CodeLlama's case)
+OTHER_INIT = ("math_altinit",)                    # same shapes, another pretraining run
+OTHER_ARCHITECTURE = ("foreign_chat",)            # other shapes and tokenizer
+
 
 def replicated(seed: int, replicate: int) -> int:
     """Replicate r's seed for what replicate 0 seeds with `seed`: replicate 0 is the zoo as first

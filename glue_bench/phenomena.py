@@ -1,0 +1,166 @@
+"""The mini zoo's phenomena, measured: what the study's zoo is made of, checked on the one built.
+
+    python -m glue_bench -m experiment=zoo_phenomena zoo.replicate=0,1,2,3,4   # the singles, evaluated
+    python -m glue_bench.phenomena                                         # the table
+    python -m glue_bench.phenomena --results results/evidence.parquet --size mini
+
+Three checks, each per replicate zoo (independent builds) and over them:
+1. Every domain expert (`spec.DOMAIN_EXPERTS`: a fine-tune with at least half its fine-tuning data
+   in one benchmark domain) beats the base on its domain's tasks: the paired difference on those
+   tasks' items (mean of task means), its 95 % interval on each replicate, and pooled over the
+   replicates as a random-effects model (`stats.random_effects`).
+2. The far-trained model is far: ||theta - theta_base|| / ||theta_base|| over all weights, beside an
+   ordinary fine-tune's and the other init's.
+3. The recipe's clustering (`mixture.recipe.families`, the study's rule at its threshold) sets the
+   other-init and the other-architecture models apart from the family of the base's fine-tunes.
+
+1 reads the singles' per-item outcomes from a store or an evidence archive; 2 and 3 read the
+weights from this machine's mini-zoo cache (a replicate not built here says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+
+from glue_bench.evidence import Evidence
+from glue_bench.results import read_results
+from glue_bench.zoo.mini.data import TASK_DOMAIN
+from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, FAR_TRAINED, OTHER_ARCHITECTURE, OTHER_INIT
+
+ZOO = "mini16"  # every model of the mini zoo
+
+
+def domain_tasks(model: str) -> tuple[str, ...]:
+    return tuple(t for t, d in TASK_DOMAIN.items() if d in DOMAIN_EXPERTS[model])
+
+
+def single_jobs(df: pd.DataFrame, size: str) -> dict[tuple[str, int], str]:
+    """(model name, replicate) -> the job key of its whole-test-split evaluation at `size`."""
+    singles = df[(df["method"] == "none") & df["items"].isna()].drop_duplicates("job_key")
+    out = {}
+    for row in singles.itertuples(index=False):
+        key = json.loads(row.config).get("key", "") if isinstance(row.config, str) else ""
+        parts = key.split("/")  # mini-<version>/<size>[-r<replicate>]/<name>-<fingerprint>
+        if len(parts) == 3 and parts[0].startswith("mini-v") and parts[1].split("-r")[0] == size:
+            out[(row.candidate, int(row.replicate or 0))] = row.job_key
+    return out
+
+
+@dataclass
+class ExpertRow:
+    model: str
+    tasks: tuple[str, ...]
+    deltas: tuple[float, ...]           # per replicate: expert - base on the domain's tasks
+    lows: tuple[float, ...]             # and the low end of its 95 % paired interval
+    pooled: tuple[float, float, float] | None  # across replicates: delta, low, high (None for one)
+
+    @property
+    def above_on_every_replicate(self) -> bool:
+        return bool(self.lows) and all(low > 0 for low in self.lows)
+
+
+def expert_rows(ev: Evidence, jobs: dict[tuple[str, int], str]) -> list[ExpertRow]:
+    rows = []
+    for model in DOMAIN_EXPERTS:
+        replicates = sorted(r for (name, r) in jobs if name == model and ("base", r) in jobs)
+        if not replicates:
+            continue
+        tasks = domain_tasks(model)
+        pairs = [(jobs[(model, r)], jobs[("base", r)]) for r in replicates]
+        found = ev.across_replicates(pairs, tasks=tasks)
+        if found is None:
+            continue
+        lows = tuple(ev.paired([pair], tasks=tasks).low for pair in pairs)
+        pooled = (found.across_zoos.delta, found.across_zoos.low, found.across_zoos.high) if found.across_zoos else None
+        rows.append(ExpertRow(model, tasks, found.deltas, lows, pooled))
+    return rows
+
+
+def expert_table(rows: list[ExpertRow]) -> pd.DataFrame:
+    def signs(row):
+        return " ".join("+" if low > 0 else ("-" if d < 0 else "0") for d, low in zip(row.deltas, row.lows))
+
+    return pd.DataFrame([{
+        "expert": r.model, "domain tasks": ", ".join(t.removeprefix("mini_") for t in r.tasks),
+        "Δ vs base": f"{r.pooled[0]:+.3f} [{r.pooled[1]:+.3f}, {r.pooled[2]:+.3f}]" if r.pooled
+        else f"{r.deltas[0]:+.3f} (1 zoo)",
+        "replicates above": f"{sum(low > 0 for low in r.lows)}/{len(r.lows)} ({signs(r)})",
+        "smallest Δ": f"{min(r.deltas):+.3f}",
+        "verdict": "above on every replicate" if r.above_on_every_replicate else "NOT above on every replicate",
+    } for r in rows])
+
+
+def relative_distance(model_dir, base_dir) -> float:
+    """||theta - theta_base|| / ||theta_base|| over every weight the two share, nan if shapes differ."""
+    from safetensors.torch import load_file
+
+    model, base = load_file(model_dir / "model.safetensors"), load_file(base_dir / "model.safetensors")
+    if set(model) != set(base) or any(model[k].shape != base[k].shape for k in base):
+        return math.nan
+    diff = sum(float((model[k].double() - base[k].double()).pow(2).sum()) for k in base)
+    norm = sum(float(base[k].double().pow(2).sum()) for k in base)
+    return math.sqrt(diff / norm)
+
+
+def weight_checks(size: str, replicates: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per replicate built here: the relative distances, and the recipe's families."""
+    from glue_bench.merge.engine import TensorSource
+    from glue_bench.mixture.recipe import families
+    from glue_bench.select.cluster import THRESHOLD
+    from glue_bench.zoo import local_dir, resolve_zoo, zoo_config
+    from glue_bench.zoo.mini.build import model_dir
+
+    distances, clusters = [], []
+    ordinary = next(m for m in DOMAIN_EXPERTS if m not in (*FAR_TRAINED, *OTHER_INIT))
+    for r in replicates:
+        refs, base = resolve_zoo({**zoo_config(ZOO), "replicate": r}, size)
+        if not all(model_dir(m.name, size, r).exists() for m in [base, *refs]):
+            clusters.append({"replicate": r, "families": "(not built here: python -m glue_bench.zoo.mini.build "
+                                                         f"--size {size} --replicate {r} {ZOO})"})
+            continue
+        for name in (ordinary, *OTHER_INIT, *FAR_TRAINED):
+            distances.append({"replicate": r, "model": name,
+                              "distance": relative_distance(model_dir(name, size, r), model_dir("base", size, r))})
+        groups = families(refs, {m.name: TensorSource(m.name, local_dir(m)) for m in refs}, THRESHOLD, "threshold")
+        family_of = {m.name: i for i, g in enumerate(groups) for m in g}
+        apart = [n for n in (*OTHER_INIT, *OTHER_ARCHITECTURE) if family_of[n] != family_of[ordinary]]
+        clusters.append({"replicate": r, "families": " | ".join(", ".join(m.name for m in g) for g in groups),
+                         "set apart": f"{len(apart)}/{len(OTHER_INIT) + len(OTHER_ARCHITECTURE)}"})
+    return pd.DataFrame(distances), pd.DataFrame(clusters)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="results/store/results.sqlite", help="a store or an evidence archive")
+    parser.add_argument("--size", default="mini", help="the mini-zoo size (mini or micro)")
+    args = parser.parse_args(argv)
+    try:
+        df = read_results(args.results)
+    except Exception as err:  # a missing or foreign file: one line naming it
+        sys.exit(f"glue_bench.phenomena: error: {args.results}: {err}")
+    jobs = single_jobs(df, args.size)
+    if ("base", 0) not in jobs and not any(name == "base" for name, _ in jobs):
+        sys.exit(f"glue_bench.phenomena: error: {args.results} holds no evaluation of the {args.size} zoo's base; "
+                 "run: python -m glue_bench -m experiment=zoo_phenomena")
+    replicates = sorted({r for name, r in jobs if name == "base"})
+    print(f"== the mini zoo ({args.size} size): its phenomena, replicates {', '.join(map(str, replicates))}")
+    print("\n1. each domain expert against the base on its domain's tasks (paired, mean of task means; "
+          "across replicates: random effects, 95 %; a replicate is above when its items-only 95 % interval is)")
+    print(expert_table(expert_rows(Evidence.of(args.results), jobs)).to_string(index=False))
+    distances, clusters = weight_checks(args.size, replicates)
+    if not distances.empty:
+        print("\n2. ||theta - theta_base|| / ||theta_base|| (median over replicates, [min, max])")
+        summary = distances.groupby("model", sort=False)["distance"].agg(["median", "min", "max"])
+        print(summary.apply(lambda s: f"{s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}]", axis=1).to_string())
+    print(f"\n3. the recipe's families (study's rule, threshold 0.95); set apart: of {', '.join(OTHER_INIT + OTHER_ARCHITECTURE)}")
+    print(clusters.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
