@@ -30,6 +30,7 @@ import pandas as pd
 
 from glue_bench.evidence import Evidence
 from glue_bench.results import read_results
+from glue_bench.zoo import mini_key_parts
 from glue_bench.zoo.mini.data import TASK_DOMAIN
 from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, FAR_TRAINED, OTHER_ARCHITECTURE, OTHER_INIT
 
@@ -46,8 +47,8 @@ def single_jobs(df: pd.DataFrame, size: str) -> dict[tuple[str, int], str]:
     out = {}
     for row in singles.itertuples(index=False):
         key = json.loads(row.config).get("key", "") if isinstance(row.config, str) else ""
-        parts = key.split("/")  # mini-<version>/<size>[-r<replicate>]/<name>-<fingerprint>
-        if len(parts) == 3 and parts[0].startswith("mini-v") and parts[1].split("-r")[0] == size:
+        parts = mini_key_parts(key)
+        if parts and parts[1].split("-r")[0] == size:
             out[(row.candidate, int(row.replicate or 0))] = row.job_key
     return out
 

@@ -15,6 +15,7 @@ outcomes) is given; otherwise, and for jobs stored without outcomes, their inter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.evidence import Evidence
 from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
 from glue_bench.stats import wilson
-from glue_bench.zoo import ZooError, resolve_zoo, zoo_config
+from glue_bench.zoo import ZooError, mini_key_parts, resolve_zoo, zoo_config
 
 META = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "items", "config")
 
@@ -52,8 +53,9 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     built = primary[~single_rows & (primary["zoo"] == zoo) & of_replicate]
     refs, base = resolve_zoo({**(zoo_cfg or zoo_config(zoo)), "replicate": replicate},
                              mini_size or table_mini_size(df, zoo))
-    zoo_models = _known([*refs, base])
     singles = primary[single_rows]
+    *refs, base = as_stored([*refs, base], set().union(*singles["config"].map(_ids)))
+    zoo_models = _known([*refs, base])
     singles = singles[[bool(_ids(c) & zoo_models) for c in singles["config"]]]
     rows = pd.concat([singles, built])
     if rows.empty:
@@ -83,6 +85,22 @@ def table_mini_size(df: pd.DataFrame, zoo: str) -> str:
     configs = df.loc[(df["zoo"] == zoo) & (df["method"] != "none"), "config"].dropna().unique()
     sizes = {json.loads(c).get("mini_size") for c in configs} - {None}
     return sizes.pop() if len(sizes) == 1 else os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
+
+
+def as_stored(refs: list, stored: set[str]) -> list:
+    """The zoo's refs as the store knows them. A mini-zoo model's key names the zoo version and its
+    recipe's fingerprint, which change with the code: a store (an evidence archive) made at another
+    version holds none of today's keys. Then each mini model is the one stored single of its size,
+    replicate and name, where the store holds exactly one for each and all of one version (one
+    build of the zoo); otherwise today's keys stay, so that a store holding today's build (or two
+    builds) is read as today's."""
+    if any(r.key in stored for r in refs) or not all(r.source == "mini" for r in refs):
+        return refs
+    parsed = {k: mini_key_parts(k) for k in stored}
+    found = [{k for k, p in parsed.items() if p and p[1:] == mini_key_parts(r.key)[1:]} for r in refs]
+    if any(len(keys) != 1 for keys in found) or len({parsed[next(iter(k))][0] for k in found}) != 1:
+        return refs
+    return [dataclasses.replace(r, key=next(iter(keys))) for r, keys in zip(refs, found)]
 
 
 def _known(refs: list) -> set[str]:

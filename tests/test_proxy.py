@@ -27,7 +27,7 @@ def test_draw_is_seeded_sized_and_disjoint_from_the_final_items(tasks_dir):
     with pytest.raises(EvalError, match="proxy size must be >= 1"):
         ProxySet.draw(tasks_dir, tasks, size=0)
     with pytest.raises(EvalError, match=r"would leave no final test items for mini_mmlu \(200 items\)"):
-        ProxySet.draw(tasks_dir, ["mini_humaneval", "mini_mmlu"], size=200)  # humaneval has 400: mmlu is named
+        ProxySet.draw(tasks_dir, ["mini_arc", "mini_mmlu"], size=200)  # arc has 400: mmlu is named
 
 
 def test_score_is_the_mean_primary_metric_on_exactly_the_proxy_documents(tasks_dir):

@@ -261,3 +261,19 @@ def test_a_task_with_no_success_gets_wilsons_interval_not_zero_plus_minus_zero(t
     assert table.loc["chat_a", "arc low"] == 0 and table.loc["chat_a", "arc high"] == pytest.approx(z2 / (400 + z2))
     text = format_table(table, "mini2")
     assert "0.000 [0.000, 0.010]" in text and "0.000 ± 0.000" not in text
+
+
+def test_a_store_of_another_zoo_version_is_read_as_the_build_it_holds():
+    """An evidence archive made at an older mini-zoo version holds none of today's keys: each model
+    is then the one stored build of its size, replicate and name; never a mix of builds."""
+    from glue_bench.study import as_stored
+
+    refs = [model_ref(m, "mini", "micro", 1) for m in ("base", "chat_a")]
+    old = {"mini-v1/micro-r1/base-aaaa", "mini-v1/micro-r1/chat_a-bbbb", "mini-v1/micro/chat_a-cccc", "hub:x"}
+    assert [r.key for r in as_stored(refs, old)] == ["mini-v1/micro-r1/base-aaaa", "mini-v1/micro-r1/chat_a-bbbb"]
+    today = [r.key for r in refs]
+    assert [r.key for r in as_stored(refs, old | {today[0]})] == today       # today's build is stored: today's
+    assert [r.key for r in as_stored(refs, old | {"mini-v1/micro-r1/base-dddd"})] == today  # two builds of base
+    mixed = {"mini-v1/micro-r1/base-aaaa", "mini-v0/micro-r1/chat_a-bbbb"}
+    assert [r.key for r in as_stored(refs, mixed)] == today                  # two versions: not one build
+    assert [r.key for r in as_stored(refs, {"mini-v1/micro-r1/base-aaaa"})] == today  # chat_a not stored

@@ -90,6 +90,15 @@ def model_ref(entry: str | dict, source: str, mini_size: str = "mini", replicate
     return ModelRef(entry, "hub", entry, key=f"hub:{entry}")
 
 
+def mini_key_parts(key: str) -> tuple[str, str, str] | None:
+    """(version, size[-r<replicate>], name) of a mini-zoo model's key, as `model_ref` writes it:
+    mini-<version>/<size>[-r<replicate>]/<name>-<fingerprint>; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[0].startswith("mini-v"):
+        return None
+    return parts[0].removeprefix("mini-"), parts[1], parts[2].rsplit("-", 1)[0]
+
+
 def resolve_zoo(config: dict, mini_size: str = "mini") -> tuple[list[ModelRef], ModelRef]:
     """A zoo's members and base, from its config (`zoo_config(name)`, or a composed one), at the
     config's replicate."""
