@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from glue_bench.costs import measuring
 from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
 from glue_bench.provenance import machine_facts, ref_fingerprint
@@ -120,8 +121,9 @@ class Job:
             start = time.perf_counter()
             model, tok = load_model(ref, self.eval_cfg.device), load_tokenizer(ref)
             load_s = time.perf_counter() - start
-            rows, stats = evaluate_model(model, tok, self.tasks_dir, self.eval_cfg,
-                                         samples=items.samples if items else None, add_bos_token=bos)
+            with measuring(kind="single"):
+                rows, stats = evaluate_model(model, tok, self.tasks_dir, self.eval_cfg,
+                                             samples=items.samples if items else None, add_bos_token=bos)
             self.store.append_job(key, [{**self.common, **r, "candidate": ref.name, "method": "none",
                                          "strategy": "none", "mixture": "none", "router": "none", "models": ref.name,
                                          "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],

@@ -3,6 +3,7 @@
     python -m glue_bench.reproduce                     # the mini zoo: hours on 2 CPU cores
     GLUE_BENCH_MINI_SIZE=micro python -m glue_bench.reproduce --quick   # CI: minutes
     python -m glue_bench.reproduce --replicates 3      # every sweep on replicate zoos 0, 1, 2
+    python -m glue_bench.reproduce --plan --replicates 5   # what that would cost here; runs nothing
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
 (jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
@@ -10,7 +11,9 @@ the study tables to <out>/tables and notebooks/study_figures.ipynb draws the fig
 <out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
 router training): it checks that everything builds, not what the study found. --replicates N
 sweeps every preset over the mini zoo's replicates 0..N-1 (independent builds: the findings
-are then pooled over them and say on how many they hold).
+are then pooled over them and say on how many they hold). Every run first prints its plan (the
+jobs, evaluations and items of each preset and the minutes they take here, from the per-item costs
+this machine measured: glue_bench.plan), and keeps each preset's measured time beside those costs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from glue_bench.costs import record_preset
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "heuristic_evolution",
@@ -60,7 +65,9 @@ def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path
     if done.returncode != 0:
         raise SystemExit(f"reproduce: preset {preset} failed (exit {done.returncode}); its finished jobs are kept "
                          "in the store, rerun to resume")
-    print(f"[reproduce] {preset}: {time.perf_counter() - start:.0f} s", flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"[reproduce] {preset}: {elapsed:.0f} s", flush=True)
+    record_preset(preset, overrides, elapsed)
 
 
 def run_notebook(results: Path, figures: Path) -> None:
@@ -88,14 +95,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-figures", action="store_true", help="skip the notebook")
     parser.add_argument("--replicates", type=int, default=1, metavar="N",
                         help="sweep the mini zoo's replicates 0..N-1 (default: %(default)s, replicate 0 alone)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
     args = parser.parse_args(argv)
     if args.replicates < 1:
         parser.error(f"--replicates must be at least 1, got {args.replicates}")
     results = args.results.resolve()
     replicates = [f"zoo.replicate={','.join(map(str, range(args.replicates)))}"] if args.replicates > 1 else []
-    for preset in args.presets:
-        for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]]):
-            run_preset(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates, results, args.hydra_dir)
+    sweeps = [(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates) for preset in args.presets
+              for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]])]
+    from glue_bench.plan import plan, print_plan
+
+    size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
+    print(f"plan: mini size {size}, {args.replicates} replicate(s), store {results}")
+    planned = print_plan([p for preset, overrides in sweeps for p in plan([preset], overrides, results)], size)
+    if args.plan:
+        return
+    start = time.perf_counter()
+    for done, (preset, overrides) in enumerate(sweeps, 1):
+        run_preset(preset, overrides, results, args.hydra_dir)
+        print(f"[reproduce] {done}/{len(sweeps)} sweeps, {(time.perf_counter() - start) / 60:.1f} min "
+              f"(planned {planned / 60:.1f} min in all)", flush=True)
 
     from glue_bench.tables import main as tables
 

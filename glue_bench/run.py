@@ -12,6 +12,7 @@ import json
 
 from omegaconf import DictConfig
 
+from glue_bench.costs import cost_kind, cost_size, measuring
 from glue_bench.evaluate import evaluate_lm
 from glue_bench.job import Job, log
 from glue_bench.kinds import AlsoJudged, Candidate, kind_for
@@ -27,6 +28,11 @@ def run_job(cfg: DictConfig) -> dict:
     job.store.check_writable()                 # a read-only store fails now, not after the work
     kind.check(job)                            # bad parameters fail before any model is read
     job.prepare()
+    with measuring(size=cost_size(cfg), kind=cost_kind(cfg, kind.name)):  # what evaluations cost here, kept (glue_bench.costs)
+        return _run(cfg, kind, job)
+
+
+def _run(cfg: DictConfig, kind, job: Job) -> dict:
     # the single models (and the base, for reference) on the whole test split: one job each,
     # shared by every zoo and sweep
     job.evaluate_singles()

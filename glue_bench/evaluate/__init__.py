@@ -184,6 +184,8 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    from glue_bench.costs import RequestTimer
+    from glue_bench.costs import record as record_cost
     from glue_bench.evaluate.prepared import prepared
 
     tasks = selected_tasks(cfg)
@@ -195,10 +197,16 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
     subset = tuple((t, tuple(samples[t])) for t in tasks) if samples is not None else None
     tasks_prepared = prepared(Path(tasks_dir), tuple(tasks), cfg.limit, subset,
                               include_defaults=not set(tasks) <= shipped_tasks())
-    out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
+    timer = RequestTimer(lm)
+    try:
+        out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
+    finally:
+        timer.restore()
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
     outcomes = item_outcomes(out)
+    items = {t: len({o["doc_id"] for o in outcomes if o["task"] == t}) for t in tasks}
+    record_cost(items, timer.per_task(eval_s, items, set(CODE_TASKS)))
     return with_stderr(results_to_rows(out["results"]), outcomes), {"eval_s": eval_s, "tokens": tokens,
                                                                      "outcomes": outcomes}
 

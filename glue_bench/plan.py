@@ -1,0 +1,209 @@
+"""What a reproduction will cost on this machine, before it runs (`python -m glue_bench.reproduce --plan`).
+
+Each preset's sweep is expanded into its jobs (the preset's `hydra.sweeper.params` crossed with the
+command's overrides, as Hydra's basic sweeper does), each job into the evaluations it runs, and each
+evaluation priced from the per-item costs this machine measured (`glue_bench.costs`: medians by
+task, for the candidate's kind where one was measured). What a job evaluates:
+
+- every model of its zoo and the base once on the whole test split (shared by every job that
+  names them: counted once per plan);
+- a merge, mixture, ensemble or stack: the candidate once on the whole test split (an ensemble's
+  per-item cost is that of its kind, measured with every member answering);
+- a selective job (a heuristic, CMA-ES or both, the recipe's within-family searches): each model
+  on the proxy set, then one proxy evaluation per step of its search (heuristic average: one per
+  model after the first; coefficient and similarity: one per share of the grid; CMA-ES: n_trials),
+  then the singles, the merge of all and its candidate on the final items. The recipe's families
+  are known only once it has clustered: it is priced as one coefficient search over the whole zoo,
+  an upper bound.
+
+A job or a single already in the store is not counted (it will be skipped); a model not built here
+adds its training time as measured here (its builds' `train_seconds`), or the plan says it has none.
+Not counted: building merges and mixtures and training MLP routers (seconds each on the mini zoo).
+The figures are estimates from medians: the plan states what it assumed, and a task whose cost was
+never measured at that size is named rather than guessed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass
+class Evaluation:
+    what: str                  # cost kind: single, merge, mixture/ffn, selective...
+    items: dict[str, int]      # task -> items
+
+
+@dataclass
+class PresetPlan:
+    preset: str
+    jobs: int = 0
+    evaluations: list[Evaluation] = field(default_factory=list)
+    builds: dict[str, float | None] = field(default_factory=dict)  # zoo replicate -> build seconds
+
+    def items(self) -> int:
+        return sum(sum(e.items.values()) for e in self.evaluations)
+
+
+def sweep(preset: str, overrides: list[str]) -> list[list[str]]:
+    """The override lists of a preset's jobs, as `python -m glue_bench -m experiment=<preset> <overrides>` runs them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in given if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=[f"experiment={preset}", *fixed], return_hydra_config=True)
+    params = dict(hydra_cfg.hydra.sweeper.get("params") or {})
+    for override in given:  # the command's overrides win over the preset's own sweep of a key (prefix kept: ++key)
+        params.pop(override.key_or_group, None)
+        params[override.get_key_element()] = (",".join(override.sweep_string_iterator()) if override.is_sweep_override()
+                                         else override.get_value_element_as_str())
+    axes = []
+    for key, value in params.items():
+        parsed = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+        values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def compose_job(preset: str, job_overrides: list[str], results: Path) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={preset}", *job_overrides, f"results_path={results}"])
+
+
+def whole_split(cfg: DictConfig) -> dict[str, int]:
+    from glue_bench.zoo.mini.data import TEST_ITEMS
+
+    limit = cfg.eval.limit  # a task of lm-eval's registry: its size is not known here, so only the limit counts
+    return {t: min(n for n in (TEST_ITEMS.get(t), limit) if n is not None) if (t in TEST_ITEMS or limit) else 0
+            for t in cfg.eval.tasks}
+
+
+def search_steps(search: dict, n_models: int) -> int:
+    """Proxy evaluations of merges one search runs (its singles' proxy scores apart)."""
+    target = str(search.get("_target_", ""))
+    if target.endswith("WarmStarted"):
+        return search_steps(search["heuristic"], n_models) + search_steps(search["evolutionary"], n_models)
+    if target.endswith("Evolutionary"):
+        return int(search.get("n_trials", 200))
+    grid = search.get("grid") or (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    return (n_models - 1) * (1 if search.get("kind", "average") == "average" else len(grid))
+
+
+def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], list[Evaluation]]:
+    """(singles as (identity, evaluation), the job's own evaluations) for one job (`glue_bench.job.Job`)."""
+    from glue_bench.costs import cost_kind
+
+    cfg = job.cfg
+    whole = whole_split(cfg)
+    members = job.members or job.refs
+    singles = [((ref.key, json.dumps(whole, sort_keys=True)), Evaluation("single", whole)) for ref in [job.base, *job.refs]]
+    if kind not in ("selective", "recipe"):
+        return singles, [Evaluation(cost_kind(cfg, kind), whole)]
+    size = int(cfg.strategy.proxy.size)
+    proxy = {t: min(size, n) for t, n in whole.items()}
+    final = {t: n - proxy[t] for t, n in whole.items()}
+    search = OmegaConf.to_container(cfg.strategy.search, resolve=True)
+    steps = search_steps(search, len(members))
+    own = [Evaluation("single", proxy) for _ in members] + [Evaluation(kind, proxy) for _ in range(steps)]
+    own += [Evaluation("single", final) for _ in [job.base, *job.refs]] + [Evaluation(kind, final)] * 2
+    return singles, own
+
+
+def plan(presets: list[str], overrides: list[str], results: Path) -> list[PresetPlan]:
+    from glue_bench.job import Job
+    from glue_bench.kinds import kind_for
+
+    seen_singles: set = set()
+    built: dict[tuple[str, int], set[str]] = {}  # models whose build is counted already
+    plans = []
+    for preset in presets:
+        p = PresetPlan(preset)
+        for job_overrides in sweep(preset, overrides):
+            cfg = compose_job(preset, job_overrides, results)
+            kind = kind_for(cfg)
+            job = Job.from_config(cfg, unused=kind.unused(cfg))
+            singles, own = job_evaluations(job, kind.name)
+            for identity, evaluation in singles:
+                if identity not in seen_singles:
+                    seen_singles.add(identity)
+                    p.evaluations.append(evaluation)
+            if kind.nothing_to_build(cfg) or job.store.has_job(job.key):
+                continue
+            p.jobs += 1
+            p.evaluations += own
+            if cfg.zoo.source == "mini":
+                needed = built.setdefault((cfg.mini_size, job.replicate), set())
+                new = {r.name for r in [job.base, *job.refs]} - needed
+                if new:
+                    needed |= new
+                    cost = build_seconds(cfg.mini_size, job.replicate, sorted(new))
+                    where = f"{cfg.mini_size} r{job.replicate}"
+                    p.builds[where] = None if cost is None or p.builds.get(where, 0.0) is None else p.builds.get(where, 0.0) + cost
+        plans.append(p)
+    return plans
+
+
+def build_seconds(size: str, replicate: int, models: list[str]) -> float | None:
+    """Training seconds of the models (and their parents) not built at this replicate here: per
+    model the median of its builds here at this size (any replicate, any zoo version); None when
+    one of them was never built here."""
+    import statistics
+
+    from glue_bench.zoo.mini.build import model_dir, size_dir
+    from glue_bench.zoo.mini.spec import lineage
+
+    missing = {m for name in models for m in lineage(name) if not model_dir(m, size, replicate).exists()}
+    timed: dict[str, list[float]] = {}
+    for card in size_dir(size, 0).parents[1].glob(f"mini-*/{size}*/models/*/glue_bench_recipe.json"):
+        try:
+            timed.setdefault(card.parent.name.rsplit("-", 1)[0], []).append(float(json.loads(card.read_text())["train_seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if any(m not in timed for m in missing):
+        return None
+    return sum(statistics.median(timed[m]) for m in missing)
+
+
+def seconds(plans: list[PresetPlan], size: str) -> tuple[dict[str, float], set[str]]:
+    """Per preset its estimated seconds from this machine's per-item costs, and the tasks never measured."""
+    from glue_bench.costs import per_item_costs
+
+    out, unmeasured = {}, set()
+    for p in plans:
+        total = sum(b or 0.0 for b in p.builds.values())
+        for e in p.evaluations:
+            costs = per_item_costs(size, e.what)
+            unmeasured |= {t for t in e.items if t not in costs}
+            total += sum(n * costs.get(t, 0.0) for t, n in e.items.items())
+        out[p.preset] = total
+    return out, unmeasured
+
+
+def print_plan(plans: list[PresetPlan], size: str) -> float:
+    """The plan as a table; returns the total seconds."""
+    estimated, unmeasured = seconds(plans, size)
+    print(f"{'preset':<22}{'jobs':>6}{'evaluations':>13}{'items':>10}{'builds':>8}{'minutes':>9}")
+    for p in plans:
+        print(f"{p.preset:<22}{p.jobs:>6}{len(p.evaluations):>13}{p.items():>10}"
+              f"{sum(1 for b in p.builds.values() if b):>8}{estimated[p.preset] / 60:>9.1f}")
+    total = sum(estimated.values())
+    print(f"{'total':<22}{sum(p.jobs for p in plans):>6}{sum(len(p.evaluations) for p in plans):>13}"
+          f"{sum(p.items() for p in plans):>10}{'':>8}{total / 60:>9.1f}")
+    unbuilt = sorted({r for p in plans for r, b in p.builds.items() if b is None})
+    if unbuilt:
+        print(f"not counted: building {', '.join(unbuilt)} (no build of this size was timed here)")
+    if unmeasured:
+        print(f"not counted: {', '.join(sorted(unmeasured))} (no evaluation at size {size} measured here yet: "
+              "run any job of that size, e.g. `python -m glue_bench zoo=mini2 method=linear`)")
+    return total

@@ -1,0 +1,93 @@
+"""`reproduce --plan`: the sweeps expanded as Hydra expands them, each job's evaluations counted by
+hand, priced from a costs file written here."""
+
+import json
+
+import pytest
+
+from glue_bench.plan import Evaluation, PresetPlan, plan, search_steps, seconds, sweep
+
+
+def test_a_preset_s_sweep_is_crossed_with_the_command_s_overrides():
+    jobs = sweep("method_evolution", ["zoo.replicate=0,1,2", "eval.limit=5"])
+    # the preset sweeps method over six merges on mini8; three replicates; a fixed override rides along
+    assert len(jobs) == 6 * 3
+    assert all("eval.limit=5" in j and "zoo=mini8" in j for j in jobs)
+    assert {j[1] for j in jobs} >= {"method=linear", "method=ramplus_tl"}
+    zoos = {o for job in sweep("method_evolution", ["zoo=mini4,mini2"]) for o in job if o.startswith("zoo=")}
+    assert zoos == {"zoo=mini4", "zoo=mini2"}  # the command's sweep wins over the preset's mini8
+
+
+def test_search_steps_count_what_each_search_evaluates():
+    assert search_steps({"_target_": "glue_bench.select.evolutionary.Evolutionary", "n_trials": 30}, 8) == 30
+    assert search_steps({"_target_": "glue_bench.select.heuristic.Heuristic", "kind": "average"}, 8) == 7
+    assert search_steps({"_target_": "glue_bench.select.heuristic.Heuristic", "kind": "coefficient"}, 8) == 7 * 9
+    assert search_steps({"_target_": "glue_bench.select.heuristic.Heuristic", "kind": "similarity",
+                         "grid": [0.3, 0.7]}, 4) == 3 * 2
+    warm = {"_target_": "glue_bench.select.evolutionary.WarmStarted",
+            "heuristic": {"_target_": "glue_bench.select.heuristic.Heuristic", "kind": "coefficient", "grid": [0.5]},
+            "evolutionary": {"_target_": "glue_bench.select.evolutionary.Evolutionary", "n_trials": 10}}
+    assert search_steps(warm, 4) == 3 + 10
+
+
+def test_a_merge_job_is_its_zoo_s_singles_once_and_itself_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))  # nothing built: nothing skipped
+    plans = plan(["merge_methods"], ["zoo=mini2", "method=linear,ties", "eval.limit=7"], tmp_path / "r.sqlite")
+    (p,) = plans
+    assert p.jobs == 2
+    # mini2 is two models and the base: three singles, counted once for both jobs, then one evaluation a job
+    assert [e.what for e in p.evaluations] == ["single"] * 3 + ["merge"] * 2
+    assert all(e.items == dict.fromkeys(e.items, 7) and len(e.items) == 6 for e in p.evaluations)
+    assert p.builds == {"mini r0": None}  # never built here: no time to count, and the plan says so
+
+
+def test_minutes_are_items_times_the_measured_median_cost(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
+    lines = [{"size": "micro", "kind": "merge", "per_item": {"mini_arc": c}} for c in (0.1, 0.3, 0.2)]
+    lines += [{"size": "micro", "kind": "single", "per_item": {"mini_arc": 1.0}},
+              {"size": "mini", "kind": "merge", "per_item": {"mini_arc": 9.0}},
+              {"preset": "merge_methods", "size": "micro", "seconds": 99.0}]
+    (tmp_path / "costs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "not json\n")
+    p = PresetPlan("x", 1, [Evaluation("merge", {"mini_arc": 10}), Evaluation("single", {"mini_arc": 2}),
+                            Evaluation("merge", {"mini_gsm8k": 5})], {"micro r1": 30.0})
+    estimated, unmeasured = seconds([p], "micro")
+    assert estimated["x"] == pytest.approx(10 * 0.2 + 2 * 1.0 + 30.0)  # the median 0.2, not the mean or mini's
+    assert unmeasured == {"mini_gsm8k"}
+
+
+def test_a_request_call_s_time_is_shared_by_characters_and_the_rest_goes_to_the_code_tasks():
+    from types import SimpleNamespace
+
+    from glue_bench.costs import RequestTimer
+
+    class LM:
+        def loglikelihood(self, requests):
+            return [(0.0, True)] * len(requests)
+
+    lm = LM()
+    timer = RequestTimer(lm)
+    arc = SimpleNamespace(task_name="mini_arc", args=("abc", "d"))          # 4 characters + 1
+    mbpp = SimpleNamespace(task_name="mini_mbpp", args=("abcdefghi",))      # 9 characters + 1
+    lm.loglikelihood([arc, arc, mbpp])
+    timer.calls = [(12.0, timer.calls[0][1])]                               # the call took 12 s
+    timer.restore()
+    assert "loglikelihood" not in vars(lm)
+    shares = timer.per_task(20.0, {"mini_arc": 2, "mini_mbpp": 1}, {"mini_mbpp"})
+    assert shares == pytest.approx({"mini_arc": 12.0 * 10 / 20, "mini_mbpp": 12.0 * 10 / 20 + 8.0})
+
+
+def test_reproduce_plan_prints_the_table_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    from glue_bench.reproduce import main
+
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))
+    main(["--plan", "--presets", "mixture_levels", "--replicates", "2", "--results", str(tmp_path / "r.sqlite")])
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.startswith("mixture_levels"))
+    assert row[1] == "12"  # mini2 and mini4, three levels, two replicates
+    assert "not counted: building mini r0, mini r1" in out and "no evaluation at size mini measured" in out
+    assert not (tmp_path / "cache" / "costs.jsonl").exists()
+
+
+def test_quick_s_forced_keys_keep_their_prefix():
+    (job,) = sweep("recipe", ["++strategy.search.kind=average", "++strategy.proxy.size=5"])
+    assert job == ["++strategy.search.kind=average", "++strategy.proxy.size=5"]
