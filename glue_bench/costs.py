@@ -96,11 +96,9 @@ class RequestTimer:
         return seconds
 
 
-def record(items: dict[str, int], seconds: dict[str, float]) -> None:
-    """Append one evaluation's cost per item and task (a failure to write is not the job's)."""
-    import torch
-
-    _append({**_context, "threads": torch.get_num_threads(), "time": round(time.time()),
+def record(items: dict[str, int], seconds: dict[str, float], threads: int) -> None:
+    """Append one evaluation's cost per item and task on `threads` torch threads (a failure to write is not the job's)."""
+    _append({**_context, "threads": threads, "time": round(time.time()),
              "per_item": {t: seconds[t] / items[t] for t in items if items[t]}, "items": items})
 
 

@@ -20,14 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from glue_bench.costs import measuring
 from glue_bench.errors import JobError
-from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
+from glue_bench.evaluate import EvalConfig, eval_threads, evaluate_model, render_tasks
 from glue_bench.provenance import machine_facts, ref_fingerprint
 from glue_bench.results import ResultStore
 from glue_bench.zoo import ModelRef, add_bos_token, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
 
 # config keys that do not change a job's scores, so they stay out of its key
 _NOT_IN_KEY = ("results_path", "force", "save", "print_table")
-_NOT_IN_EVAL_KEY = ("batch_size",)
+_NOT_IN_EVAL_KEY = ("batch_size", "threads")  # how fast, not what is scored
 
 
 def job_key(payload: dict) -> str:
@@ -78,7 +78,8 @@ class Job:
         payload["eval"] = eval_payload(cfg)
         payload["models"] = [r.key for r in refs]
         common = {"zoo": cfg.zoo.name, "strategy": cfg.strategy.name, "mixture": cfg.mixture.name,
-                  "router": cfg.router.name, "replicate": replicate, **_provenance(eval_cfg.device)}
+                  "router": cfg.router.name, "replicate": replicate,
+                  **_provenance(eval_cfg.device, eval_threads(eval_cfg.threads))}
         return cls(cfg, store, eval_cfg, refs, base, selected_members(cfg, refs), payload, job_key(payload), common,
                    replicate=replicate)
 
@@ -166,14 +167,14 @@ def selected_members(cfg: DictConfig, refs: list[ModelRef]) -> list[ModelRef]:
     return [by_name[m] for m in wanted]
 
 
-def _provenance(device: str) -> dict:
+def _provenance(device: str, threads: int) -> dict:
     versions = {p: _version(p) for p in ("glue_bench", "torch", "transformers", "lm_eval")}
     try:  # stderr captured: outside a git checkout git's "fatal: not a git repository" is no news
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"versions": json.dumps(versions), "git_commit": commit, "machine": machine_facts(device)}
+    return {"versions": json.dumps(versions), "git_commit": commit, "machine": machine_facts(device, threads)}
 
 
 def _version(package: str) -> str | None:

@@ -23,15 +23,16 @@ _HEX = 16            # characters kept of a sha256
 _CHUNK = 1 << 20     # bytes read at a time when hashing files
 
 
-def machine_facts(device: str = "cpu") -> str:
-    """The facts as one JSON string (what the store's `machine` column holds)."""
-    return json.dumps(_machine(device), sort_keys=True)
+def machine_facts(device: str = "cpu", threads: int | None = None) -> str:
+    """The facts as one JSON string (what the store's `machine` column holds); `threads`: those the
+    evaluation runs on (glue_bench.evaluate.eval_threads), else torch's own setting."""
+    return json.dumps({**_machine(device), "threads": threads or torch.get_num_threads()}, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=None)  # once per process and device: torch's answers do not change
 def _machine(device: str) -> dict:
     facts = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "blas": _blas(torch.__config__.show()), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+             "blas": _blas(torch.__config__.show()), "cpu": _cpu_model(),
              "machine": platform.machine(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         facts |= {"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda}

@@ -42,6 +42,7 @@ CASES = [
     ("eval-limit-zero", ["eval.limit=0"], "eval.limit=0: expected null (the whole test split) or a positive integer"),
     ("eval-limit-negative", ["eval.limit=-3"], "eval.limit=-3"),
     ("eval-limit-text", ["eval.limit=abc"], "eval.limit='abc'"),
+    ("eval-threads-zero", ["eval.threads=0"], "eval.threads=0: expected null (one fewer than the cores) or a positive integer"),
     ("eval-limit-fraction", ["eval.limit=0.5"], "eval.limit=0.5"),
     ("eval-tasks-empty", ["eval.tasks=[]"], "eval.tasks=[]: expected a non-empty list of task names"),
     ("eval-tasks-not-a-list", ["eval.tasks=mini_arc"], "eval.tasks='mini_arc': expected a non-empty list"),

@@ -159,3 +159,20 @@ def test_prepared_tasks_score_every_kind_of_lm_exactly_as_simple_evaluate(tasks_
     # the kinds answer differently (log-likelihoods), so equal answers are not one cached answer;
     # on a few items two mixtures may route alike
     assert len(seen) >= 4
+
+
+def test_an_evaluation_runs_on_its_threads_and_torch_keeps_its_own_after(monkeypatch):
+    import os
+
+    import torch
+
+    from glue_bench.evaluate import eval_threads, evaluating_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert eval_threads(None) == 2 and eval_threads(5) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert eval_threads(None) == 1
+    before = torch.get_num_threads()
+    with evaluating_threads(None):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import math
 import os
+import contextlib
 import re
 import tempfile
 import time
@@ -46,6 +47,30 @@ class EvalConfig:
     # tokenizer_config.json, come first (`zoo.add_bos_token`); the mini zoo, trained with BOS as
     # Llama is, says nothing, so it takes this. Merged and layered candidates take this too.
     add_bos_token: bool = True
+    # torch threads while evaluating; None: one fewer than this process's cores, at least 1 (`eval_threads`)
+    threads: int | None = None
+
+
+def eval_threads(threads: int | None = None) -> int:
+    """The torch threads an evaluation runs on: `eval.threads`, else one fewer than this process's
+    cores (at least 1). Torch's OpenMP threads spin while they wait, so a thread per core collapses
+    beside any other work, the sandbox's generated programs included: on 2 cores, beside one busy
+    core, 2 threads scored a mini-shaped model 2.8x and generated 3.4x slower than quiet, 1 thread
+    1.9x and 0.9x; quiet, 1 thread scored 1.8x slower and generated as fast (benchmarks/busy_bench.py)."""
+    return threads if threads is not None else max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+@contextlib.contextmanager
+def evaluating_threads(threads: int | None):
+    """torch on `eval_threads(threads)` threads inside, its own setting again after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(eval_threads(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
@@ -61,6 +86,7 @@ def eval_config(settings: dict) -> EvalConfig:
     _check_tasks(cfg.tasks)
     _check_count("eval.limit", cfg.limit, "null (the whole test split) or ")
     _check_count("eval.batch_size", cfg.batch_size, "")
+    _check_count("eval.threads", cfg.threads, "null (one fewer than the cores) or ")
     _check_device(cfg.device)
     for name in ("allow_code_execution", "add_bos_token"):
         if not isinstance(getattr(cfg, name), bool):
@@ -199,14 +225,15 @@ def evaluate_lm(lm, tasks_dir: str | os.PathLike, cfg: EvalConfig, samples: dict
                               include_defaults=not set(tasks) <= shipped_tasks())
     timer = RequestTimer(lm)
     try:
-        out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
+        with evaluating_threads(cfg.threads):
+            out = tasks_prepared.evaluate(lm, cfg.allow_code_execution)
     finally:
         timer.restore()
     eval_s = time.perf_counter() - start
     tokens = _count_tokens(out, tokenizer) if tokenizer is not None else None
     outcomes = item_outcomes(out)
     items = {t: len({o["doc_id"] for o in outcomes if o["task"] == t}) for t in tasks}
-    record_cost(items, timer.per_task(eval_s, items, set(CODE_TASKS)))
+    record_cost(items, timer.per_task(eval_s, items, set(CODE_TASKS)), eval_threads(cfg.threads))
     return with_stderr(results_to_rows(out["results"]), outcomes), {"eval_s": eval_s, "tokens": tokens,
                                                                      "outcomes": outcomes}
 
