@@ -265,9 +265,11 @@ class ResultStore:
                              rows[["job_key", "finished_at"]].drop_duplicates("job_key").itertuples(index=False))
         return store
 
-    def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = ()) -> bool:
+    def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = (), *, replace: bool = False) -> bool:
         """Insert all rows of one job, and its per-item outcomes ({task, metric, doc_id, value}),
-        atomically and mark it done; False if it already was."""
+        atomically and mark it done; False if it already was. `replace`: a job already stored is
+        replaced in the same transaction (force=true), so a kill or a lock at any moment leaves
+        either the old job or the new one, never neither."""
         values = [self._clean(job_key, i, r) for i, r in enumerate(rows)]  # validate before writing
         outcomes = [self._clean_outcome(job_key, i, outcome) for i, outcome in enumerate(outcomes)]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -275,7 +277,10 @@ class ResultStore:
         sql = f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone():
-                return False
+                if not replace:
+                    return False
+                for table in ("items", "results", "jobs"):
+                    conn.execute(f"DELETE FROM {table} WHERE job_key = ?", (job_key,))
             for i, v in enumerate(values):
                 conn.execute(sql, (job_key, *v, now))
                 if _after_row_insert is not None:
@@ -298,12 +303,6 @@ class ResultStore:
         with self._connect() as conn:
             return pd.read_sql_query("SELECT task, metric, doc_id, value FROM items WHERE job_key = ? "
                                      "ORDER BY task, metric, doc_id", conn, params=(job_key,))
-
-    def delete_job(self, job_key: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM items WHERE job_key = ?", (job_key,))
-            conn.execute("DELETE FROM results WHERE job_key = ?", (job_key,))
-            conn.execute("DELETE FROM jobs WHERE job_key = ?", (job_key,))
 
     def to_dataframe(self):
         import pandas as pd  # lazy: worker processes that only append need not import pandas

@@ -38,11 +38,9 @@ def _run(cfg: DictConfig, kind, job: Job) -> dict:
     job.evaluate_singles()
     if kind.nothing_to_build(cfg):
         return {"status": "singles", "job_key": None}
-    if job.store.has_job(job.key):
-        if not cfg.force:
-            log(f"job {job.key} already in the store; skipping (force=true re-runs it)")
-            return {"status": "skipped", "job_key": job.key}
-        job.store.delete_job(job.key)
+    if job.store.has_job(job.key) and not cfg.force:  # force=true: the stored job stays until its replacement lands
+        log(f"job {job.key} already in the store; skipping (force=true re-runs it)")
+        return {"status": "skipped", "job_key": job.key}
     return evaluate_and_store(job, kind.build(job))
 
 
@@ -64,7 +62,7 @@ def evaluate_and_store(job: Job, candidate: Candidate) -> dict:
                                     "build_s": candidate.build_s, "eval_s": stats["eval_s"],
                                     "items": items.label if items else None, "weights": weights, "config": config}
                                    for r in rows],
-                         outcomes=stats["outcomes"])
+                         outcomes=stats["outcomes"], replace=job.cfg.force)
     if job.cfg.save:
         _save(job, candidate)
     return {"status": "done", "job_key": job.key, "build_s": candidate.build_s, **candidate.summary, **details,

@@ -117,6 +117,27 @@ def test_killed_job_leaves_no_partial_rows_and_rerun_completes(run_cli, micro_ca
     assert rows_per_candidate >= 2 and (df.method == "linear").sum() == rows_per_candidate
 
 
+def test_a_forced_rerun_killed_before_its_rows_land_keeps_the_old_job(run_cli, micro_cache):
+    slow_eval = ["eval.tasks=[mini_arc,mini_gsm8k]", "eval.limit=200"]
+    assert run_cli("zoo=mini2", *slow_eval).returncode == 0
+    before = read_results(run_cli.results)
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
+           "GLUE_BENCH_RESULTS": str(run_cli.results)}
+    for sig in (signal.SIGTERM, signal.SIGINT):  # as in the killed-job test: while the new candidate is evaluated
+        proc = subprocess.Popen([sys.executable, "-m", "glue_bench", "zoo=mini2", *slow_eval, "force=true",
+                                 f"hydra.run.dir={run_cli.results.parent}/forced"], env=env, stderr=subprocess.PIPE,
+                                text=True)
+        for line in proc.stderr:
+            if "merging" in line:
+                proc.send_signal(sig)
+                break
+        assert proc.wait() != 0
+        after = read_results(run_cli.results)
+        cols = ["job_key", "task", "metric", "value"]
+        pd.testing.assert_frame_equal(after[cols].sort_values(cols).reset_index(drop=True),
+                                      before[cols].sort_values(cols).reset_index(drop=True))
+
+
 def test_force_replaces_a_job_without_duplicates(run_cli):
     assert run_cli("zoo=mini2", *FAST).returncode == 0
     before = read_results(run_cli.results)

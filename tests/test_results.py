@@ -161,15 +161,40 @@ def test_duplicate_task_metric_in_job_rolls_back(tmp_path):
     assert not store.has_job("j") and len(store.to_dataframe()) == 0
 
 
-def test_delete_job(tmp_path):
+def test_replace_swaps_a_job_s_rows_and_outcomes_in_one_go(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
-    store.append_job("a", make_rows("a", 4))
+    store.append_job("a", make_rows("a", 4), outcomes=_outcomes(5))
     store.append_job("b", make_rows("b", 2))
-    store.delete_job("a")
-    store.delete_job("never-existed")
-    assert store.job_keys() == {"b"} and not store.has_job("a")
-    assert set(store.to_dataframe().job_key) == {"b"}
-    assert store.append_job("a", make_rows("a", 1))  # force re-run can write it again
+    assert not store.append_job("a", make_rows("a", 1))  # stored: kept, unless replaced
+    assert store.append_job("a", make_rows("a", 1), outcomes=_outcomes(2), replace=True)
+    assert store.append_job("c", make_rows("c", 1), replace=True)  # nothing to replace: an append
+    df = store.to_dataframe()
+    assert df.groupby("job_key").size().to_dict() == {"a": 1, "b": 2, "c": 1}
+    assert store.job_outcomes("a").doc_id.tolist() == [0, 1] and store.job_keys() == {"a", "b", "c"}
+
+
+def _replace_then_hang(path, started):
+    def hook(i):
+        if i == 1:
+            started.set()
+            time.sleep(60)  # killed here: the old rows deleted and the new ones half written, uncommitted
+    results._after_row_insert = hook
+    ResultStore(path).append_job("victim", make_rows("victim", 5), replace=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_replacement_killed_midway_keeps_the_old_job(tmp_path, sig):
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    store.append_job("victim", make_rows("victim", 3), outcomes=_outcomes(4))
+    started = CTX.Event()
+    p = CTX.Process(target=_replace_then_hang, args=(path, started))
+    p.start()
+    assert started.wait(20)
+    os.kill(p.pid, sig)
+    p.join(10)
+    assert p.exitcode != 0
+    assert store.has_job("victim") and len(row_keys(path)) == 3 and len(store.job_outcomes("victim")) == 4
 
 
 def _older_store(path, lacking: tuple[str, ...]) -> None:
@@ -205,14 +230,14 @@ def _outcomes(n: int) -> list[dict]:
     return [dict(task="task0", metric="m0", doc_id=d, value=float(d % 2)) for d in range(n)]
 
 
-def test_per_item_outcomes_are_stored_with_their_job_and_deleted_with_it(tmp_path):
+def test_per_item_outcomes_are_stored_with_their_job_and_replaced_with_it(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     assert store.append_job("a", make_rows("a", 1), outcomes=_outcomes(5))
     got = store.job_outcomes("a")
     assert list(got.columns) == ["task", "metric", "doc_id", "value"]
     assert got.doc_id.tolist() == [0, 1, 2, 3, 4] and got.value.tolist() == [0, 1, 0, 1, 0]
     assert store.job_outcomes("b").empty
-    store.delete_job("a")
+    store.append_job("a", make_rows("a", 1), replace=True)
     assert store.job_outcomes("a").empty
 
 
