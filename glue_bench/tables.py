@@ -271,13 +271,15 @@ FINDINGS_LEGEND = ("measured: the first replicate zoo's scores. "
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print results tables from the glue_bench store and write "
-                                                 "the study's tables as Markdown, LaTeX and CSV.")
+    parser = argparse.ArgumentParser(description="Print results tables from the glue_bench store (or an evidence "
+                                                 "archive); with --out, write the study's tables as Markdown, "
+                                                 "LaTeX and CSV.")
     parser.add_argument("--results", default=os.environ.get("GLUE_BENCH_RESULTS", DEFAULT_RESULTS))
     parser.add_argument("--zoo", action="append", help="zoo(s) to print (default: all in the store)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="where the study tables go (default: %(default)s)")
-    parser.add_argument("--print-only", action="store_true",
-                        help="print the zoo tables, write no study tables (--archive still writes its file)")
+    parser.add_argument("--out", metavar="DIR",
+                        help=f"also write the study's tables into DIR as {', '.join(FORMATS)}, which then holds this "
+                             f"store's: a study table it has no rows for is removed from DIR (the committed ones: "
+                             f"--out {DEFAULT_OUT}). Without --out nothing is written")
     parser.add_argument("--archive", metavar="FILE.parquet",
                         help="also write the store's jobs and per-item outcomes as an evidence archive")
     args = parser.parse_args(argv)
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs = open_store(args.results).archive(args.archive)
         print(f"wrote the evidence of {jobs} jobs to {args.archive}")
     print_tables(args.results, zoos=args.zoo)
-    if not args.print_only:
+    if args.out:
         written = write_study_tables(args.results, args.out)
         names = sorted({p.stem for p in written})
         print(f"wrote {len(names)} study tables ({', '.join(FORMATS)}) to {args.out}: {', '.join(names)}")

@@ -277,3 +277,19 @@ def test_a_store_of_another_zoo_version_is_read_as_the_build_it_holds():
     mixed = {"mini-v1/micro-r1/base-aaaa", "mini-v0/micro-r1/chat_a-bbbb"}
     assert [r.key for r in as_stored(refs, mixed)] == today                  # two versions: not one build
     assert [r.key for r in as_stored(refs, {"mini-v1/micro-r1/base-aaaa"})] == today  # chat_a not stored
+
+
+def test_the_tables_command_writes_nothing_unless_told_where(store, tmp_path, monkeypatch, capsys):
+    from glue_bench.tables import main
+
+    store.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"strategy": {"models": None}})
+    monkeypatch.chdir(tmp_path)
+    committed = tmp_path / "results" / "tables"
+    committed.mkdir(parents=True)
+    (committed / "recipe.md").write_text("a committed table this store has no rows for")
+    main(["--results", str(store.path)])
+    assert "linear(mini2)" in capsys.readouterr().out
+    assert [p.name for p in committed.iterdir()] == ["recipe.md"]
+    assert (committed / "recipe.md").read_text() == "a committed table this store has no rows for"
+    main(["--results", str(store.path), "--out", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / "merge_methods.md").exists() and [p.name for p in committed.iterdir()] == ["recipe.md"]
