@@ -23,8 +23,50 @@ def check_config(cfg: DictConfig) -> None:
         raise JobError(f"results_path={cfg.results_path!r}: expected the path of a results store (SQLite file)")
     if cfg.mini_size not in SIZES:
         raise JobError(f"mini_size={cfg.mini_size!r}: expected one of {', '.join(SIZES)}")
-    eval_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    params = cfg.method.get("params", {})
+    if params is None or not (OmegaConf.is_dict(params) or isinstance(params, dict)):
+        raise JobError(f"method.params={'null' if params is None else repr(params)}: expected a mapping of the method's parameters ({{}} for its defaults)")
+    eval_settings = eval_config(OmegaConf.to_container(cfg.eval, resolve=True))
     _check_strategy_models(cfg.strategy.get("models"))
+    if cfg.router.name != "none":
+        _check_router(OmegaConf.to_container(cfg.router, resolve=True))
+    if cfg.strategy.get("proxy") is not None:
+        _check_proxy(OmegaConf.to_container(cfg.strategy.proxy, resolve=True), eval_settings.tasks)
+
+
+# router settings that must be positive integers, by router (conf/router/)
+_ROUTER_COUNTS = {"prompt": ("n_prompts",), "mlp": ("documents", "width", "steps", "batch_size", "seq_len")}
+
+
+def _check_router(router: dict) -> None:
+    """The router's counts positive, its learning rate a positive number, its layer null or >= 0
+    (checked against the base's depth when the router is built)."""
+    for name in _ROUTER_COUNTS.get(router.get("name"), ()):
+        value = router.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise JobError(f"router.{name}={value!r}: expected a positive integer")
+    if "lr" in router and (isinstance(router["lr"], bool) or not isinstance(router["lr"], (int, float))
+                           or not 0 < router["lr"] < float("inf")):
+        raise JobError(f"router.lr={router['lr']!r}: expected a positive number")
+    if "seed" in router and (isinstance(router["seed"], bool) or not isinstance(router["seed"], int)):
+        raise JobError(f"router.seed={router['seed']!r}: expected an integer")
+    layer = router.get("layer")
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise JobError(f"router.layer={layer!r}: expected null (the mean over all layers) or a layer index >= 0")
+
+
+def _check_proxy(proxy: dict, tasks: list[str]) -> None:
+    """strategy.proxy: a positive size that leaves final items in every mini task (a task of
+    lm-eval's registry is checked when its split is loaded), an integer seed."""
+    from glue_bench.zoo.mini.data import TEST_ITEMS
+
+    size, seed = proxy.get("size"), proxy.get("seed")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise JobError(f"strategy.proxy.size={size!r}: expected a positive integer (documents per task)")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise JobError(f"strategy.proxy.seed={seed!r}: expected an integer")
+    if short := [f"{t} ({TEST_ITEMS[t]} items)" for t in tasks if TEST_ITEMS.get(t, size + 1) <= size]:
+        raise JobError(f"strategy.proxy.size={size}: would leave no final test items for {', '.join(short)}")
 
 
 def _check_strategy_models(models) -> None:

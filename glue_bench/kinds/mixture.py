@@ -9,7 +9,7 @@ import time
 from glue_bench.errors import JobError
 from glue_bench.job import Job, log
 from glue_bench.kinds import Candidate, Kind, register
-from glue_bench.zoo import load_tokenizer
+from glue_bench.zoo import declared_depth, load_tokenizer
 
 
 @register
@@ -32,6 +32,10 @@ class Mixture(Kind):
 
     def unused(self, cfg) -> tuple[str, ...]:
         return ("method",) if cfg.mixture.level == "model" else ()  # model level: experts are not merged
+
+    def check(self, job: Job) -> None:
+        if job.cfg.mixture.level == "model":
+            check_router_layer(job)
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.mixture.build import MixtureError, layered_mixture_lm, model_mixture
@@ -88,3 +92,12 @@ def _save_mixture(model, job: Job, mixture_cfg: dict, out) -> None:
         except ValueError as err:
             why = str(err)
     log(f"save=true: not saved ({why}); the job's config rebuilds it")
+
+
+def check_router_layer(job: Job) -> None:
+    """A model-level router reads one hidden state of the base (router.layer): one it has."""
+    layer = job.cfg.router.get("layer")
+    depth = declared_depth(job.base, job.cfg.mini_size) if layer is not None else None
+    if depth is not None and layer > depth:
+        raise JobError(f"router.layer={layer}: the base {job.base.name} has hidden states 0..{depth} "
+                       "(0: the embeddings)")

@@ -35,6 +35,9 @@ class Recipe(Kind):
         return ("method",)
 
     def check(self, job: Job) -> None:
+        from glue_bench.kinds.mixture import check_router_layer
+
+        check_router_layer(job)
         self.search = instantiate_search(job.cfg)
 
     def build(self, job: Job) -> Candidate:

@@ -3,6 +3,8 @@ final items, and the proxy scores kept in the results store."""
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import DictConfig
 
 from glue_bench.errors import JobError
@@ -25,7 +27,11 @@ def instantiate_search(cfg: DictConfig):
         raise JobError(f"strategy {cfg.strategy.name}: its config has no `search._target_`")
     try:
         return instantiate(search, _convert_="all")
-    except Exception as exc:  # a wrong field or target: one line naming the strategy
+    except Exception as exc:
+        full_key = re.search(r"full_key: (\S+)", str(exc))
+        if isinstance(exc.__cause__, ValueError) and full_key:  # a setting the search refused: name it
+            raise JobError(f"{full_key.group(1)}.{exc.__cause__}") from None
+        # a wrong field or target: one line naming the strategy
         raise JobError(f"strategy {cfg.strategy.name}: cannot build its search: {' '.join(str(exc).split())}") from None
 
 

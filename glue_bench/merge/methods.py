@@ -63,6 +63,28 @@ def _check_weights_not_all_zero(resolved):
         raise MergeError(f"weights are all zero ({resolved['weights']}): nothing to average")
 
 
+def _check_normalized_signs(resolved):
+    """A sign-electing merge with normalize divides each entry by the sum of its agreeing terms'
+    weights: a negative weight there cancels its own sign ([-1, -1] merges as [1, 1]). Subtracting a
+    task vector needs normalize=false."""
+    if resolved.get("normalize") and any(w < 0 for w in resolved["weights"]):
+        raise MergeError(f"weights {resolved['weights']} with normalize=true: the divisor (the agreeing weights' "
+                         "sum) cancels a negative weight's sign; use weights >= 0, or normalize=false to subtract")
+
+
+def _check_normalized_sum(resolved):
+    """A linear combination of task vectors with normalize divides by the weights' sum: it must be > 0."""
+    if resolved.get("normalize") and sum(resolved["weights"]) <= 0:
+        raise MergeError(f"weights {resolved['weights']} with normalize=true: their sum {sum(resolved['weights']):g} "
+                         "is the divisor and must be > 0; or normalize=false")
+
+
+def _check_weight_sum(resolved):
+    if resolved.get("normalize_weights", True) and sum(resolved["weights"]) == 0:
+        raise MergeError(f"weights {resolved['weights']} sum to 0 with normalize_weights=true: nothing to "
+                         "normalise by")
+
+
 @register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero, writes_out=True)
 def linear(tensors, weights, normalize, out=None):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
@@ -221,14 +243,15 @@ def _vector(values, like):
     return torch.from_numpy(np.array(values, dtype=np.float32)).to(like.device, like.dtype)
 
 
-@register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required", writes_out=True)
+@register("task_arithmetic", (WEIGHTS, LAMBDA, _NO_NORMALIZE), base="required", writes_out=True,
+          check=_check_normalized_sum)
 def task_arithmetic(tensors, base, weights, normalize, out=None, **params):
     """base + lambda * sum_i w_i (theta_i - base)."""
     return _combine(_dense(tensors, base), base, weights, params["lambda"], normalize, False, out)
 
 
 @register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True,
-          writes_out=True)
+          writes_out=True, check=_check_normalized_signs)
 def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, out=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
     def sparsify_rows(deltas):  # every model's top-k at once: much faster on small tensors
@@ -248,7 +271,7 @@ def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda
 
 
 @register("dare_linear", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True, writes_out=True)
+          randomized=True, memoizes=True, writes_out=True, check=_check_normalized_sum)
 def dare_linear(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, out=None,
                 **params):
     """DARE: drop each task-vector entry with probability 1 - density, rescale, add up."""
@@ -257,7 +280,7 @@ def dare_linear(tensors, base, weights, density, normalize, rescale, generator, 
 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True, stacks=True, writes_out=True)
+          randomized=True, memoizes=True, stacks=True, writes_out=True, check=_check_normalized_signs)
 def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, workspace=None,
               out=None, **params):
     """DARE's random drop, then TIES's sign election."""
@@ -275,7 +298,7 @@ def _breadcrumbs(tensors, base, density, gamma, sign_consensus, workspace=None):
 
 
 @register("breadcrumbs", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE), base="required",
-          writes_out=True)
+          writes_out=True, check=_check_normalized_sum)
 def breadcrumbs(tensors, base, weights, density, gamma, normalize, out=None, **params):
     """Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add up."""
     return _combine(_breadcrumbs(tensors, base, density, gamma, False), base, weights, params["lambda"],
@@ -283,7 +306,7 @@ def breadcrumbs(tensors, base, weights, density, gamma, normalize, out=None, **p
 
 
 @register("breadcrumbs_ties", (WEIGHTS, _BREADCRUMBS_DENSITY, GAMMA, LAMBDA, _NO_NORMALIZE),
-          base="required", stacks=True, writes_out=True)
+          base="required", stacks=True, writes_out=True, check=_check_normalized_signs)
 def breadcrumbs_ties(tensors, base, weights, density, gamma, normalize, workspace=None, out=None, **params):
     """Model Breadcrumbs' band, then TIES's sign election."""
     return _combine(_breadcrumbs(tensors, base, density, gamma, True, workspace), base, weights,
@@ -305,7 +328,8 @@ def _della(tensors, base, density, epsilon, rescale, generator, sign_consensus, 
                                                                  generator(i)), sign_consensus, workspace=workspace)
 
 
-@register("della", _DELLA, base="required", randomized=True, check=_check_della, stacks=True, writes_out=True)
+@register("della", _DELLA, base="required", randomized=True, check=lambda r: (_check_della(r), _check_normalized_signs(r)),
+          stacks=True, writes_out=True)
 def della(tensors, base, weights, density, epsilon, normalize, rescale, generator, workspace=None, out=None,
           **params):
     """DELLA: drop task-vector entries with probabilities by magnitude rank, elect signs, average."""
@@ -314,7 +338,7 @@ def della(tensors, base, weights, density, epsilon, normalize, rescale, generato
 
 
 @register("della_linear", _DELLA[:4] + (_NO_NORMALIZE,) + _DELLA[5:], base="required",
-          randomized=True, check=_check_della, writes_out=True)
+          randomized=True, check=lambda r: (_check_della(r), _check_normalized_sum(r)), writes_out=True)
 def della_linear(tensors, base, weights, density, epsilon, normalize, rescale, generator, out=None, **params):
     """DELLA's rank-based drop, then a plain weighted sum (no sign election)."""
     return _combine(_della(tensors, base, density, epsilon, rescale, generator, False), base, weights,
@@ -339,7 +363,7 @@ def slerp(tensors, t, dot_threshold=0.9995, eps=1e-8):
 
 
 @register("multislerp", (WEIGHTS, Param("normalize_weights", True, "weights sum to 1", kind=bool),
-                         USE_BASE), base="optional")
+                         USE_BASE), base="optional", check=_check_weight_sum)
 def multislerp(tensors, weights, normalize_weights, use_base, base=None, eps=1e-8):
     """Barycentric interpolation of N models on the hypersphere (through the tangent space at
     their weighted mean direction), scaled to the weighted mean norm."""

@@ -8,16 +8,13 @@ import warnings
 import torch
 
 from glue_bench.evaluate import EvalConfig, hf_lm
+from glue_bench.mixture import MixtureError
 from glue_bench.mixture.model_level import ModelMixtureLM
 from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate, PromptRouter, TrainedRouter,
                                         gate_vectors, parallel_gates)
 
 LEVELS = ("model", "ffn", "block")
 ROUTERS = ("prompt", "mlp")
-
-
-class MixtureError(Exception):
-    """A mixture cannot be built as configured; one line naming the setting at fault."""
 
 
 def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -36,6 +33,8 @@ def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[s
         else:
             raise MixtureError(f"router.prompts: no prompts for expert {ref.name!r} (only mini-zoo models "
                                "get theirs from their training data)")
+        if not positive[ref.name]:
+            raise MixtureError(f"router.prompts: expert {ref.name!r} has no positive prompts")
     return positive, negative
 
 
@@ -174,7 +173,7 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
     at = "mlp" if level == "ffn" else "block"
     means = [layer_inputs(shared, tokenizer, positive[n], at) for n in names]
     negatives = [layer_inputs(shared, tokenizer, negative[n], at) if negative.get(n) else None for n in names]
-    gates = [gate_vectors([m[l] for m in means], [n[l] if n else None for n in negatives]) for l in range(layers)]
+    gates = [gate_vectors([m[l] for m in means], [n[l] if n else None for n in negatives], names) for l in range(layers)]
     parallel = [pair for l in range(dense, layers) for pair in parallel_gates(gates[l], names)]
     if parallel:
         pairs = sorted({(a, b) for a, b, _ in parallel})

@@ -15,6 +15,8 @@ import warnings
 
 import torch
 
+from glue_bench.mixture import MixtureError
+
 DEGENERATE_COSINE = 0.99
 
 
@@ -37,6 +39,9 @@ class HiddenStateEncoder:
             batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
                                    truncation=True, max_length=self.max_length).to(device)
             states = self.model(**batch, output_hidden_states=True).hidden_states
+            if self.layer is not None and self.layer >= len(states):
+                raise MixtureError(f"router.layer={self.layer}: the base has hidden states 0..{len(states) - 1} "
+                                 "(0: the embeddings)")
             hidden = (torch.stack(states).mean(0) if self.layer is None else states[self.layer]).float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
@@ -57,7 +62,7 @@ class PromptRouter:
             raise ValueError(f"router: expert {missing[0]!r} has no positive prompts")
         negative = negative or {}
         gates = gate_vectors([encoder(positive[n]).mean(0) for n in names],
-                             [encoder(negative[n]).mean(0) if negative.get(n) else None for n in names])
+                             [encoder(negative[n]).mean(0) if negative.get(n) else None for n in names], names)
         router = cls(encoder, gates, names)
         router._warn_if_degenerate(positive)
         return router
@@ -78,9 +83,14 @@ class PromptRouter:
                 warnings.warn(f"router: none of {name!r}'s own prompts is routed to it", stacklevel=3)
 
 
-def gate_vectors(means: list[torch.Tensor], negative_means: list[torch.Tensor | None]) -> torch.Tensor:
-    """[E, H]: each expert's positive mean minus its negative mean (if any), L2-normalised."""
+def gate_vectors(means: list[torch.Tensor], negative_means: list[torch.Tensor | None], names: list[str]) -> torch.Tensor:
+    """[E, H]: each expert's positive mean minus its negative mean (if any), L2-normalised. A gate
+    that is not finite (no prompts, or hidden states that overflowed) would send every token to one
+    expert: refused, naming the expert."""
     gates = [m - n if n is not None else m for m, n in zip(means, negative_means)]
+    if bad := [name for name, g in zip(names, gates) if not torch.isfinite(g).all()]:
+        raise MixtureError(f"router: the gate of expert {bad[0]!r} is not finite (its prompts' hidden states are "
+                           "empty or not finite)")
     return torch.stack([g / g.norm().clamp(min=1e-8) for g in gates])
 
 

@@ -57,6 +57,18 @@ class SearchConfig:
     storage: str = "sqlite:///results/search/evolutionary.sqlite"
     x0: dict = field(default_factory=dict)  # warm start {optuna parameter name: value}
 
+    def __post_init__(self):
+        """Each setting as the search needs it, one line naming it (strategy.search.<name>)."""
+        for name, lowest in (("n_trials", 1), ("layer_groups", 1), ("popsize", 2)):
+            value = getattr(self, name)
+            if value is None and name == "popsize":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(f"{name}={value!r}: expected an integer >= {lowest}")
+        if self.sigma0 is not None and (isinstance(self.sigma0, bool) or not isinstance(self.sigma0, (int, float))
+                                        or not 0 < self.sigma0 < float("inf")):
+            raise ValueError(f"sigma0={self.sigma0!r}: expected null or a positive number")
+
 
 @dataclass
 class SearchResult:

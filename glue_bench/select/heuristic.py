@@ -96,6 +96,13 @@ class Heuristic:
     grid: tuple[float, ...] = GRID          # shares of the running merge tried (coefficient, similarity)
     most_similar: bool = True               # similarity: the most similar model next (else the least)
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: expected one of {', '.join(KINDS)}")
+        grid = list(self.grid) if isinstance(self.grid, (list, tuple)) else None
+        if not grid or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and 0 < g < 1 for g in grid):
+            raise ValueError(f"grid={self.grid!r}: expected a non-empty list of shares strictly between 0 and 1")
+
     def search(self, problem) -> HeuristicResult:
         return greedy_merge(problem.names, lambda w: problem.fitness(problem.merge_of(w)), self.kind,
                             tuple(self.grid), problem.similarity, self.most_similar)

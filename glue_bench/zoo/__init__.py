@@ -6,6 +6,7 @@ id, or a local GGUF file. All load through `AutoModelForCausalLM.from_pretrained
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,20 @@ def check_model_files(ref: ModelRef) -> None:
         check_finite_files(check_directory(Path(ref.location)))
     except (OSError, ValueError) as err:
         raise ZooError(f"model {ref.name!r}: {err}") from None
+
+
+def declared_depth(ref: ModelRef, mini_size: str = "mini") -> int | None:
+    """A model's number of layers before it is loaded: a mini model's from its recipe, a local one's
+    from its config.json; None where only loading tells (a hub or GGUF model, an unreadable file)."""
+    if ref.source == "mini":
+        from glue_bench.zoo.mini.spec import RECIPES, SIZES
+
+        size = SIZES[mini_size]
+        return (size.foreign_arch if RECIPES[ref.name].foreign else size.arch)["layers"]
+    try:
+        return int(json.loads((Path(ref.location) / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def local_dir(ref: ModelRef) -> Path:
