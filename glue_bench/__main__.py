@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from glue_bench.errors import USER_ERRORS, fail, one_line
+from glue_bench.errors import INTERRUPTED, USER_ERRORS, fail, one_line
 
 
 # absolute: a relative path would resolve against the package when `cli` is imported, not run
@@ -36,6 +36,9 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except KeyboardInterrupt:
+        print(f"glue_bench: error: {INTERRUPTED}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except OverrideParseException as exc:
         fail(f"override {exc.override!r} does not parse: {one_line(exc)}")
     except (HydraException, OmegaConfBaseException) as exc:  # a config that does not compose

@@ -1,7 +1,9 @@
 """The errors that mean "bad input" (reported as one line) rather than a bug (a traceback)."""
 
+import functools
+import os
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from glue_bench.evaluate import EvalError
 from glue_bench.merge import MergeError
@@ -14,6 +16,8 @@ class JobError(Exception):
 
 
 USER_ERRORS = (EvalError, JobError, MergeError, ResultsError, ZooError)
+INTERRUPTED = ("interrupted: nothing partial is stored (a job's rows and outcomes land in one transaction, "
+               "a zoo model in one rename); run it again to go on")
 
 
 def fail(error) -> NoReturn:
@@ -35,3 +39,25 @@ def one_line(error) -> str:
         elif lines:
             paragraphs.append(" ".join(lines))
     return ". ".join(paragraphs)
+
+
+def entry_point(main: Callable) -> Callable:
+    """A module's command line (`python -m glue_bench.<module>`) ending every failure in one
+    `glue_bench: error:` line, exit status 1: bad input (the errors above, a file that cannot be
+    read or written) as it is; anything else as a bug (HYDRA_FULL_ERROR=1 shows its traceback);
+    SIGINT as `INTERRUPTED`, exit status 130."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print(f"glue_bench: error: {INTERRUPTED}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except (*USER_ERRORS, OSError) as exc:
+            fail(exc)
+        except Exception as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            fail(f"{type(exc).__name__}: {one_line(exc)} (an unexpected failure, a bug: HYDRA_FULL_ERROR=1 "
+                 "shows its traceback for a bug report)")
+    return run

@@ -31,15 +31,22 @@ def _study_recipe_gain() -> float:
 STUDY_RECIPE_GAIN = _study_recipe_gain()   # % over the best single model, which16
 
 
+def primary_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose metric is their task's primary one (a boolean Series: a list, empty, would
+    select columns, not rows)."""
+    from glue_bench.evaluate import PRIMARY_METRIC
+
+    return df[pd.Series([PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])],
+                        index=df.index, dtype=bool)]
+
+
 def release_and_leaderboard(df: pd.DataFrame, reference_dir: Path = REFERENCE_DIR) -> pd.DataFrame:
     """Single hub models: the score measured here (whole test split, primary metric) beside the
     release's proxy score and the leaderboard's, with the differences; rows (model, task)."""
-    from glue_bench.evaluate import PRIMARY_METRIC
-
     release = pd.read_csv(reference_dir / "modelglue_model_acc.csv").set_index("model_name")
     board = pd.read_csv(reference_dir / "open_llm_leaderboard_v1.csv").set_index("model")
     singles = df[(df["method"] == "none") & df["items"].isna() & (df["mixture"].fillna("none") == "none")]
-    singles = singles[[PRIMARY_METRIC.get(t) == m for t, m in zip(singles["task"], singles["metric"])]]
+    singles = primary_rows(singles)
     measured = singles.groupby(["candidate", "task"])["value"].first()
     rows = []
     for model in dict.fromkeys([*release.index, *board.index]):

@@ -44,6 +44,10 @@ _REQUIRED = ("task", "metric", "value")
 _NUMERIC = ("value", "stderr", "load_s", "build_s", "eval_s")
 _JOB_COLUMNS = ("job_key", "finished_at")
 _BUSY_TIMEOUT_S = 60.0  # writers queue behind each other instead of failing
+# The store's schema version, in SQLite's PRAGMA user_version: 0 is a store from before it was
+# written (upgraded when opened), a newer one is refused (a later glue_bench's).
+SCHEMA_VERSION = 1
+_ITEM_COLUMNS = ("job_key", "task", "metric", "doc_id", "value")
 
 
 def _sql_type(column: str) -> str:
@@ -114,12 +118,19 @@ class ResultStore:
         return ResultsError(f"results store {self.path}: not a glue_bench results database ({why})")
 
     def _schema_fault(self, conn) -> str | None:
-        for table, want in (("results", COLUMNS), ("jobs", _JOB_COLUMNS)):
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if not have:
+        for table, want in (("results", COLUMNS), ("jobs", _JOB_COLUMNS), ("items", _ITEM_COLUMNS)):
+            info = list(conn.execute(f"PRAGMA table_info({table})"))  # cid, name, type, notnull, default, pk
+            if not info and table == "items":
+                continue  # an older store gains it when opened
+            if not info:
                 return f"missing table {table!r}"
+            have = {r[1] for r in info}
             if missing := [c for c in want if c not in have and c not in _ADDED_COLUMNS]:
                 return f"table {table!r} lacks columns {', '.join(missing)}"
+            # a column this glue_bench does not write, that refuses NULL and has no default: every
+            # append would fail, after its job's work
+            if unknown := [r[1] for r in info if r[1] not in want and r[3] and r[4] is None and not r[5]]:
+                return f"table {table!r} has column(s) {', '.join(unknown)} that this glue_bench cannot fill (NOT NULL)"
         return None
 
     def _init_schema(self, create: bool) -> None:
@@ -136,12 +147,20 @@ class ResultStore:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                     for stmt in (*_SCHEMA, _ITEMS_SCHEMA):
                         conn.execute(stmt)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._connect() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ResultsError(f"results store {self.path}: schema version {version}, written by a newer "
+                                   f"glue_bench (this one reads up to {SCHEMA_VERSION}): upgrade glue_bench")
             if fault := self._schema_fault(conn):
                 raise self._foreign(fault)
-        self._upgrade_schema()
+            if (check := conn.execute("PRAGMA quick_check(1)").fetchone()[0]) != "ok":
+                raise ResultsError(f"results store {self.path}: corrupt ({' '.join(check.split())}); "
+                                   "restore it from a copy")
+        self._upgrade_schema(version)
 
-    def _upgrade_schema(self) -> None:
+    def _upgrade_schema(self, version: int) -> None:
         def missing(conn) -> list[str]:
             have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
@@ -150,13 +169,20 @@ class ResultStore:
             return not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
 
         with self._connect() as conn:  # a read first: opening an up-to-date store never writes
-            if not missing(conn) and not no_items(conn):
-                return
+            stamp_only = not missing(conn) and not no_items(conn)
+        if stamp_only and version == SCHEMA_VERSION:
+            return
+        if stamp_only:  # today's schema, from before the version was written: stamped where writable
+            with contextlib.suppress(ResultsError):
+                with self._transaction() as conn:
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
         with self._transaction() as conn:  # re-checked under the lock: racing openers
             for column in missing(conn):
                 conn.execute(f"ALTER TABLE results ADD COLUMN {column} {_sql_type(column)}")
             if no_items(conn):
                 conn.execute(_ITEMS_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _clean(self, job_key: str, i: int, row: dict) -> tuple:
         where = f"results store {self.path}: job {job_key!r} row {i}"

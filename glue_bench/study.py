@@ -27,7 +27,7 @@ import pandas as pd
 
 from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.evidence import Evidence
-from glue_bench.reference import STUDY_RECIPE_GAIN, release_and_leaderboard
+from glue_bench.reference import STUDY_RECIPE_GAIN, primary_rows, release_and_leaderboard
 from glue_bench.stats import wilson
 from glue_bench.zoo import ZooError, mini_key_parts, resolve_zoo, zoo_config
 
@@ -47,7 +47,7 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     (missing where a row has none: rows stored before per-item outcomes were kept).
     `replicate`: which build of a mini zoo (its built rows, and its models' singles)."""
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
-    primary = df[[PRIMARY_METRIC.get(t) == m for t, m in zip(df["task"], df["metric"])]]
+    primary = primary_rows(df)
     single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
     of_replicate = primary["replicate"].fillna(0) == replicate if "replicate" in primary else replicate == 0
     built = primary[~single_rows & (primary["zoo"] == zoo) & of_replicate]
@@ -56,7 +56,7 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     singles = primary[single_rows]
     *refs, base = as_stored([*refs, base], set().union(*singles["config"].map(_ids)))
     zoo_models = _known([*refs, base])
-    singles = singles[[bool(_ids(c) & zoo_models) for c in singles["config"]]]
+    singles = singles[singles["config"].map(lambda c: bool(_ids(c) & zoo_models)).astype(bool)]
     rows = pd.concat([singles, built])
     if rows.empty:
         return pd.DataFrame(columns=["kind", *META, "avg"])

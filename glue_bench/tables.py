@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from glue_bench.archive import is_archive
 from glue_bench.evidence import Evidence
 from glue_bench.findings import FINDINGS_TABLE, verdict_counts
-from glue_bench.results import check_one_build_per_replicate, open_store, read_results
+from glue_bench.results import ResultsError, check_one_build_per_replicate, open_store, read_results
 from glue_bench.stats import holm
 from glue_bench.study import (COMPUTE, TABLES, TASK_OF_COLUMN, add_delta_to_best_single, add_interval,
                               add_normalized, add_proportion_interval, at_replicate, best_single, candidate_scores,
@@ -127,6 +127,7 @@ def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> N
     ev = Evidence.of(results_path)
     if zoos is None:
         zoos = sorted(set(df["zoo"].dropna()))
+    printed = 0
     for zoo in zoos:
         for replicate in replicates(df[df["zoo"] == zoo]):
             rows = at_replicate(df, replicate)
@@ -139,6 +140,10 @@ def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> N
                     break
                 if not table.empty:
                     print(format_table(table, shown_zoo, items), flush=True)
+                    printed += 1
+    if not printed:
+        print(f"no table: {results_path} holds no scores of {', '.join(zoos) or 'any zoo'} on a whole test "
+              "split or a job's final items (a search's proxy scores are not tables)", flush=True)
 
 
 class PrintTableCallback(Callback):
@@ -290,10 +295,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote the evidence of {jobs} jobs to {args.archive}")
     print_tables(args.results, zoos=args.zoo)
     if args.out:
-        written = write_study_tables(args.results, args.out)
+        try:
+            written = write_study_tables(args.results, args.out)
+        except OSError as err:
+            raise ResultsError(f"--out {args.out}: cannot write the tables there ({err.strerror or err})") from None
         names = sorted({p.stem for p in written})
         print(f"wrote {len(names)} study tables ({', '.join(FORMATS)}) to {args.out}: {', '.join(names)}")
 
 
 if __name__ == "__main__":
-    main()
+    from glue_bench.errors import entry_point
+
+    entry_point(main)()

@@ -271,3 +271,53 @@ def test_an_older_store_gains_replicate_machine_and_weights(tmp_path):
     assert df.loc["new", "weights"] == "ab"
     with pytest.raises(ResultsError, match="column 'replicate' must be a non-negative integer, got -1"):
         store.append_job("bad", [dict(task="t", metric="acc", value=0.1, replicate=-1)])
+
+
+def test_the_store_carries_its_schema_version_and_a_newer_one_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).append_job("a", make_rows("a", 2))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION
+        conn.execute(f"PRAGMA user_version = {results.SCHEMA_VERSION + 1}")
+    with pytest.raises(ResultsError, match=r"schema version 2, written by a newer glue_bench"):
+        ResultStore(path)
+
+
+def test_a_store_from_before_the_version_is_stamped_and_kept(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _older_store(path, lacking=())
+    ResultStore(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION
+    assert ResultStore(path).job_rows("old") == [{"task": "t", "metric": "acc", "value": 0.5}]
+
+
+def test_a_column_this_glue_bench_cannot_fill_is_refused_at_open_untouched(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).append_job("a", make_rows("a", 2))
+    with sqlite3.connect(path) as conn:  # as a later release might add it (with a default it would be fine)
+        conn.execute("ALTER TABLE jobs ADD COLUMN fine TEXT NOT NULL DEFAULT 'x'")
+    ResultStore(path)
+    rebuilt = tmp_path / "strict.sqlite"
+    with sqlite3.connect(path) as src, sqlite3.connect(rebuilt) as dst:
+        for (sql,) in src.execute("SELECT sql FROM sqlite_master WHERE type = 'table'"):
+            dst.execute(sql.replace("finished_at TEXT NOT NULL", "finished_at TEXT NOT NULL, owner TEXT NOT NULL")
+                        if "CREATE TABLE jobs" in sql else sql)
+    before = rebuilt.read_bytes()
+    with pytest.raises(ResultsError, match=r"table 'jobs' has column\(s\) owner that this glue_bench cannot fill"):
+        ResultStore(rebuilt)
+    assert rebuilt.read_bytes() == before
+
+
+def test_a_corrupt_store_is_refused_at_open(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    for i in range(40):
+        store.append_job(f"j{i}", make_rows(f"j{i}", 5), outcomes=_outcomes(200))
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 6 * page
+    data[10 * page + 8: 10 * page + 200] = b"\xff" * 192  # a table page's cell pointers overwritten
+    path.write_bytes(bytes(data))
+    with pytest.raises(ResultsError, match=r"r.sqlite: corrupt \(\*\*\* in database main \*\*\* On tree page"):
+        ResultStore(path)

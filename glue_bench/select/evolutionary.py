@@ -405,4 +405,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from glue_bench.errors import entry_point
+
+    entry_point(main)()

@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from glue_bench.errors import entry_point
+
+    entry_point(main)()
 
 
 @functools.lru_cache(maxsize=2)
