@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.archive:
         if not is_archive(args.archive):
-            parser.error(f"--archive {args.archive}: expected a .parquet file")
+            raise ResultsError(f"--archive {args.archive}: expected a .parquet file")
         jobs = open_store(args.results).archive(args.archive)
         print(f"wrote the evidence of {jobs} jobs to {args.archive}")
     print_tables(args.results, zoos=args.zoo)

@@ -287,3 +287,36 @@ def test_malformed_input_is_one_line_and_leaves_the_store(case, args, says, worl
     assert _rows(store) == before
     if case == "store-not-a-database":
         assert world["files"]["notdb"].read_bytes() == b"not a database, just bytes" * 100
+
+
+@pytest.mark.parametrize("case, argv, says", [
+    ("missing", ["--results", "{tmp}/nope.sqlite"], "nope.sqlite: no such file"),
+    ("directory", ["--results", "{tmp}"], "is a directory"),
+    ("foreign", ["--results", "{tmp}/foreign.sqlite"], "not a glue_bench results database"),
+    ("out-unwritable", ["--results", "{tmp}/store.sqlite", "--out", "/proc/no/tables"], "--out /proc/no/tables: cannot write"),
+    ("archive-suffix", ["--results", "{tmp}/store.sqlite", "--archive", "{tmp}/x.txt"], "expected a .parquet file"),
+])
+def test_the_tables_command_fails_in_one_line(case, argv, says, world, tmp_path, capsys):
+    from glue_bench.errors import entry_point
+    from glue_bench.tables import main
+
+    shutil.copy(world["store"], tmp_path / "store.sqlite")
+    (tmp_path / "foreign.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(SystemExit) as exit_:
+        entry_point(main)([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 1 and "Traceback" not in err
+    assert says in lines[-1] and lines[-1].startswith("glue_bench: error:")
+
+
+def test_an_interrupted_command_says_so_in_one_line_and_exits_130(capsys):
+    from glue_bench.errors import entry_point
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        entry_point(interrupted)([])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.startswith("glue_bench: error: interrupted: nothing partial is stored")
