@@ -28,6 +28,7 @@ def run_job(cfg: DictConfig) -> dict:
     job.store.check_writable()                 # a read-only store fails now, not after the work
     kind.check(job)                            # bad parameters fail before any model is read
     job.prepare()
+    kind.check_members(job)                    # the members' files agree (tensors, tokenizers) before any evaluation
     with measuring(size=cost_size(cfg), kind=cost_kind(cfg, kind.name)):  # what evaluations cost here, kept (glue_bench.costs)
         return _run(cfg, kind, job)
 

@@ -128,6 +128,13 @@ CASES = [
     ("weights-empty-file", ["zoo=weights-empty-file"], "shorter than a header"),
     ("index-names-missing-shard", ["zoo=index-names-missing-shard"], "which is not in"),
     ("model-dir-missing", ["zoo=model-dir-missing"], "does not exist"),
+    ("tensor-missing", ["zoo=tensor-missing"], f"do not match config.json (tensor '{MLP}' is missing"),
+    ("layers-one-more", ["zoo=layers-one-more"], "do not match config.json (tensor 'model.layers.2."),
+    ("layers-one-fewer", ["zoo=layers-one-fewer"], "do not match config.json (tensor 'model.layers.1."),
+    ("vocab-disagrees", ["zoo=vocab-disagrees"], "tensor 'model.embed_tokens.weight' has shape"),
+    ("model-type-unknown", ["zoo=model-type-unknown"], "describes no causal LM transformers can build"),
+    ("tokenizer-truncated", ["zoo=tokenizer-truncated"], "tokenizer.json is not JSON"),
+    ("tokenizer-other-ids", ["zoo=tokenizer-other-ids"], "have different tokenizers (token id"),
     ("weights-nan-single", ["zoo=weights-nan-single", "method=none"], f"tensor '{MLP}' in model.safetensors holds NaN"),
     ("weights-inf-merged", ["zoo=weights-inf-merged"], f"tensor '{MLP}' in model.safetensors holds NaN or inf"),
     # results stores
@@ -163,7 +170,8 @@ ZOOS = {
 }
 BROKEN_MODELS = ("weights-truncated", "config-not-json", "config-not-a-config", "config-without-weights", "no-tokenizer",
                  "weights-garbage", "weights-empty-file", "index-names-missing-shard", "weights-nan-single",
-                 "weights-inf-merged")
+                 "weights-inf-merged", "tensor-missing", "layers-one-more", "layers-one-fewer", "vocab-disagrees",
+                 "model-type-unknown", "tokenizer-truncated", "tokenizer-other-ids")
 
 
 def _break(case: str, folder, good) -> None:
@@ -184,6 +192,30 @@ def _break(case: str, folder, good) -> None:
         weights.write_bytes((40).to_bytes(8, "little") + b"this is not the JSON header you expect" * 10)
     elif case == "weights-empty-file":
         weights.write_bytes(b"")
+    elif case in ("tensor-missing", "layers-one-more", "layers-one-fewer", "vocab-disagrees", "model-type-unknown"):
+        config = json.loads((folder / "config.json").read_text())
+        if case == "tensor-missing":
+            tensors = load_file(weights)
+            del tensors[MLP]
+            save_file(tensors, weights, metadata={"format": "pt"})
+        elif case == "layers-one-more":
+            config["num_hidden_layers"] += 1
+        elif case == "layers-one-fewer":
+            config["num_hidden_layers"] -= 1
+        elif case == "vocab-disagrees":
+            config["vocab_size"] += 7
+        else:
+            config["model_type"] = "not_a_model_type"
+        (folder / "config.json").write_text(json.dumps(config))
+    elif case == "tokenizer-truncated":
+        text = (folder / "tokenizer.json").read_text()
+        (folder / "tokenizer.json").write_text(text[: len(text) // 2])
+    elif case == "tokenizer-other-ids":  # the same vocabulary size, two token ids swapped
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        a, b = sorted(vocab, key=vocab.get)[300:302]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (folder / "tokenizer.json").write_text(json.dumps(tok))
     elif case == "index-names-missing-shard":
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {MLP: "model-00002.safetensors"}}))
     else:  # one MLP tensor not finite

@@ -78,6 +78,10 @@ class Kind:
     def check(self, job: Job) -> None:
         """Checks that need the resolved job (members, method parameters), before any work."""
 
+    def check_members(self, job: Job) -> None:
+        """Checks that read the members' files, once they are on disk (`Job.prepare`) and before
+        any model is evaluated."""
+
     def build(self, job: Job) -> Candidate:
         raise NotImplementedError
 

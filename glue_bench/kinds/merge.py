@@ -33,6 +33,12 @@ class Merge(Kind):
 
                 check_calibration(job.members, _calibration(job), job.method)
 
+    def check_members(self, job: Job) -> None:
+        from glue_bench.merge.engine import TensorSource, check_compatible
+
+        if not self.nothing_to_build(job.cfg):  # tensors and tokenizers that cannot merge fail before the singles
+            check_compatible([TensorSource(m.name, local_dir(m)) for m in job.members])
+
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import Merger, TensorSource
 

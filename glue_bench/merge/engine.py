@@ -23,6 +23,7 @@ buffer); the two inputs and two tensor-sized buffers for Arcee Fusion; all input
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -128,8 +129,9 @@ def check_compatible(sources: list[TensorSource]) -> list[str]:
     `check_shared_vocab` and `Merger._merge_rows`), or one line naming the first difference.
     Returns the tensor names."""
     first = sources[0]
-    if all(other.shapes == first.shapes for other in sources[1:]):
-        return list(first.entries)  # the rule, found in one comparison per model: nothing to name
+    if all(other.shapes == first.shapes for other in sources[1:]):  # the rule, in one comparison per model
+        check_shared_vocab(sources, sizes_differ=False)
+        return list(first.entries)
     for other in sources[1:]:
         missing = sorted(set(first.entries) ^ set(other.entries))
         if missing:
@@ -142,8 +144,8 @@ def check_compatible(sources: list[TensorSource]) -> list[str]:
                                and a[1:] == b[1:]):
                 raise MergeError(f"models {first.name!r} and {other.name!r} cannot be merged: tensor "
                                  f"{key!r} has shape {list(a)} vs {list(b)}")
-    if len({s.shape(k)[0] for s in sources for k in s.entries if _is_vocab_tensor(s, k)}) > 1:
-        check_shared_vocab(sources)
+    check_shared_vocab(sources, sizes_differ=len({s.shape(k)[0] for s in sources for k in s.entries
+                                                  if _is_vocab_tensor(s, k)}) > 1)
     return list(first.entries)
 
 
@@ -152,30 +154,51 @@ def _is_vocab_tensor(source: TensorSource, key: str) -> bool:
     return len(shape) == 2 and source.vocab_size is not None and shape[0] == source.vocab_size
 
 
-def check_shared_vocab(sources: list[TensorSource]) -> None:
-    """Models with different vocab sizes merge only if every shared token id means the same token
-    (the usual case: a model that appended tokens, e.g. a pad token, to the base's vocabulary)."""
+def check_shared_vocab(sources: list[TensorSource], sizes_differ: bool = True) -> None:
+    """Every token id the models share means the same token in each (a model may have appended
+    tokens, e.g. a pad token, to the base's vocabulary): two tokenizers of one size with other ids
+    would merge embeddings of different tokens. Models without a tokenizer are compared only where
+    the vocabulary sizes differ, and then they are refused."""
+    tables = {}
+    for source in sources:
+        try:
+            tables[source.name] = _token_table(str(source.directory), _tokenizer_stamp(source.directory))
+        except (OSError, ValueError) as err:
+            if sizes_differ:
+                raise MergeError(f"model {source.name!r} has vocab size {source.vocab_size}, unlike the "
+                                 f"others, and no tokenizer to check their shared ids against ({err})") from None
+    named = [s for s in sources if s.name in tables]
+    if len(named) < 2:
+        return
+    first = max(named, key=lambda s: len(tables[s.name]))  # so every model's ids are compared
+    for other in (s for s in named if s is not first):
+        a, b = tables[first.name], tables[other.name]
+        if a[:len(b)] != b[:len(a)]:
+            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+            raise MergeError(f"models {first.name!r} and {other.name!r} have different tokenizers "
+                             f"(token id {i} is {a[i]!r} vs {b[i]!r}): their embeddings cannot be merged")
+
+
+def _tokenizer_stamp(directory) -> tuple:
+    """What identifies a directory's tokenizer files as they are now (a rewritten one is read again)."""
+    from glue_bench.zoo.files import TOKENIZER_FILES
+
+    paths = [Path(directory) / name for name in (*TOKENIZER_FILES, "tokenizer_config.json", "added_tokens.json")]
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths if p.is_file())
+
+
+@functools.lru_cache(maxsize=64)
+def _token_table(directory: str, stamp: tuple) -> tuple[str | None, ...]:
+    """The tokenizer's tokens by id (None for an id without one); OSError or ValueError without one."""
     from transformers import AutoTokenizer
 
-    def tokens(source):
-        try:
-            tok = AutoTokenizer.from_pretrained(source.directory)
-        except (OSError, ValueError) as err:
-            raise MergeError(f"model {source.name!r} has vocab size {source.vocab_size}, unlike the "
-                             f"others, and no tokenizer to check their shared ids against ({err})")
-        vocab = tok.get_vocab()
-        return {i: t for t, i in vocab.items()}
-
-    first = max(sources, key=lambda s: s.vocab_size or 0)  # so every model's ids are compared
-    first_tokens = tokens(first)
-    for other in (s for s in sources if s is not first):
-        other_tokens = tokens(other)
-        shared = min(first.vocab_size, other.vocab_size)
-        for i in range(shared):
-            if first_tokens.get(i) != other_tokens.get(i):
-                raise MergeError(f"models {first.name!r} and {other.name!r} have different tokenizers "
-                                 f"(token id {i} is {first_tokens.get(i)!r} vs {other_tokens.get(i)!r}): "
-                                 f"their embeddings cannot be merged")
+    if not stamp:
+        raise OSError(f"no tokenizer files in {directory}")
+    vocab = AutoTokenizer.from_pretrained(directory).get_vocab()
+    table = [None] * (max(vocab.values(), default=-1) + 1)
+    for token, i in vocab.items():
+        table[i] = token
+    return tuple(table)
 
 
 class _Inputs:

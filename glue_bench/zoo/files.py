@@ -114,10 +114,48 @@ def check_directory(directory: Path) -> list[Path]:
         raise ValueError(f"{config} is not a model config (a JSON object with a model_type)")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a truncated copy fails here, not in a job
+        if (directory / name).is_file():
+            try:
+                json.loads((directory / name).read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"{directory / name} is not JSON ({err})") from None
     files = weight_files(directory)
+    headers = {}
     for path in files:
-        read_header(path)
+        header, _ = read_header(path)
+        headers.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    if files:
+        _check_weights_match_config(directory, headers)
     return files
+
+
+def _check_weights_match_config(directory: Path, stored: dict[str, tuple]) -> None:
+    """The weights' names and shapes are those of the model config.json describes (built on the meta
+    device, nothing allocated): transformers would otherwise load a missing tensor at random, drop
+    an unexpected one, and the job would score that model. A tied tensor may be stored once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # an unknown model_type, values transformers refuses, ...
+        raise ValueError(f"{directory / 'config.json'} describes no causal LM transformers can build "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
+    expected = model.state_dict(keep_vars=True)
+    stored_ids = {id(expected[k]) for k in expected if k in stored}
+    missing = [k for k, t in expected.items() if k not in stored and id(t) not in stored_ids]
+    unexpected = [k for k in stored if k not in expected]
+    mismatched = [k for k in expected if k in stored and stored[k] != tuple(expected[k].shape)]
+    if missing or unexpected:
+        what = (f"tensor {missing[0]!r} is missing" if missing else f"tensor {unexpected[0]!r} is not in the model")
+        raise ValueError(f"{directory}: its weights do not match config.json ({what}; {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected: check num_hidden_layers and the files)")
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"{directory}: tensor {k!r} has shape {list(stored[k])}, config.json says "
+                         f"{list(expected[k].shape)} ({len(mismatched)} such tensors: check vocab_size and the sizes)")
 
 
 def is_finite(tensor: torch.Tensor) -> bool:
