@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> dict:
 def cli() -> None:
     """`main` with every failure as the user's last line: Hydra is told to raise what it would
     otherwise print with its own "Set the environment variable HYDRA_FULL_ERROR=1" tail."""
+    import yaml
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -43,6 +44,10 @@ def cli() -> None:
         fail(f"override {exc.override!r} does not parse: {one_line(exc)}")
     except (HydraException, OmegaConfBaseException) as exc:  # a config that does not compose
         fail(one_line(exc))
+    except yaml.YAMLError as exc:  # a config file (a zoo's YAML...) that does not parse
+        fail(f"a YAML file does not parse: {one_line(exc)}")
+    except OSError as exc:  # the environment's paths: a run folder that cannot be made, a full disk...
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else one_line(exc))
     except Exception as exc:
         if full_traceback:
             raise

@@ -21,6 +21,7 @@ def check_config(cfg: DictConfig) -> None:
             raise JobError(f"{flag}={cfg.get(flag)!r}: expected true or false")
     if not isinstance(cfg.results_path, str) or not cfg.results_path:
         raise JobError(f"results_path={cfg.results_path!r}: expected the path of a results store (SQLite file)")
+    _check_cache_root()
     if cfg.mini_size not in SIZES:
         raise JobError(f"mini_size={cfg.mini_size!r}: expected one of {', '.join(SIZES)}")
     params = cfg.method.get("params", {})
@@ -67,6 +68,20 @@ def _check_proxy(proxy: dict, tasks: list[str]) -> None:
         raise JobError(f"strategy.proxy.seed={seed!r}: expected an integer")
     if short := [f"{t} ({TEST_ITEMS[t]} items)" for t in tasks if TEST_ITEMS.get(t, size + 1) <= size]:
         raise JobError(f"strategy.proxy.size={size}: would leave no final test items for {', '.join(short)}")
+
+
+def _check_cache_root() -> None:
+    """GLUE_BENCH_CACHE (the mini zoo, statistics, compiled kernels): a folder, made if missing. A
+    read-only one serves what it holds; only building into it needs writing."""
+    from glue_bench.zoo.mini.build import cache_root
+
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise JobError(f"GLUE_BENCH_CACHE={root}: is a file, expected a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise JobError(f"GLUE_BENCH_CACHE={root}: cannot create it ({err.strerror})") from None
 
 
 def _check_strategy_models(models) -> None:

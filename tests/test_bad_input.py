@@ -42,6 +42,7 @@ CASES = [
     ("eval-limit-zero", ["eval.limit=0"], "eval.limit=0: expected null (the whole test split) or a positive integer"),
     ("eval-limit-negative", ["eval.limit=-3"], "eval.limit=-3"),
     ("eval-limit-text", ["eval.limit=abc"], "eval.limit='abc'"),
+    ("eval-limit-beyond-int64", ["eval.limit=99999999999999999999"], "eval.limit=99999999999999999999: at most"),
     ("eval-threads-zero", ["eval.threads=0"], "eval.threads=0: expected null (one fewer than the cores) or a positive integer"),
     ("eval-limit-fraction", ["eval.limit=0.5"], "eval.limit=0.5"),
     ("eval-tasks-empty", ["eval.tasks=[]"], "eval.tasks=[]: expected a non-empty list of task names"),
@@ -118,6 +119,7 @@ CASES = [
     ("zoo-entry-no-path", ["zoo=zoo-entry-no-path"], "models[1]: a model mapping needs a string name and path"),
     ("zoo-entry-number", ["zoo=zoo-entry-number"], "models[0]: expected a model name"),
     ("zoo-mini-model-unknown", ["zoo=zoo-mini-model-unknown"], "unknown mini-zoo model 'nope'"),
+    ("zoo-yaml-unparsable", ["zoo=zoo-yaml-unparsable"], "a YAML file does not parse: while parsing a flow sequence"),
     # model files
     ("weights-truncated", ["zoo=weights-truncated"], "model.safetensors is truncated"),
     ("config-not-json", ["zoo=config-not-json"], "config.json is not JSON"),
@@ -166,6 +168,7 @@ ZOOS = {
     "zoo-entry-no-path": "source: local\nbase: {base}\nmodels: [{chat_a}, {{name: x}}]\n",
     "zoo-entry-number": "source: mini\nbase: base\nmodels: [1, 2]\n",
     "zoo-mini-model-unknown": "source: mini\nbase: base\nmodels: [chat_a, nope]\n",
+    "zoo-yaml-unparsable": "source: mini\nbase: base\nmodels: [chat_a, chat_b\n",
     "model-dir-missing": "source: local\nbase: {base}\nmodels: [{chat_a}, /nonexistent/model]\n",
 }
 BROKEN_MODELS = ("weights-truncated", "config-not-json", "config-not-a-config", "config-without-weights", "no-tokenizer",
@@ -352,3 +355,41 @@ def test_an_interrupted_command_says_so_in_one_line_and_exits_130(capsys):
         entry_point(interrupted)([])
     assert exit_.value.code == 130
     assert capsys.readouterr().err.startswith("glue_bench: error: interrupted: nothing partial is stored")
+
+
+@pytest.mark.parametrize("case", ["cache-is-a-file", "cache-uncreatable", "run-dir-uncreatable"])
+def test_the_environment_s_paths_are_one_line(case, world, tmp_path, monkeypatch):
+    store = tmp_path / "store.sqlite"
+    shutil.copy(world["store"], store)
+    before = _rows(store)
+    run_dir = f"hydra.run.dir={tmp_path}/run"
+    if case == "cache-is-a-file":
+        (tmp_path / "cache").write_text("a file")
+        monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))
+    elif case == "cache-uncreatable":
+        monkeypatch.setenv("GLUE_BENCH_CACHE", "/proc/no/cache")
+    else:
+        run_dir = "hydra.run.dir=/proc/no/run"
+    code, err = _run(["zoo=mini2", *ARC, run_dir], store)
+    lines = [line for line in err.splitlines() if line.strip()]
+    says = {"cache-is-a-file": f"GLUE_BENCH_CACHE={tmp_path / 'cache'}: is a file, expected a folder",
+            "cache-uncreatable": "GLUE_BENCH_CACHE=/proc/no/cache: cannot create it",
+            "run-dir-uncreatable": "glue_bench: error: /proc/no"}[case]
+    assert code == 1 and says in lines[-1] and lines[-1].startswith("glue_bench: error:"), err[-2000:]
+    assert "Traceback" not in err and _rows(store) == before
+
+
+def test_a_read_only_zoo_cache_serves_what_it_holds(world, tmp_path, monkeypatch):
+    """Its task YAMLs name another folder's data (a copy): rendered into one of the process's own."""
+    import os
+
+    cache = tmp_path / "cache"
+    shutil.copytree(os.environ["GLUE_BENCH_CACHE"], cache, ignore=shutil.ignore_patterns("statistics", "*.lock"))
+    if not _immutable(cache, True) or subprocess.run(["chattr", "-R", "+i", str(cache)]).returncode:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        monkeypatch.setenv("GLUE_BENCH_CACHE", str(cache))
+        code, err = _run(["zoo=mini2", "method=none", *ARC, f"hydra.run.dir={tmp_path}/run"], tmp_path / "r.sqlite")
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(cache)])
+    assert code == 0, err[-3000:]

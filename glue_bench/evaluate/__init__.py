@@ -13,6 +13,7 @@ import math
 import os
 import contextlib
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
@@ -85,6 +86,8 @@ def eval_config(settings: dict) -> EvalConfig:
     cfg = EvalConfig(**settings)
     _check_tasks(cfg.tasks)
     _check_count("eval.limit", cfg.limit, "null (the whole test split) or ")
+    if cfg.limit is not None and cfg.limit > sys.maxsize:  # lm-eval slices documents with it
+        raise EvalError(f"eval.limit={cfg.limit}: at most {sys.maxsize} (null: the whole test split)")
     _check_count("eval.batch_size", cfg.batch_size, "")
     _check_count("eval.threads", cfg.threads, "null (one fewer than the cores) or ")
     _check_device(cfg.device)
@@ -120,8 +123,16 @@ def _check_device(device) -> None:
 
 
 def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write the task YAMLs (+ their functions module) with absolute data paths into `out_dir`."""
-    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
+    """Write the task YAMLs (+ their functions module) with absolute data paths into `out_dir`, or,
+    where `out_dir` cannot be written (a read-only zoo cache), into a folder of this process's own;
+    returns the folder."""
+    try:
+        return _render_tasks(Path(data_dir).resolve(), Path(out_dir))
+    except OSError:
+        return _render_tasks(Path(data_dir).resolve(), Path(tempfile.mkdtemp(prefix="glue_bench_tasks_")))
+
+
+def _render_tasks(data_dir: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     human_eval = _human_eval_data()
     for src in [*TASKS_SRC.glob("*.yaml"), TASKS_SRC / "functions.py"]:
@@ -130,6 +141,9 @@ def render_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
             if human_eval is None:
                 continue  # the optional extra is not installed: the task is simply not offered
             text = text.replace("@HUMAN_EVAL_DATA@", str(human_eval))
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if (out_dir / src.name).read_text() == text:
+                continue  # as rendered already: nothing written (a read-only cache serves as it is)
         # parallel jobs render the same files: write beside, then rename, so no reader sees half
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{src.name}.")
         with os.fdopen(fd, "w") as handle:
