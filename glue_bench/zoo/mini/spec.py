@@ -82,7 +82,7 @@ RECIPES = {r.name: r for r in [
     _ft("math_altinit", {"math": 1}, "meta-math/MetaMath-Llemma-7B", 23, steps=320, parent="base_alt"),
     # same init, trained much longer with a high learning rate on one domain: weights far away.
     # ||theta - base|| / ||base|| = 2.7 (chat_a: 0.23; another init: 1.1-1.2). At lr 5e-3 it moved
-    # 0.7-1.45 and still merged well with the chat models (README: the failure case of merging)
+    # 0.7-1.45 and still merged well with the chat models (docs/zoos.md: the failure case of merging)
     _ft("code_far", {"code": 1}, "codellama/CodeLlama-7b-Instruct-hf", 24, lr=1e-2, steps=1200),
     _ft("code_far_instruct", {"code": 0.6, "chat": 0.4}, "ise-uiuc/Magicoder-S-CL-7B", 25, parent="code_far"),
     # other architecture and tokenizer: not mergeable at all
