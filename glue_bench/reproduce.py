@@ -13,17 +13,21 @@ router training): it checks that everything builds, not what the study found. --
 sweeps every preset over the mini zoo's replicates 0..N-1 (independent builds: the findings
 are then pooled over them and say on how many they hold). Every run first prints its plan (the
 jobs, evaluations and items of each preset and the minutes they take here, from the per-item costs
-this machine measured: glue_bench.plan), and keeps each preset's measured time beside those costs.
+this machine measured: glue_bench.plan), shows one progress bar over every job of every sweep (its
+ETA from the jobs' pace so far), and keeps each preset's measured time beside those costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from glue_bench.costs import record_preset
 
@@ -52,21 +56,37 @@ QUICK = {
 }
 
 
-def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None) -> None:
+_LAUNCHED = re.compile(r"\[HYDRA\]\s+#(\d+) : ")  # Hydra's basic launcher, as it starts each job of a sweep
+
+
+def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None,
+               bar: tqdm | None = None) -> None:
+    """One preset's sweep in a process of its own; `bar` advances as each of its jobs ends (the next
+    one starting, or the sweep ending)."""
     # --multirun: a preset's hydra.mode alone is not enough once an override reaches into a swept group
     command = [sys.executable, "-m", "glue_bench", "--multirun", f"experiment={preset}", *overrides,
                f"results_path={results}", "print_table=false"]
     if hydra_dir is not None:  # else Hydra's own outputs/ and multirun/ folders
         command += [f"hydra.sweep.dir={hydra_dir}/{preset}/${{now:%H%M%S}}",
                     f"hydra.run.dir={hydra_dir}/{preset}/${{now:%H%M%S}}"]
-    print(f"[reproduce] {' '.join(command[2:])}", flush=True)
+    say = bar.write if bar is not None else print
+    say(f"[reproduce] {' '.join(command[2:])}")
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"reproduce: preset {preset} failed (exit {done.returncode}); its finished jobs are kept "
+    launched = 0
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            say(line.rstrip("\n"))
+            if _LAUNCHED.search(line):
+                if launched and bar is not None:
+                    bar.update(1)  # the job before this one has ended
+                launched += 1
+    if launched and bar is not None:
+        bar.update(1)  # and the last one, with the sweep
+    if proc.returncode != 0:
+        raise SystemExit(f"reproduce: preset {preset} failed (exit {proc.returncode}); its finished jobs are kept "
                          "in the store, rerun to resume")
     elapsed = time.perf_counter() - start
-    print(f"[reproduce] {preset}: {elapsed:.0f} s", flush=True)
+    say(f"[reproduce] {preset}: {elapsed:.0f} s")
     record_preset(preset, overrides, elapsed)
 
 
@@ -111,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     planned = print_plan([p for preset, overrides in sweeps for p in plan([preset], overrides, results)], size)
     if args.plan:
         return
-    start = time.perf_counter()
-    for done, (preset, overrides) in enumerate(sweeps, 1):
-        run_preset(preset, overrides, results, args.hydra_dir)
-        print(f"[reproduce] {done}/{len(sweeps)} sweeps, {(time.perf_counter() - start) / 60:.1f} min "
-              f"(planned {planned / 60:.1f} min in all)", flush=True)
+    from glue_bench.plan import sweep
+
+    jobs = sum(len(sweep(preset, overrides)) for preset, overrides in sweeps)
+    with tqdm(total=jobs, desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
+        for preset, overrides in sweeps:
+            run_preset(preset, overrides, results, args.hydra_dir, bar)
 
     from glue_bench.tables import main as tables
 

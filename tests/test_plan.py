@@ -91,3 +91,34 @@ def test_reproduce_plan_prints_the_table_and_runs_nothing(tmp_path, monkeypatch,
 def test_quick_s_forced_keys_keep_their_prefix():
     (job,) = sweep("recipe", ["++strategy.search.kind=average", "++strategy.proxy.size=5"])
     assert job == ["++strategy.search.kind=average", "++strategy.proxy.size=5"]
+
+
+def test_the_progress_bar_counts_each_job_of_a_sweep_as_it_ends(tmp_path, monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    import glue_bench.reproduce as reproduce
+
+    class Sweep:  # what `python -m glue_bench --multirun` prints: one line as each job starts
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            self.stdout = io.StringIO("[HYDRA] Launching 3 jobs locally\n" + "".join(
+                f"[2026-12-06 02:36:54,387][HYDRA] \t#{i} : zoo=mini2 method=m{i}\nlog of job {i}\n" for i in range(3)))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(reproduce.subprocess, "Popen", Sweep)
+    seen = []
+    with tqdm(total=5, file=io.StringIO()) as bar:
+        monkeypatch.setattr(bar, "write", seen.append)
+        reproduce.run_preset("merge_methods", [], tmp_path / "r.sqlite", bar=bar)
+        assert bar.n == 3
+    assert "log of job 2" in seen and seen[-1].startswith("[reproduce] merge_methods: ")
+    assert json.loads((tmp_path / "costs.jsonl").read_text())["preset"] == "merge_methods"

@@ -38,7 +38,7 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     from glue_bench import reproduce
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir: calls.append(
+    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir, bar=None: calls.append(
         (preset, overrides)))
     monkeypatch.setattr("glue_bench.tables.main", lambda argv: None)
     reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures",
