@@ -47,6 +47,7 @@ class PresetPlan:
     jobs: int = 0
     evaluations: list[Evaluation] = field(default_factory=list)
     builds: dict[str, float | None] = field(default_factory=dict)  # zoo replicate -> build seconds
+    swept: int = 0             # jobs in its sweep, stored ones included (Hydra launches each)
 
     def items(self) -> int:
         return sum(sum(e.items.values()) for e in self.evaluations)
@@ -130,6 +131,7 @@ def plan(presets: list[str], overrides: list[str], results: Path) -> list[Preset
     for preset in presets:
         p = PresetPlan(preset)
         for job_overrides in sweep(preset, overrides):
+            p.swept += 1
             cfg = compose_job(preset, job_overrides, results)
             kind = kind_for(cfg)
             job = Job.from_config(cfg, unused=kind.unused(cfg))

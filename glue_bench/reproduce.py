@@ -128,13 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 
     size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
     print(f"plan: mini size {size}, {args.replicates} replicate(s), store {results}")
-    planned = print_plan([p for preset, overrides in sweeps for p in plan([preset], overrides, results)], size)
+    plans = [p for preset, overrides in sweeps for p in plan([preset], overrides, results)]
+    planned = print_plan(plans, size)
     if args.plan:
         return
-    from glue_bench.plan import sweep
-
-    jobs = sum(len(sweep(preset, overrides)) for preset, overrides in sweeps)
-    with tqdm(total=jobs, desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
+    with tqdm(total=sum(p.swept for p in plans), desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
         for preset, overrides in sweeps:
             run_preset(preset, overrides, results, args.hydra_dir, bar)
 

@@ -34,7 +34,7 @@ def test_a_merge_job_is_its_zoo_s_singles_once_and_itself_once(tmp_path, monkeyp
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))  # nothing built: nothing skipped
     plans = plan(["merge_methods"], ["zoo=mini2", "method=linear,ties", "eval.limit=7"], tmp_path / "r.sqlite")
     (p,) = plans
-    assert p.jobs == 2
+    assert p.jobs == 2 and p.swept == 2
     # mini2 is two models and the base: three singles, counted once for both jobs, then one evaluation a job
     assert [e.what for e in p.evaluations] == ["single"] * 3 + ["merge"] * 2
     assert all(e.items == dict.fromkeys(e.items, 7) and len(e.items) == 6 for e in p.evaluations)
