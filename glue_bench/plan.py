@@ -12,11 +12,13 @@ task, for the candidate's kind where one was measured). What a job evaluates:
 - a selective job (a heuristic, CMA-ES or both, the recipe's within-family searches): each model
   on the proxy set, then one proxy evaluation per step of its search (heuristic average: one per
   model after the first; coefficient and similarity: one per share of the grid; CMA-ES: n_trials),
-  then the singles, the merge of all and its candidate on the final items. The recipe's families
+  then the singles, the merge of all and its candidate on the final items (the singles and the
+  merge of all once per zoo and item set: every selective job of that zoo shares them). The recipe's families
   are known only once it has clustered: it is priced as one coefficient search over the whole zoo,
   an upper bound.
 
-A job or a single already in the store is not counted (it will be skipped); a model not built here
+A job or a single already in the store is not counted (it will be skipped), nor is a job two
+presets share counted twice (CMA-ES on mini8 with linear is in three presets); a model not built here
 adds its training time as measured here (its builds' `train_seconds`), or the plan says it has none.
 Not counted: building merges and mixtures and training MLP routers (seconds each on the mini zoo).
 The figures are estimates from medians: the plan states what it assumed, and a task whose cost was
@@ -102,30 +104,39 @@ def search_steps(search: dict, n_models: int) -> int:
 
 
 def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], list[Evaluation]]:
-    """(singles as (identity, evaluation), the job's own evaluations) for one job (`glue_bench.job.Job`)."""
+    """(shared evaluations as (identity, evaluation), the job's own evaluations) for one job
+    (`glue_bench.job.Job`). Shared: what the run stores under a key of its own, so that every job
+    naming it reuses it (the singles on the whole split and on final items, the merge of all
+    candidates on final items); the plan counts each identity once."""
     from glue_bench.costs import cost_kind
 
     cfg = job.cfg
     whole = whole_split(cfg)
     members = job.members or job.refs
-    singles = [((ref.key, json.dumps(whole, sort_keys=True)), Evaluation("single", whole)) for ref in [job.base, *job.refs]]
+    shared = [((ref.key, json.dumps(whole, sort_keys=True)), Evaluation("single", whole)) for ref in [job.base, *job.refs]]
     if kind not in ("selective", "recipe"):
-        return singles, [Evaluation(cost_kind(cfg, kind), whole)]
+        return shared, [Evaluation(cost_kind(cfg, kind), whole)]
     size = int(cfg.strategy.proxy.size)
     proxy = {t: min(size, n) for t, n in whole.items()}
     final = {t: n - proxy[t] for t, n in whole.items()}
+    items = (json.dumps(whole, sort_keys=True), size, int(cfg.strategy.proxy.seed))
     search = OmegaConf.to_container(cfg.strategy.search, resolve=True)
     steps = search_steps(search, len(members))
+    shared += [((ref.key, *items), Evaluation("single", final)) for ref in [job.base, *job.refs]]
+    method = json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True)
+    shared.append((("all", *(m.key for m in members), method, *items), Evaluation(kind, final)))
     own = [Evaluation("single", proxy) for _ in members] + [Evaluation(kind, proxy) for _ in range(steps)]
-    own += [Evaluation("single", final) for _ in [job.base, *job.refs]] + [Evaluation(kind, final)] * 2
-    return singles, own
+    return shared, own + [Evaluation(kind, final)]
 
 
-def plan(presets: list[str], overrides: list[str], results: Path) -> list[PresetPlan]:
+def plan(presets: list[str], overrides: list[str], results: Path, seen: set | None = None) -> list[PresetPlan]:
+    """Each preset's plan. `seen`: the jobs and shared evaluations counted already (by an earlier
+    call of the same reproduction), each counted once, in the first preset that runs it, as the
+    run skips what the store holds."""
     from glue_bench.job import Job
     from glue_bench.kinds import kind_for
 
-    seen_singles: set = set()
+    seen = set() if seen is None else seen
     built: dict[tuple[str, int], set[str]] = {}  # models whose build is counted already
     plans = []
     for preset in presets:
@@ -135,15 +146,13 @@ def plan(presets: list[str], overrides: list[str], results: Path) -> list[Preset
             cfg = compose_job(preset, job_overrides, results)
             kind = kind_for(cfg)
             job = Job.from_config(cfg, unused=kind.unused(cfg))
-            singles, own = job_evaluations(job, kind.name)
-            for identity, evaluation in singles:
-                if identity not in seen_singles:
-                    seen_singles.add(identity)
-                    p.evaluations.append(evaluation)
-            if kind.nothing_to_build(cfg) or job.store.has_job(job.key):
+            shared, own = job_evaluations(job, kind.name)
+            if kind.nothing_to_build(cfg) or job.store.has_job(job.key) or job.key in seen:
+                p.evaluations += [e for identity, e in shared[:len([job.base, *job.refs])] if _first(identity, seen)]
                 continue
+            seen.add(job.key)
             p.jobs += 1
-            p.evaluations += own
+            p.evaluations += [e for identity, e in shared if _first(identity, seen)] + own
             if cfg.zoo.source == "mini":
                 needed = built.setdefault((cfg.mini_size, job.replicate), set())
                 new = {r.name for r in [job.base, *job.refs]} - needed
@@ -154,6 +163,13 @@ def plan(presets: list[str], overrides: list[str], results: Path) -> list[Preset
                     p.builds[where] = None if cost is None or p.builds.get(where, 0.0) is None else p.builds.get(where, 0.0) + cost
         plans.append(p)
     return plans
+
+
+def _first(identity: tuple, seen: set) -> bool:
+    if identity in seen:
+        return False
+    seen.add(identity)
+    return True
 
 
 def build_seconds(size: str, replicate: int, models: list[str]) -> float | None:

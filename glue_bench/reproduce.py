@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
     print(f"plan: mini size {size}, {args.replicates} replicate(s), store {results}")
-    plans = [p for preset, overrides in sweeps for p in plan([preset], overrides, results)]
+    seen: set = set()  # a job or evaluation two presets share is run (and counted) once
+    plans = [p for preset, overrides in sweeps for p in plan([preset], overrides, results, seen)]
     planned = print_plan(plans, size)
     if args.plan:
         return

@@ -122,3 +122,24 @@ def test_the_progress_bar_counts_each_job_of_a_sweep_as_it_ends(tmp_path, monkey
         assert bar.n == 3
     assert "log of job 2" in seen and seen[-1].startswith("[reproduce] merge_methods: ")
     assert json.loads((tmp_path / "costs.jsonl").read_text())["preset"] == "merge_methods"
+
+
+def test_what_selective_jobs_share_is_counted_once_and_a_job_two_presets_share_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))
+    overrides = ["zoo=mini8", "eval.limit=30", "++strategy.search.n_trials=5"]  # proxy 20 a task, final 10
+    seen: set = set()
+    (p,) = plan(["strategies"], [*overrides, "strategy=heuristic_average,evolutionary"], tmp_path / "r.sqlite", seen)
+    assert p.jobs == 2
+
+    def on(n):
+        return [e.what for e in p.evaluations if set(e.items.values()) == {n}]
+
+    assert on(30) == ["single"] * 9  # mini8's eight models and the base on the whole split, once
+    # on the proxy set, per job: its eight singles, then its search's steps (heuristic average: one per
+    # model after the first; CMA-ES: its trials)
+    assert on(20) == ["single"] * 8 + ["selective"] * 7 + ["single"] * 8 + ["selective"] * 5
+    # on the final items: the singles and the merge of all once for both jobs, then each job's choice
+    assert on(10) == ["single"] * 9 + ["selective"] + ["selective"] * 2
+    # heuristic_evolution's CMA-ES on mini8 with linear is the job strategies ran: counted there only
+    (q,) = plan(["heuristic_evolution"], [*overrides, "strategy=evolutionary"], tmp_path / "r.sqlite", seen)
+    assert q.swept == 1 and q.jobs == 0 and q.evaluations == []
