@@ -32,7 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.router.name != "none":
         _check_router(OmegaConf.to_container(cfg.router, resolve=True))
     if cfg.strategy.get("proxy") is not None:
-        _check_proxy(OmegaConf.to_container(cfg.strategy.proxy, resolve=True), eval_settings.tasks)
+        _check_proxy(OmegaConf.to_container(cfg.strategy.proxy, resolve=True), eval_settings.tasks, eval_settings.limit)
 
 
 # router settings that must be positive integers, by router (conf/router/)
@@ -56,9 +56,9 @@ def _check_router(router: dict) -> None:
         raise JobError(f"router.layer={layer!r}: expected null (the mean over all layers) or a layer index >= 0")
 
 
-def _check_proxy(proxy: dict, tasks: list[str]) -> None:
-    """strategy.proxy: a positive size that leaves final items in every mini task (a task of
-    lm-eval's registry is checked when its split is loaded), an integer seed."""
+def _check_proxy(proxy: dict, tasks: list[str], limit: int | None = None) -> None:
+    """strategy.proxy: a positive size that leaves final items in every mini task, within eval.limit
+    (a task of lm-eval's registry is checked when its split is loaded), an integer seed."""
     from glue_bench.zoo.mini.data import TEST_ITEMS
 
     size, seed = proxy.get("size"), proxy.get("seed")
@@ -66,7 +66,9 @@ def _check_proxy(proxy: dict, tasks: list[str]) -> None:
         raise JobError(f"strategy.proxy.size={size!r}: expected a positive integer (documents per task)")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise JobError(f"strategy.proxy.seed={seed!r}: expected an integer")
-    if short := [f"{t} ({TEST_ITEMS[t]} items)" for t in tasks if TEST_ITEMS.get(t, size + 1) <= size]:
+    within = {t: min(TEST_ITEMS[t], limit or TEST_ITEMS[t]) for t in tasks if t in TEST_ITEMS}
+    if short := [f"{t} ({n} items{'' if n == TEST_ITEMS[t] else f', eval.limit={limit}'})"
+                 for t, n in within.items() if n <= size]:
         raise JobError(f"strategy.proxy.size={size}: would leave no final test items for {', '.join(short)}")
 
 

@@ -94,7 +94,9 @@ CASES = [
     ("search-warm-stage", ["strategy=heuristic_evolutionary", "strategy.search.evolutionary.n_trials=-2"],
      "strategy.search.evolutionary.n_trials=-2"),
     ("proxy-size-zero", ["strategy=heuristic_average", "strategy.proxy.size=0"], "strategy.proxy.size=0"),
-    ("proxy-size-whole-split", ["strategy=heuristic_average", "strategy.proxy.size=400"],
+    ("proxy-size-whole-limit", ["strategy=heuristic_average", "strategy.proxy.size=400"],  # the world's eval.limit=4
+     "strategy.proxy.size=400: would leave no final test items for mini_arc (4 items, eval.limit=4)"),
+    ("proxy-size-whole-split", ["strategy=heuristic_average", "strategy.proxy.size=400", "eval.limit=500"],
      "strategy.proxy.size=400: would leave no final test items for mini_arc (400 items)"),
     ("proxy-seed-text", ["strategy=heuristic_average", "strategy.proxy.seed=abc"], "strategy.proxy.seed='abc'"),
     ("method-params-null", ["method.params=null"], "method.params=null: expected a mapping"),

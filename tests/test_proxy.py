@@ -92,3 +92,13 @@ def test_an_identical_candidate_is_evaluated_once_and_a_store_cache_outlives_the
             row = rows[(rows["job_key"] == key) & (rows["task"] == task)].iloc[0]
             assert values.mean() == pytest.approx(row["value"])
             assert row["stderr"] == pytest.approx(values.std(ddof=1) / 2)
+
+
+def test_eval_limit_bounds_the_proxy_draw_and_the_final_items(tasks_dir):
+    proxy = ProxySet.draw(tasks_dir, ["mini_arc", "mini_mmlu"], size=5, seed=0, limit=20)
+    for task in ("mini_arc", "mini_mmlu"):  # lm-eval's limit reads the first 20 documents: so do both sets
+        assert proxy.sizes[task] == 20 and set(proxy.items[task]) | set(proxy.final[task]) == set(range(20))
+        assert len(proxy.items[task]) == 5 and len(proxy.final[task]) == 15
+    assert ProxySet.draw(tasks_dir, ["mini_arc", "mini_mmlu"], size=5, seed=0).key != proxy.key
+    with pytest.raises(EvalError, match=r"no final test items for mini_arc \(20 items, eval.limit=20\)"):
+        ProxySet.draw(tasks_dir, ["mini_arc"], size=20, limit=20)

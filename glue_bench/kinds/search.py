@@ -42,7 +42,8 @@ def proxy_and_final_items(job: Job):
     from glue_bench.select.proxy import ProxySet
 
     proxy_cfg = job.cfg.strategy.proxy
-    proxy = ProxySet.draw(job.tasks_dir, selected_tasks(job.eval_cfg), proxy_cfg.size, proxy_cfg.seed)
+    proxy = ProxySet.draw(job.tasks_dir, selected_tasks(job.eval_cfg), proxy_cfg.size, proxy_cfg.seed,
+                          limit=job.eval_cfg.limit)
     described = f"({proxy_cfg.size}/task, seed {proxy_cfg.seed}, {proxy.key[:8]})"
     final = ItemSet({t: list(i) for t, i in proxy.final.items()}, proxy.key,
                     f"final items: test minus proxy {described}")

@@ -35,13 +35,16 @@ class ProxySet:
     seed: int
 
     @classmethod
-    def draw(cls, tasks_dir, tasks: list[str], size: int, seed: int = 0) -> "ProxySet":
+    def draw(cls, tasks_dir, tasks: list[str], size: int, seed: int = 0, limit: int | None = None) -> "ProxySet":
+        """`limit`: only each task's first `limit` documents (eval.limit, as lm-eval reads it) are
+        drawn from and judged on, so a limited run's final items are limited too."""
         if size < 1:
             raise EvalError(f"proxy size must be >= 1, got {size}")
-        sizes = split_sizes(tasks_dir, tasks)
+        sizes = {t: n if limit is None else min(n, limit) for t, n in split_sizes(tasks_dir, tasks).items()}
         for task, n in sizes.items():
             if size >= n:
-                raise EvalError(f"proxy size {size} would leave no final test items for {task} ({n} items)")
+                limited = "" if limit is None or n < limit else f", eval.limit={limit}"
+                raise EvalError(f"proxy size {size} would leave no final test items for {task} ({n} items{limited})")
         # one generator per task, seeded by (seed, task): a task's items do not depend on the others
         items = {t: tuple(sorted(random.Random(f"{seed}:{t}").sample(range(n), min(size, n))))
                  for t, n in sizes.items()}
