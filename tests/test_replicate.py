@@ -33,12 +33,13 @@ def _compose(overrides, tmp_path):
         return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
 
 
-# computed when zoo v3 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
-# keys unchanged by the replicates; v3 is another zoo: new recipes' data, new keys)
+# computed when zoo v4 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
+# keys unchanged by the replicates; v3 and v4 are other zoos: v3 new recipes' data, v4 built
+# reproducibly, so new keys)
 @pytest.mark.parametrize("name, size, key", [
-    ("base", "micro", "mini-v3/micro/base-4fd7e5ce"), ("base", "mini", "mini-v3/mini/base-323704b5"),
-    ("chat_a", "micro", "mini-v3/micro/chat_a-a52f1bb0"), ("math_altinit", "mini", "mini-v3/mini/math_altinit-de678f15"),
-    ("foreign_chat", "micro", "mini-v3/micro/foreign_chat-7a5dca79"),
+    ("base", "micro", "mini-v4/micro/base-04de13c9"), ("base", "mini", "mini-v4/mini/base-540c50fa"),
+    ("chat_a", "micro", "mini-v4/micro/chat_a-44cf8fc2"), ("math_altinit", "mini", "mini-v4/mini/math_altinit-02d863bb"),
+    ("foreign_chat", "micro", "mini-v4/micro/foreign_chat-2e1c9868"),
 ])
 def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
@@ -142,7 +143,7 @@ def test_the_build_cli_refuses_a_negative_replicate_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_main(["--size", "micro", "--replicate", "-1", "mini2"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: mini-zoo replicate: a replicate is a non-negative integer, got -1"
+    assert capsys.readouterr().err.strip() == "glue_bench: error: mini-zoo replicate: a replicate is a non-negative integer, got -1"
 
 
 def test_candidate_scores_keep_one_replicate_s_rows_and_singles(tmp_path):

@@ -10,6 +10,11 @@ Replicate r (r > 0) draws its data, inits and training with other seeds (`spec.r
 replicate 0 is the zoo as first built, in the directory it always had.
 A directory appears under its final name only once complete (written beside it, then renamed),
 so a killed build never leaves a half model that later loads.
+
+Models are trained in a process of their own whose float arithmetic does not depend on the CPU
+(`REPRODUCIBLE`: ATen's portable kernels, MKL's conditional numerical reproducibility, one
+thread), so that one replicate is the same zoo on every x86-64 machine (docs/zoos.md, "The same
+zoo on every machine"); each model's card records its weights' fingerprint to compare.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class _Builder:
     def build(self, recipe: Recipe) -> None:
         from transformers import AutoModelForCausalLM
 
+        from glue_bench.provenance import state_fingerprint
         from glue_bench.zoo.mini.train import PackedStream, new_model, save_model, train
 
         tok = self.tokenizer(recipe.foreign)
@@ -123,16 +129,34 @@ class _Builder:
                        desc=f"{self.size}/{recipe.name}")
         card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
                 "replicate": self.replicate, "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
-                "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+                "final_loss": sum(losses[-10:]) / len(losses[-10:]), "weights": state_fingerprint(model)}
         with atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
             save_model(model, tok, scratch)
             (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))
+
+
+# The settings under which training's floats are the same on any x86-64 CPU (measured: with them a
+# build is bit-identical whatever ATen's or MKL's instruction set or the thread count; without
+# them, ATen's AVX2 and AVX-512 kernels and MKL's code paths train other weights). Read by torch
+# and MKL when a process starts: models are built in a child process started with them.
+REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1"}
+
+
+def reproducible_here() -> bool:
+    """Whether this process trains under `REPRODUCIBLE` (started with it)."""
+    import torch
+
+    return (all(os.environ.get(k) == v for k, v in REPRODUCIBLE.items())
+            and torch.backends.cpu.get_cpu_capability() == "DEFAULT" and torch.get_num_threads() == 1)
 
 
 def ensure_models(names: list[str], size: str = "mini", progress: bool = True, replicate: int = 0) -> dict[str, Path]:
     """Build whatever of `names` (and their parents) is missing; return their directories."""
     needed = list(dict.fromkeys(n for name in names for n in lineage(name)))
     root = size_dir(size, replicate)
+    if any(not model_dir(n, size, replicate).exists() for n in needed) and not reproducible_here():
+        _build_in_child(needed, size, replicate, progress)
     if any(not model_dir(n, size, replicate).exists() for n in needed):
         ensure_data(size, replicate)
         with _build_lock(root):
@@ -149,6 +173,20 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True, r
     return {n: model_dir(n, size, replicate) for n in names}
 
 
+def _build_in_child(names: list[str], size: str, replicate: int, progress: bool) -> None:
+    """`ensure_models` in a fresh process started with `REPRODUCIBLE`; its error as a ZooError."""
+    import subprocess
+
+    command = [sys.executable, "-m", "glue_bench.zoo.mini.build", "--size", size, "--replicate", str(replicate),
+               "--models", *names, *([] if progress else ["--quiet"])]
+    done = subprocess.run(command, env={**os.environ, **REPRODUCIBLE}, stdout=subprocess.DEVNULL,
+                          stderr=None if progress else subprocess.PIPE, text=True)
+    if done.returncode:
+        said = [line for line in (done.stderr or "").splitlines() if line.strip()]
+        raise ZooError(f"building {', '.join(names)} ({size}, replicate {replicate}) failed"
+                       + (f": {said[-1].removeprefix('glue_bench: error: ')}" if said else f" (exit {done.returncode})"))
+
+
 def main(argv: list[str] | None = None) -> None:
     from glue_bench.zoo import zoo_members
 
@@ -156,13 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("zoos", nargs="*", default=["mini16"], help="zoo config names (default mini16)")
     parser.add_argument("--size", default="mini", choices=sorted(SIZES))
     parser.add_argument("--replicate", default=0, type=int, help="which independent build (default 0)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="these models (and their parents), not zoos")
+    parser.add_argument("--quiet", action="store_true", help="no progress")
     args = parser.parse_args(argv)
-    names = ["base"] + [m for z in args.zoos for m in zoo_members(z)]
+    names = args.models or ["base"] + [m for z in args.zoos for m in zoo_members(z)]
     start = time.perf_counter()
     try:
-        dirs = ensure_models(list(dict.fromkeys(names)), args.size, replicate=args.replicate)
+        dirs = ensure_models(list(dict.fromkeys(names)), args.size, progress=not args.quiet, replicate=args.replicate)
     except ZooError as err:
-        parser.exit(2, f"error: {err}\n")
+        parser.exit(2, f"glue_bench: error: {err}\n")
     print(f"{len(dirs)} models ready under {size_dir(args.size, args.replicate)} "
           f"({time.perf_counter() - start:.1f} s)")
 

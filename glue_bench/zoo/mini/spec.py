@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from glue_bench.zoo import ZooError
 
 # Bump when a recipe, the data or the training code changes what gets built: caches are keyed by it.
-VERSION = "v3"  # v3: code problems a model can learn (spec.py, data.py), a 384-token context
+VERSION = "v4"  # v3: code problems a model can learn (spec.py, data.py), a 384-token context; v4: built reproducibly (build.REPRODUCIBLE)
 
 
 @dataclass(frozen=True)
