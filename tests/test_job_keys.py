@@ -13,20 +13,21 @@ from glue_bench.kinds import kind_for
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg)), and
-# computed again when zoo v3 changed every model's key (the models, not the key's computation, changed)
+# computed again when zoo v3 and then v4 changed every model's key (the models, not the key's computation,
+# changed; the selective job's key also with the CMA-ES budget, 200 -> 50 trials)
 PINNED = {
-    ("merge", "mini"): (["zoo=mini4", "method=ties"], "ee9db0f58891e3ac"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "f31dbb8be668e45d"),
-    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "59c75b80df012d90"),
-    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "10ade3cb79b94b68"),
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "5fa42b8746b0b979"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "733b98d5b9130e3b"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "f25671be75b43557"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "963ddd34b375a6ad"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                         "911a621b8413f43e"),
+                         "2bd28bc7b57d3f21"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "59226d7ac9077495"),
-    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "ada40eb0ec233308"),
-    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "ea92335f49438ba1"),
-    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "80b8fd5faa25b394"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "90b97ff445fb257a"),
+                          "c3cad4205ca25984"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "3cd86d29664a2224"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "a35ef4ee405eb1eb"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "9c2358b2b3814aff"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "1aedc80ec6f2da10"),
 }
 
 
@@ -58,7 +59,7 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
-    assert job.base.key == "mini-v3/mini/base-323704b5"  # the test splits grew, the model did not change
+    assert job.base.key == "mini-v4/mini/base-540c50fa"  # the test splits grew, the model did not change
     assert job.sub_key({"single": job.base.key}) != "3b1bca8ae1b0a692"  # judged on other items: another job
     monkeypatch.setattr(data, "SPLITS_VERSION", 1)
     assert job.sub_key({"single": job.base.key}) == "3b1bca8ae1b0a692"

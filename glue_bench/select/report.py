@@ -47,12 +47,12 @@ class ZooSearch:
 
     @classmethod
     def prepare(cls, zoo: str, size: str, proxy_size: int, seed: int, allow_code_execution: bool,
-                tasks_dir: str | Path) -> "ZooSearch":
+                tasks_dir: str | Path, replicate: int = 0) -> "ZooSearch":
         from glue_bench.evaluate import render_tasks, selected_tasks
         from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, resolve_zoo, zoo_config
         from glue_bench.zoo.mini.build import ensure_data
 
-        refs, base_ref = resolve_zoo(zoo_config(zoo), size)
+        refs, base_ref = resolve_zoo({**zoo_config(zoo), "replicate": replicate}, size)
         ensure_available(refs + [base_ref], size)
         eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
         rendered = render_tasks(ensure_data(size, base_ref.replicate), tasks_dir)
