@@ -4,14 +4,15 @@
     GLUE_BENCH_MINI_SIZE=micro python -m glue_bench.reproduce --quick   # CI: minutes
     python -m glue_bench.reproduce --replicates 3      # every sweep on replicate zoos 0, 1, 2
     python -m glue_bench.reproduce --plan --replicates 5   # what that would cost here; runs nothing
+    python -m glue_bench.reproduce --replicates 1 --first-replicate 5   # one more replicate zoo, built here
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
 (jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
 the study tables to <out>/tables and notebooks/study_figures.ipynb draws the figures into
 <out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
 router training): it checks that everything builds, not what the study found. --replicates N
-sweeps every preset over the mini zoo's replicates 0..N-1 (independent builds: the findings
-are then pooled over them and say on how many they hold). Every run first prints its plan (the
+sweeps every preset over the mini zoo's replicates 0..N-1, or K..K+N-1 with --first-replicate K
+(independent builds: the findings are then pooled over them and say on how many they hold). Every run first prints its plan (the
 jobs, evaluations and items of each preset and the minutes they take here, from the per-item costs
 this machine measured: glue_bench.plan), shows one progress bar over every job of every sweep (its
 ETA from the jobs' pace so far), and keeps each preset's measured time beside those costs.
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "heuristic_evolution",
            "mixture_levels", "mixture_routers", "mixture_routing", "mixture_hybrid", "merge_vs_mixture", "recipe")
 # --quick: per preset, the sweeps to run instead (each a list of overrides of the preset's own), all
-# with QUICK_EVAL; a selective job's final items are all test items outside its proxy set, whatever the limit
+# with QUICK_EVAL; a selective job's final items are the first eval.limit items outside its proxy set
 QUICK_EVAL = ["eval.limit=20"]
 _FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the swept strategy is chosen
 _SMALL_PROXY = "++strategy.proxy.size=5"
@@ -114,20 +115,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hydra-dir", type=Path, help="the jobs' output folders (default: Hydra's)")
     parser.add_argument("--no-figures", action="store_true", help="skip the notebook")
     parser.add_argument("--replicates", type=int, default=1, metavar="N",
-                        help="sweep the mini zoo's replicates 0..N-1 (default: %(default)s, replicate 0 alone)")
+                        help="sweep N of the mini zoo's replicates (default: %(default)s)")
+    parser.add_argument("--first-replicate", type=int, default=0, metavar="K",
+                        help="the first of them: replicates K..K+N-1 (default: %(default)s). A replicate is one build "
+                             "on one machine: another machine's build of replicate K is another zoo, so add new ones")
     parser.add_argument("--plan", action="store_true",
                         help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
     args = parser.parse_args(argv)
     if args.replicates < 1:
         parser.error(f"--replicates must be at least 1, got {args.replicates}")
+    if args.first_replicate < 0:
+        parser.error(f"--first-replicate must be at least 0, got {args.first_replicate}")
     results = args.results.resolve()
-    replicates = [f"zoo.replicate={','.join(map(str, range(args.replicates)))}"] if args.replicates > 1 else []
+    chosen = range(args.first_replicate, args.first_replicate + args.replicates)
+    replicates = [f"zoo.replicate={','.join(map(str, chosen))}"] if list(chosen) != [0] else []
     sweeps = [(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates) for preset in args.presets
               for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]])]
     from glue_bench.plan import plan, print_plan
 
     size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
-    print(f"plan: mini size {size}, {args.replicates} replicate(s), store {results}")
+    print(f"plan: mini size {size}, replicate(s) {chosen.start}..{chosen.stop - 1}, store {results}")
     seen: set = set()  # a job or evaluation two presets share is run (and counted) once
     plans = [p for preset, overrides in sweeps for p in plan([preset], overrides, results, seen)]
     planned = print_plan(plans, size)

@@ -224,9 +224,9 @@ def _store_name(results_path: str) -> str:
 
 
 def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Path]:
-    """Regenerate every study table from the store into out_dir as .md, .tex and .csv: the tables
-    of replicate 0 (the zoo everyone builds; the others are in the store), the findings over every
-    replicate. A table with no rows in the store has its files removed, so none is left over from
+    """Regenerate every study table from the store into out_dir as .md, .tex and .csv: each table
+    of the first replicate zoo that has its rows (the others are in the store), the findings over
+    every replicate. A table with no rows in the store has its files removed, so none is left over from
     an older store."""
     df = read_results(results_path)
     check_one_build_per_replicate(df)
@@ -236,15 +236,17 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
     written = []
     reps = replicates(df)
     for study in [*TABLES, FINDINGS_TABLE]:
-        shown_df = df if study is FINDINGS_TABLE else at_replicate(df, reps[0])
-        table = study.build(shown_df, ev)
+        if study is FINDINGS_TABLE:
+            table, where = study.build(df, ev), f"replicate zoos {', '.join(map(str, reps))}"
+        else:
+            table, replicate = _first_shown(study, df, ev, reps)
+            where = f"replicate {replicate}"
         paths = {fmt: out / f"{study.name}.{fmt}" for fmt in FORMATS}
         if table.empty:
             for path in paths.values():
                 path.unlink(missing_ok=True)
             continue
         table.to_csv(paths["csv"], float_format="%.4f")
-        where = f"replicate zoos {', '.join(map(str, reps))}" if study is FINDINGS_TABLE else f"replicate {reps[0]}"
         header = f"## {study.title}\n\nMade by `{study.preset}`; from `{_store_name(results_path)}`, {where}.\n\n"
         if study is FINDINGS_TABLE:
             header += FINDINGS_LEGEND + "\n\n" + ", ".join(f"{state}: {n}" for state, n in
@@ -255,6 +257,16 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
         paths["tex"].write_text(to_latex(table, study.title, f"tab:{study.name}"))
         written += paths.values()
     return written
+
+
+def _first_shown(study, df: pd.DataFrame, ev, reps: list[int]):
+    """The study's table at the first replicate zoo holding its rows (presets may have run on
+    different replicates), and that replicate."""
+    for replicate in reps:
+        table = study.build(at_replicate(df, replicate), ev)
+        if not table.empty:
+            break
+    return table, replicate
 
 
 TABLE_LEGEND = ("Scores: value ± 95 % half-width (closed form from the per-item outcomes). Differences: "
