@@ -73,9 +73,9 @@ def test_a_replicate_lives_in_its_own_directory_and_keys(monkeypatch, tmp_path):
     assert Path(ref.location).parent == tmp_path / f"mini-{VERSION}" / "micro-r1" / "models" and ref.replicate == 1
 
 
-def _build_base(cache: Path) -> dict:
-    """Replicate 1's micro base, built in a fresh process into `cache`: its tensors."""
-    env = {**os.environ, "GLUE_BENCH_CACHE": str(cache)}
+def _build_base(cache: Path, **env_vars) -> dict:
+    """Replicate 1's micro base, built in a fresh process into `cache` (`env_vars` set in it): its tensors."""
+    env = {**os.environ, "GLUE_BENCH_CACHE": str(cache), **env_vars}
     code = ("from glue_bench.zoo.mini.build import ensure_models; "
             "ensure_models(['base'], 'micro', progress=False, replicate=1)")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
@@ -98,9 +98,33 @@ def test_replicate_1_builds_other_weights_the_same_each_time(micro_cache, replic
     assert one.keys() == zero.keys()
     matrices = [k for k in zero if zero[k].ndim == 2 and one[k].shape == zero[k].shape]
     assert len(matrices) >= 10 and not any(torch.equal(one[k], zero[k]) for k in matrices)
-    again = _build_base(tmp_path)
+    # again, from a process whose torch would pick other kernels (AVX2's, two threads: other weights
+    # when trained in it, measured) and MKL another instruction set: the build is the same
+    again = _build_base(tmp_path, ATEN_CPU_CAPABILITY="avx2", OMP_NUM_THREADS="2", MKL_ENABLE_INSTRUCTIONS="AVX2")
     for key in one:
         assert torch.equal(again[key], one[key]), key
+
+
+def test_a_build_s_weights_are_compared_with_the_recorded_ones(micro_cache, tmp_path, capsys):
+    from glue_bench.zoo.mini.build import compare_fingerprints
+
+    # the card's fingerprint is the weights': each tensor's name, dtype, shape and bytes, in name order
+    tensors = load_file(model_dir("chat_a", "micro", 0) / "model.safetensors")
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(f"{name}:{tensors[name].dtype}:{tuple(tensors[name].shape)}".encode())
+        digest.update(tensors[name].reshape(-1).view(torch.uint8).numpy())
+    card = json.loads((model_dir("chat_a", "micro", 0) / "glue_bench_recipe.json").read_text())
+    assert card["weights"] == digest.hexdigest()[:16]
+    recorded = tmp_path / "zoo_weights.csv"
+    assert compare_fingerprints(recorded, ["chat_a"], "micro", 0) == []  # base and chat_a recorded
+    lines = recorded.read_text().splitlines()
+    assert lines[0] == "version,size,replicate,model,weights" and len(lines) == 3
+    assert lines[2] == f"{VERSION},micro,0,chat_a,{card['weights']}"
+    assert compare_fingerprints(recorded, ["chat_a"], "micro", 0) == [] and recorded.read_text().splitlines() == lines
+    recorded.write_text("\n".join([*lines[:2], lines[2][:-16] + "0" * 16]) + "\n")  # another machine's chat_a
+    assert compare_fingerprints(recorded, ["chat_a"], "micro", 0) == ["chat_a"]
+    assert "chat_a: " + card["weights"] + " DIFFERS from 0000000000000000 recorded" in capsys.readouterr().out
 
 
 def test_a_job_at_replicate_1_has_its_own_key_and_rows(replicate_1_cache, monkeypatch, tmp_path):

@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replicate", default=0, type=int, help="which independent build (default 0)")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="these models (and their parents), not zoos")
     parser.add_argument("--quiet", action="store_true", help="no progress")
+    parser.add_argument("--fingerprints", type=Path, metavar="CSV",
+                        help="compare each model's weights with those recorded in CSV (results/zoo_weights.csv), "
+                             "recording the ones it lacks; exit 1 if any differs")
     args = parser.parse_args(argv)
     names = args.models or ["base"] + [m for z in args.zoos for m in zoo_members(z)]
     start = time.perf_counter()
@@ -205,6 +208,39 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"glue_bench: error: {err}\n")
     print(f"{len(dirs)} models ready under {size_dir(args.size, args.replicate)} "
           f"({time.perf_counter() - start:.1f} s)")
+    if args.fingerprints and compare_fingerprints(args.fingerprints, list(dirs), args.size, args.replicate):
+        sys.exit(1)
+
+
+def compare_fingerprints(path: Path, names: list[str], size: str, replicate: int) -> list[str]:
+    """Each built model's weights fingerprint (its card's) against the row of `path` (CSV: version,
+    size, replicate, model, weights) for the same zoo version, size, replicate and model; rows it
+    lacks are appended. Prints one line a model; returns the models whose weights differ."""
+    import csv
+
+    columns = ["version", "size", "replicate", "model", "weights"]
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    recorded = {(r["version"], r["size"], int(r["replicate"]), r["model"]): r["weights"] for r in rows}
+    differ, new = [], []
+    for name in sorted({n for name in names for n in lineage(name)}):
+        card = json.loads((model_dir(name, size, replicate) / "glue_bench_recipe.json").read_text())
+        key = (VERSION, size, replicate, name)
+        if key not in recorded:
+            new.append(dict(zip(columns, [*key[:3], name, card["weights"]])))
+            print(f"{name}: {card['weights']} recorded")
+        elif recorded[key] == card["weights"]:
+            print(f"{name}: {card['weights']} same")
+        else:
+            differ.append(name)
+            print(f"{name}: {card['weights']} DIFFERS from {recorded[key]} recorded")
+    if new:
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, columns, lineterminator="\n")
+            if not rows:
+                writer.writeheader()
+            writer.writerows(new)
+    print(f"{len(differ)} of the zoo's models differ from {path}" if differ else f"every model as in {path}")
+    return differ
 
 
 if __name__ == "__main__":
