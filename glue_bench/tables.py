@@ -20,9 +20,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from glue_bench.archive import is_archive
 from glue_bench.evidence import Evidence
@@ -144,46 +141,6 @@ def print_tables(results_path: str, zoos: list[str] | None = None, **where) -> N
     if not printed:
         print(f"no table: {results_path} holds no scores of {', '.join(zoos) or 'any zoo'} on a whole test "
               "split or a job's final items (a search's proxy scores are not tables)", flush=True)
-
-
-class PrintTableCallback(Callback):
-    """Prints the tables of the zoos a run or sweep used, when it ends (in the launching process)."""
-
-    def on_run_end(self, config, **kwargs) -> None:
-        if config.get("print_table", True) and os.path.exists(config.results_path):
-            zoo = OmegaConf.to_container(config.zoo, resolve=True)
-            print_tables(config.results_path, zoos=[config.zoo.name], zoo_cfg=zoo, mini_size=config.mini_size)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        if not (config.get("print_table", True) and os.path.exists(config.results_path)):
-            return
-        for zoo in _swept_zoos(config):
-            where = {"zoo_cfg": _zoo_config(config.hydra.job.config_name, zoo), "mini_size": config.mini_size}
-            print_tables(config.results_path, zoos=[zoo], **where)
-
-
-def _swept_zoos(config) -> list[str]:
-    """Zoo names from the last `zoo=a,b` override (Hydra's last one wins), else the config's zoo."""
-    zoos = [config.zoo.name]
-    for override in config.hydra.overrides.task:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") == "zoo":
-            zoos = [z.strip() for z in value.split(",") if z.strip()]
-    return zoos
-
-
-def _zoo_config(config_name: str, name: str) -> dict | None:
-    """The zoo's config as this run composed it: found on Hydra's search path (--config-dir too)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-    if loader is None:
-        return None
-    try:
-        zoo = loader.load_configuration(config_name, overrides=[f"zoo={name}"], run_mode=RunMode.RUN).zoo
-    except Exception:  # noqa: BLE001  not composable here: the table then looks in conf/zoo
-        return None
-    return OmegaConf.to_container(zoo, resolve=True)
 
 
 def _cell(column: str, value) -> str:

@@ -202,7 +202,7 @@ def test_rows_written_before_keys_were_stored_are_found_by_location(tmp_path):
 
 
 def test_a_zoo_given_twice_prints_the_one_hydra_used():
-    from glue_bench.tables import _swept_zoos
+    from glue_bench.callbacks import _swept_zoos
 
     config = OmegaConf.create({"zoo": {"name": "mini4"},
                                "hydra": {"overrides": {"task": ["zoo=mini2", "method=linear", "zoo=mini4,mini8"]}}})
