@@ -10,7 +10,8 @@ task, for the candidate's kind where one was measured). What a job evaluates:
 - a merge, mixture, ensemble or stack: the candidate once on the whole test split (an ensemble's
   per-item cost is that of its kind, measured with every member answering);
 - a selective job (a heuristic, CMA-ES or both, the recipe's within-family searches): each model
-  on the proxy set, then one proxy evaluation per step of its search (heuristic average: one per
+  on the proxy set (once per zoo and merge method: every strategy reuses them), then one proxy
+  evaluation per step of its search (heuristic average: one per
   model after the first; coefficient and similarity: one per share of the grid; CMA-ES: n_trials),
   then the singles, the merge of all and its candidate on the final items (the singles and the
   merge of all once per zoo and item set: every selective job of that zoo shares them). The recipe's families
@@ -125,7 +126,11 @@ def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], lis
     shared += [((ref.key, *items), Evaluation("single", final)) for ref in [job.base, *job.refs]]
     method = json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True)
     shared.append((("all", *(m.key for m in members), method, *items), Evaluation(kind, final)))
-    own = [Evaluation("single", proxy) for _ in members] + [Evaluation(kind, proxy) for _ in range(steps)]
+    # the members' proxy scores are kept under the search's members and method (select.proxy's
+    # ProxyFitness): every strategy searching that zoo with that method reuses them
+    searched = (tuple(m.key for m in members), str(cfg.method.name), *items)
+    shared += [(("proxy", ref.key, *searched), Evaluation("single", proxy)) for ref in members]
+    own = [Evaluation(kind, proxy) for _ in range(steps)]
     return shared, own + [Evaluation(kind, final)]
 
 

@@ -135,11 +135,13 @@ def test_what_selective_jobs_share_is_counted_once_and_a_job_two_presets_share_o
         return [e.what for e in p.evaluations if set(e.items.values()) == {n}]
 
     assert on(30) == ["single"] * 9  # mini8's eight models and the base on the whole split, once
-    # on the proxy set, per job: its eight singles, then its search's steps (heuristic average: one per
-    # model after the first; CMA-ES: its trials)
-    assert on(20) == ["single"] * 8 + ["selective"] * 7 + ["single"] * 8 + ["selective"] * 5
+    # on the proxy set: the eight singles once for both jobs (same zoo and method), then each job's
+    # search steps (heuristic average: one per model after the first; CMA-ES: its trials)
+    assert on(20) == ["single"] * 8 + ["selective"] * 7 + ["selective"] * 5
     # on the final items: the singles and the merge of all once for both jobs, then each job's choice
     assert on(10) == ["single"] * 9 + ["selective"] + ["selective"] * 2
+    (ties,) = plan(["strategies"], [*overrides, "strategy=evolutionary", "method=ties"], tmp_path / "r.sqlite", seen)
+    assert [e.what for e in ties.evaluations if set(e.items.values()) == {20}] == ["single"] * 8 + ["selective"] * 5
     # heuristic_evolution's CMA-ES on mini8 with linear is the job strategies ran: counted there only
     (q,) = plan(["heuristic_evolution"], [*overrides, "strategy=evolutionary"], tmp_path / "r.sqlite", seen)
     assert q.swept == 1 and q.jobs == 0 and q.evaluations == []
