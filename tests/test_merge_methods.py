@@ -491,7 +491,8 @@ def test_ram_methods_on_single_entries_norms_and_unchanged_models(name):
 
 
 @pytest.mark.parametrize("name, params", [("sce", {"select_topk": 0.5}), ("nearswap", {"t": 0.1}),
-                                          ("arcee_fusion", {}), ("ram", {}), ("ramplus_tl", {})])
+                                          ("arcee_fusion", {}), ("ram", {}), ("ramplus_tl", {}),
+                                          ("magmax", {}), ("expo", {"alpha": 0.5})])
 def test_new_methods_leave_their_inputs_untouched(name, params):
     torch.manual_seed(11)
     base, *models = torch.randn(4, 6, 5)
@@ -575,3 +576,35 @@ def test_every_method_has_a_config_listing_its_parameters_and_defaults():
         for p in method.params:
             if (name, p.name) not in DELIBERATE:
                 assert config["params"][p.name] == p.default, (name, p.name)
+
+
+def test_magmax_takes_each_entry_from_the_task_vector_of_largest_magnitude():
+    base = torch.tensor([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]])
+    tensors = [base + torch.tensor([[0.5, -2.0, 0.0], [1.0, 0.25, -0.5]]),
+               base + torch.tensor([[-0.7, 1.0, 0.0], [-1.0, 0.5, 0.1]])]
+    # by hand: |.5| < |-.7| -> -.7; |-2| > 1 -> -2; both 0 -> 0; |1| = |-1| -> the first, 1; .5; -.5
+    picked = np.array([[-0.7, -2.0, 0.0], [1.0, 0.5, -0.5]], dtype=np.float32)
+    for lam in (1.0, 0.5):
+        out = merge("magmax", tensors, base, **{"lambda": lam})
+        assert np.allclose(out.numpy(), base.numpy() + lam * picked, atol=1e-7)
+    generator = np.random.default_rng(3)
+    base = torch.from_numpy(generator.normal(size=(17, 9)).astype(np.float32))
+    tensors = [torch.from_numpy(generator.normal(size=(17, 9)).astype(np.float32)) for _ in range(4)]
+    deltas = np.stack([(t - base).numpy() for t in tensors])
+    rows, cols = np.indices(base.shape)
+    expected = base.numpy() + deltas[np.abs(deltas).argmax(0), rows, cols]  # numpy: the first of the largest
+    assert np.allclose(merge("magmax", tensors, base).numpy(), expected, atol=1e-6)
+
+
+def test_expo_extrapolates_the_model_away_from_the_base():
+    generator = np.random.default_rng(5)
+    base, sft = (torch.from_numpy(generator.normal(size=(6, 5)).astype(np.float32)) for _ in range(2))
+    for alpha in (0.0, 0.3, 1.0):
+        out = merge("expo", [sft], base, alpha=alpha)
+        assert np.allclose(out.numpy(), (1 + alpha) * sft.numpy() - alpha * base.numpy(), atol=1e-6)
+    other = torch.from_numpy(generator.normal(size=(6, 5)).astype(np.float32))
+    mean = (3 * sft.numpy() + other.numpy()) / 4  # several models: their weighted mean is extrapolated
+    out = merge("expo", [sft, other], base, weights=[3.0, 1.0], alpha=0.5)
+    assert np.allclose(out.numpy(), mean + 0.5 * (mean - base.numpy()), atol=1e-6)
+    with pytest.raises(MergeError, match="alpha"):
+        get_method("expo").validate({"alpha": -0.1}, 1)

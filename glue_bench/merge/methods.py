@@ -628,3 +628,25 @@ def _mean_of_changed(deltas, epsilon):
         counts.add_(row != 0)
     merged = deltas.sum(0).div_(counts.clamp(min=1))
     return merged, counts == 1
+
+
+@register("magmax", (LAMBDA,), base="required", stacks=True)
+def magmax(tensors, base, workspace=None, **params):
+    """MagMax (arXiv 2407.06322): each entry from the task vector of largest magnitude there.
+
+    base + lambda * tau_k[i], k = argmax_k |tau_k[i]| (the first model among equals)."""
+    deltas = _stack(tensors, base, workspace=workspace).deltas
+    chosen = deltas.abs().argmax(0, keepdim=True)  # torch: the first index of the maximum
+    return torch.add(base, deltas.gather(0, chosen).view_as(base), alpha=params["lambda"])
+
+
+@register("expo", (POSITIVE_WEIGHTS, Param("alpha", 0.3, "how far past the model, away from the base", low=0,
+                                           search=(0.0, 1.0))),
+          base="required", min_models=1, check=_check_weights_not_all_zero)
+def expo(tensors, base, weights, alpha):
+    """ExPO, model extrapolation (arXiv 2404.16792): theta + alpha (theta - base).
+
+    theta is the model, or the weighted mean of several (the paper extrapolates one aligned
+    model from its SFT base; with more models, their average is extrapolated)."""
+    mean = linear(tensors, weights, True)
+    return mean.add_(torch.sub(mean, base), alpha=alpha)
