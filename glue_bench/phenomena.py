@@ -32,7 +32,7 @@ from glue_bench.evidence import Evidence
 from glue_bench.results import read_results
 from glue_bench.zoo import mini_key_parts
 from glue_bench.zoo.mini.data import TASK_DOMAIN
-from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, FAR_TRAINED, OTHER_ARCHITECTURE, OTHER_INIT
+from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, FAR_TRAINED, OTHER_ARCHITECTURE, OTHER_INIT, VERSION
 
 ZOO = "mini16"  # every model of the mini zoo
 
@@ -41,14 +41,15 @@ def domain_tasks(model: str) -> tuple[str, ...]:
     return tuple(t for t, d in TASK_DOMAIN.items() if d in DOMAIN_EXPERTS[model])
 
 
-def single_jobs(df: pd.DataFrame, size: str) -> dict[tuple[str, int], str]:
-    """(model name, replicate) -> the job key of its whole-test-split evaluation at `size`."""
+def single_jobs(df: pd.DataFrame, size: str, version: str | None = None) -> dict[tuple[str, int], str]:
+    """(model name, replicate) -> the job key of its whole-test-split evaluation at `size` (and zoo
+    `version`, e.g. "v4", when given: a store may hold builds of several zoo versions)."""
     singles = df[(df["method"] == "none") & df["items"].isna()].drop_duplicates("job_key")
     out = {}
     for row in singles.itertuples(index=False):
         key = json.loads(row.config).get("key", "") if isinstance(row.config, str) else ""
         parts = mini_key_parts(key)
-        if parts and parts[1].split("-r")[0] == size:
+        if parts and parts[1].split("-r")[0] == size and version in (None, parts[0]):
             out[(row.candidate, int(row.replicate or 0))] = row.job_key
     return out
 
@@ -140,17 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/store/results.sqlite", help="a store or an evidence archive")
     parser.add_argument("--size", default="mini", help="the mini-zoo size (mini or micro)")
+    parser.add_argument("--version", default=VERSION,
+                        help="the zoo version whose builds are read (default: today's, %(default)s)")
     args = parser.parse_args(argv)
     try:
         df = read_results(args.results)
     except Exception as err:  # a missing or foreign file: one line naming it
         sys.exit(f"glue_bench.phenomena: error: {args.results}: {err}")
-    jobs = single_jobs(df, args.size)
+    jobs = single_jobs(df, args.size, args.version)
     if ("base", 0) not in jobs and not any(name == "base" for name, _ in jobs):
-        sys.exit(f"glue_bench.phenomena: error: {args.results} holds no evaluation of the {args.size} zoo's base; "
+        sys.exit(f"glue_bench.phenomena: error: {args.results} holds no evaluation of the {args.size} zoo's base at zoo {args.version}; "
                  "run: python -m glue_bench -m experiment=zoo_phenomena")
     replicates = sorted({r for name, r in jobs if name == "base"})
-    print(f"== the mini zoo ({args.size} size): its phenomena, replicates {', '.join(map(str, replicates))}")
+    print(f"== the mini zoo {args.version} ({args.size} size): its phenomena, replicates {', '.join(map(str, replicates))}")
     print("\n1. each domain expert against the base on its domain's tasks (paired, mean of task means; "
           "across replicates: random effects, 95 %; a replicate is above when its items-only 95 % interval is)")
     print(expert_table(expert_rows(Evidence.of(args.results), jobs)).to_string(index=False))

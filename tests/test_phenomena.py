@@ -55,6 +55,7 @@ def test_an_expert_is_above_only_when_its_interval_excludes_zero_on_every_replic
                                "mini_humaneval": [1.0] + [0.0] * 199, **other})
     jobs = single_jobs(read_results(path), "micro")
     assert jobs[("math", 1)] == "math-r1" and single_jobs(read_results(path), "mini") == {}
+    assert single_jobs(read_results(path), "micro", "v3") == jobs and single_jobs(read_results(path), "micro", "v4") == {}
     rows = {r.model: r for r in expert_rows(Evidence.of(path), jobs)}
     assert set(rows) == {"math", "code"}
     assert rows["math"].tasks == ("mini_gsm8k",) and rows["math"].deltas == pytest.approx((0.3, 0.3))
