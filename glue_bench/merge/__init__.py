@@ -91,7 +91,7 @@ def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", m
 
 
 def get_method(name: str) -> MergeMethod:
-    from glue_bench.merge import data_methods, methods  # noqa: F401  (registers the methods)
+    from glue_bench.merge import data_methods, interference, methods, subspace  # noqa: F401  (registers the methods)
 
     if name not in METHODS:
         raise MergeError(f"unknown merge method {name!r}; known: {', '.join(sorted(METHODS))}")
