@@ -8,7 +8,9 @@ metrics, above all running generated programs for pass@1) goes to the code tasks
 or to every task by its items when there is none. Divided by the task's items, that is a cost per
 item. Each evaluation appends one JSON line to <cache>/costs.jsonl (the mini-zoo cache: one
 machine's), tagged with what was evaluated (`context`: the zoo's size, the candidate's kind) and
-the torch threads it ran on; the plan takes medians.
+the torch threads it ran on and the machine's load then (the 1-minute load average and the
+cores); the plan takes medians, of the evaluations that had a core to themselves where there are
+any (load below the cores: a busy machine's costs say what the other work cost too).
 """
 
 from __future__ import annotations
@@ -98,8 +100,11 @@ class RequestTimer:
 
 def record(items: dict[str, int], seconds: dict[str, float], threads: int) -> None:
     """Append one evaluation's cost per item and task on `threads` torch threads (a failure to write is not the job's)."""
-    _append({**_context, "threads": threads, "time": round(time.time()),
-             "per_item": {t: seconds[t] / items[t] for t in items if items[t]}, "items": items})
+    import os
+
+    _append({**_context, "threads": threads, "time": round(time.time()), "load": round(os.getloadavg()[0], 2),
+             "cores": os.cpu_count(), "per_item": {t: seconds[t] / items[t] for t in items if items[t]},
+             "items": items})
 
 
 def record_preset(preset: str, overrides: list[str], seconds: float) -> None:
@@ -122,7 +127,8 @@ def _append(line: dict) -> None:
 
 def per_item_costs(size: str, kind: str | None = None, path: Path | None = None) -> dict[str, float]:
     """Median seconds per item of each task, over this machine's recorded evaluations at `size`
-    (of `kind` when given and recorded, else of every kind)."""
+    (of `kind` when given and recorded, else of every kind), of those made on a machine not
+    oversubscribed (load below its cores) where there are any."""
     import statistics
 
     path = path or costs_path()
@@ -133,9 +139,10 @@ def per_item_costs(size: str, kind: str | None = None, path: Path | None = None)
         with contextlib.suppress(ValueError):
             lines.append(json.loads(text))
     at_size = [ln for ln in lines if ln.get("size") == size]
-    chosen = [ln for ln in at_size if ln.get("kind") == kind] if kind else []
+    chosen = ([ln for ln in at_size if ln.get("kind") == kind] if kind else []) or at_size
+    quiet = [ln for ln in chosen if "load" in ln and ln["load"] < ln.get("cores", 1)]
     values: dict[str, list[float]] = {}
-    for line in chosen or at_size:
+    for line in quiet or chosen:
         for task, cost in line.get("per_item", {}).items():  # (a preset's line has none)
             values.setdefault(task, []).append(cost)
     return {task: statistics.median(v) for task, v in values.items()}

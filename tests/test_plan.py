@@ -53,6 +53,12 @@ def test_minutes_are_items_times_the_measured_median_cost(tmp_path, monkeypatch)
     estimated, unmeasured = seconds([p], "micro")
     assert estimated["x"] == pytest.approx(10 * 0.2 + 2 * 1.0 + 30.0)  # the median 0.2, not the mean or mini's
     assert unmeasured == {"mini_gsm8k"}
+    # once evaluations that had a core each are recorded, the busy machine's are left out
+    busy = [{"size": "micro", "kind": "merge", "load": 3.9, "cores": 2, "per_item": {"mini_arc": 0.5}}] * 3
+    quiet = [{"size": "micro", "kind": "merge", "load": 1.1, "cores": 2, "per_item": {"mini_arc": c}} for c in (0.05, 0.07)]
+    with open(tmp_path / "costs.jsonl", "a") as handle:
+        handle.write("".join(json.dumps(x) + "\n" for x in busy + quiet))
+    assert seconds([p], "micro")[0]["x"] == pytest.approx(10 * 0.06 + 2 * 1.0 + 30.0)
 
 
 def test_a_request_call_s_time_is_shared_by_characters_and_the_rest_goes_to_the_code_tasks():
