@@ -47,5 +47,10 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     calls.clear()
     reproduce.main(["--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
     assert calls == [("mixture_levels", [])]  # replicate 0 alone: the sweep as it always was
-    with pytest.raises(SystemExit):
-        reproduce.main(["--replicates", "0"])
+    for argv, swept in ((["--first-replicate", "5"], "5"), (["--replicates", "2", "--first-replicate", "5"], "5,6")):
+        calls.clear()  # replicates added later, elsewhere: numbered after the ones that exist
+        reproduce.main([*argv, "--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
+        assert calls == [("mixture_levels", [f"zoo.replicate={swept}"])]
+    for bad in (["--replicates", "0"], ["--first-replicate", "-1"]):
+        with pytest.raises(SystemExit):
+            reproduce.main(bad)
