@@ -252,14 +252,19 @@ class ResultStore:
     def archive(self, path: str | os.PathLike) -> int:
         """Write every job's rows and outcomes to an evidence archive (glue_bench.archive), after
         checking that each replicate is one build (`check_one_build_per_replicate`); returns the
-        number of jobs written."""
+        number of jobs written. A search's proxy scores (rows with `items = proxy ...`: every
+        candidate it tried, thousands a replicate) are left out: no table or finding reads them,
+        and the searches' trials are in their own storage (results/search)."""
         import pandas as pd
 
         check_one_build_per_replicate(self.to_dataframe())
+        searched = "SELECT DISTINCT job_key FROM results WHERE items LIKE 'proxy %'"
         with self._connect() as conn:
             rows = pd.read_sql_query(f"SELECT r.{', r.'.join(COLUMNS)}, j.finished_at FROM results r "
-                                     "JOIN jobs j USING (job_key) ORDER BY r.rowid", conn)
-            outcomes = pd.read_sql_query("SELECT job_key, task, metric, doc_id, value FROM items", conn)
+                                     f"JOIN jobs j USING (job_key) WHERE r.job_key NOT IN ({searched}) "
+                                     "ORDER BY r.rowid", conn)
+            outcomes = pd.read_sql_query("SELECT job_key, task, metric, doc_id, value FROM items "
+                                         f"WHERE job_key NOT IN ({searched})", conn)
         try:
             write_archive(rows, outcomes, path)
         except ArchiveError as e:

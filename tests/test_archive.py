@@ -49,6 +49,14 @@ def test_an_archive_reads_back_as_the_store_it_came_from(tmp_path):
     assert list(from_archive.outcomes("final")["mini_arc"][0]) == [3, 8, 9, 20]
 
 
+def test_a_search_s_proxy_scores_stay_out_of_the_archive(tmp_path):
+    store = _store(tmp_path / "r.sqlite")
+    store.append_job("proxy", [_row("mini_arc", "acc", 1.0, items="proxy (20/task, seed 0, 1234)")],
+                     outcomes=[{"task": "mini_arc", "metric": "acc", "doc_id": 7, "value": 1.0}])
+    assert store.archive(tmp_path / "e.parquet") == 3  # no table or finding reads what a search tried
+    assert Evidence.of(tmp_path / "e.parquet").store.job_keys() == {"binary", "final", "no outcomes"}
+
+
 def test_binary_outcomes_cost_bits_not_the_hundreds_of_bytes_sqlite_gives_them(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     rng = np.random.default_rng(1)
