@@ -313,6 +313,8 @@ def test_malformed_input_is_one_line_and_leaves_the_store(case, args, says, worl
     args = [a.format(**world["files"]) for a in args]
     if not any(a.startswith("zoo=") for a in args):
         args.append("zoo=mini2")
+    if any(a.startswith("strategy=") and a != "strategy=all" for a in args) and not any("proxy.size" in a for a in args):
+        args.append("strategy.proxy.size=2")  # within eval.limit=4: a proxy set of 2 leaves 2 final items a task
     code, err = _run([*ARC, *args, world["searchpath"], f"hydra.run.dir={tmp_path}/run"], store)
     err += capfd.readouterr().err  # what lm-eval or a subprocess wrote to the descriptor itself
     lines = [line for line in err.splitlines() if line.strip()]

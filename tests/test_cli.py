@@ -260,9 +260,9 @@ def test_a_selective_strategy_is_judged_beside_singles_and_merge_all_on_the_fina
 
 
 def test_a_bad_strategy_setting_is_one_line_naming_the_strategy(run_cli):
-    proc = run_cli("zoo=mini2", "strategy=heuristic_average", "+strategy.search.bogus=1", *FAST)
+    proc = run_cli("zoo=mini2", "strategy=heuristic_average", "+strategy.search.bogus=1", "strategy.proxy.size=4", *FAST)
     _one_line_error(proc, "strategy heuristic_average", "bogus")
-    proc = run_cli("zoo=mini2", "method=none", "strategy=evolutionary", *FAST)
+    proc = run_cli("zoo=mini2", "method=none", "strategy=evolutionary", "strategy.proxy.size=4", *FAST)
     _one_line_error(proc, "strategy evolutionary: needs a merge method")
 
 
@@ -307,4 +307,5 @@ def test_the_glue_recipe_merges_each_family_and_mixes_the_representatives(run_cl
     assert any(row.equals(merged) for _, row in recipes.iterrows())
     assert any(row.equals(mixed) for _, row in recipes.iterrows())
     assert "glue_recipe(linear, prompt)" in proc.stdout
-    _one_line_error(run_cli("zoo=mini2", "strategy=glue_recipe", *FAST), "strategy glue_recipe: mixes its families")
+    _one_line_error(run_cli("zoo=mini2", "strategy=glue_recipe", "strategy.proxy.size=4", *FAST),
+                    "strategy glue_recipe: mixes its families")
