@@ -34,7 +34,7 @@ from glue_bench.select.evolutionary import SearchConfig, open_storage, search
 # (about a second): the workers' trials overlap, and the final items are fewer
 TRIALS = 8
 JOB = ["zoo=mini2", "method=linear", "strategy=evolutionary", f"strategy.search.n_trials={TRIALS}",
-       "strategy.proxy.size=20", "eval.tasks=[mini_winogrande]", "eval.limit=40"]  # the proxy set within the first 40 items
+       "strategy.proxy.size=20", "eval.tasks=[mini_winogrande]", "eval.limit=21"]  # the proxy set within the first 21 items
 
 
 # ---- the budget's rules, on a stand-in problem (no model) -----------------------------------------
