@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -100,8 +101,6 @@ class RequestTimer:
 
 def record(items: dict[str, int], seconds: dict[str, float], threads: int) -> None:
     """Append one evaluation's cost per item and task on `threads` torch threads (a failure to write is not the job's)."""
-    import os
-
     _append({**_context, "threads": threads, "time": round(time.time()), "load": round(os.getloadavg()[0], 2),
              "cores": os.cpu_count(), "per_item": {t: seconds[t] / items[t] for t in items if items[t]},
              "items": items})
@@ -109,8 +108,6 @@ def record(items: dict[str, int], seconds: dict[str, float], threads: int) -> No
 
 def record_preset(preset: str, overrides: list[str], seconds: float) -> None:
     """Append one preset sweep's measured wall time (`reproduce`), beside the evaluations' costs."""
-    import os
-
     _append({"preset": preset, "overrides": overrides, "size": os.environ.get("GLUE_BENCH_MINI_SIZE", "mini"),
              "seconds": round(seconds, 1), "time": round(time.time())})
 

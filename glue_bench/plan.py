@@ -104,26 +104,28 @@ def search_steps(search: dict, n_models: int) -> int:
     return (n_models - 1) * (1 if search.get("kind", "average") == "average" else len(grid))
 
 
-def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], list[Evaluation]]:
-    """(shared evaluations as (identity, evaluation), the job's own evaluations) for one job
-    (`glue_bench.job.Job`). Shared: what the run stores under a key of its own, so that every job
-    naming it reuses it (the singles on the whole split and on final items, the merge of all
-    candidates on final items); the plan counts each identity once."""
+def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], list[tuple[tuple, Evaluation]],
+                                             list[Evaluation]]:
+    """(the singles on the whole split, the other shared evaluations, the job's own evaluations)
+    for one job (`glue_bench.job.Job`), the shared ones as (identity, evaluation). Shared: what
+    the run stores under a key of its own, so that every job naming it reuses it (the singles on
+    the whole split, which even a skipped job evaluates, and on final items, the merge of all
+    candidates on final items, the members' proxy scores); the plan counts each identity once."""
     from glue_bench.costs import cost_kind
 
     cfg = job.cfg
     whole = whole_split(cfg)
     members = job.members or job.refs
-    shared = [((ref.key, json.dumps(whole, sort_keys=True)), Evaluation("single", whole)) for ref in [job.base, *job.refs]]
+    singles = [((ref.key, json.dumps(whole, sort_keys=True)), Evaluation("single", whole)) for ref in [job.base, *job.refs]]
     if kind not in ("selective", "recipe"):
-        return shared, [Evaluation(cost_kind(cfg, kind), whole)]
+        return singles, [], [Evaluation(cost_kind(cfg, kind), whole)]
     size = int(cfg.strategy.proxy.size)
     proxy = {t: min(size, n) for t, n in whole.items()}
     final = {t: n - proxy[t] for t, n in whole.items()}
     items = (json.dumps(whole, sort_keys=True), size, int(cfg.strategy.proxy.seed))
     search = OmegaConf.to_container(cfg.strategy.search, resolve=True)
     steps = search_steps(search, len(members))
-    shared += [((ref.key, *items), Evaluation("single", final)) for ref in [job.base, *job.refs]]
+    shared = [((ref.key, *items), Evaluation("single", final)) for ref in [job.base, *job.refs]]
     method = json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True)
     shared.append((("all", *(m.key for m in members), method, *items), Evaluation(kind, final)))
     # the members' proxy scores are kept under the search's members and method (select.proxy's
@@ -131,7 +133,7 @@ def job_evaluations(job, kind: str) -> tuple[list[tuple[tuple, Evaluation]], lis
     searched = (tuple(m.key for m in members), str(cfg.method.name), *items)
     shared += [(("proxy", ref.key, *searched), Evaluation("single", proxy)) for ref in members]
     own = [Evaluation(kind, proxy) for _ in range(steps)]
-    return shared, own + [Evaluation(kind, final)]
+    return singles, shared, own + [Evaluation(kind, final)]
 
 
 def plan(presets: list[str], overrides: list[str], results: Path, seen: set | None = None) -> list[PresetPlan]:
@@ -151,9 +153,9 @@ def plan(presets: list[str], overrides: list[str], results: Path, seen: set | No
             cfg = compose_job(preset, job_overrides, results)
             kind = kind_for(cfg)
             job = Job.from_config(cfg, unused=kind.unused(cfg))
-            shared, own = job_evaluations(job, kind.name)
+            singles, shared, own = job_evaluations(job, kind.name)
+            p.evaluations += [e for identity, e in singles if _first(identity, seen)]
             if kind.nothing_to_build(cfg) or job.store.has_job(job.key) or job.key in seen:
-                p.evaluations += [e for identity, e in shared[:len([job.base, *job.refs])] if _first(identity, seen)]
                 continue
             seen.add(job.key)
             p.jobs += 1
