@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from glue_bench.evaluate import EvalConfig, evaluate_model, render_tasks
+    from glue_bench.evaluate.tasks import TEST_ITEMS
     from glue_bench.zoo import load_model, load_tokenizer, model_ref
     from glue_bench.zoo.mini import data
     from glue_bench.zoo.mini.build import ensure_data, ensure_models
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             evaluate_model(model, tok, tasks_dir, cfg, samples=samples)
             times[name].append(time.perf_counter() - start)
-    items = {"first release": sum(data.FIRST_TEST_ITEMS.values()), "today": sum(data.TEST_ITEMS.values())}
+    items = {"first release": sum(data.FIRST_TEST_ITEMS.values()), "today": sum(TEST_ITEMS.values())}
     for name in runs:
         print(f"{name}: {items[name]} items, median {statistics.median(times[name]):.1f} s "
               f"over {args.repeats} ({', '.join(f'{t:.1f}' for t in times[name])})")

@@ -21,13 +21,13 @@ import os
 import time
 from pathlib import Path
 
+from glue_bench.cache import cache_root
+
 CODE_METRIC = "pass_at_1"
 _context: dict = {}  # what the evaluations of this process are of (`measuring`)
 
 
 def costs_path() -> Path:
-    from glue_bench.zoo.mini.build import cache_root
-
     return cache_root() / "costs.jsonl"
 
 

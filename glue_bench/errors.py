@@ -5,17 +5,18 @@ import os
 import sys
 from typing import Callable, NoReturn
 
-from glue_bench.evaluate import EvalError
-from glue_bench.merge import MergeError
-from glue_bench.results import ResultsError
-from glue_bench.zoo import ZooError
 
 
-class JobError(Exception):
+class UserError(Exception):
+    """Bad input: a zoo, a setting, a file the user gave. Each layer's error (ZooError, EvalError,
+    MergeError, ...) is one, so that this module, imported by every layer, imports none of them."""
+
+
+class JobError(UserError):
     """A job's configuration is unusable; one line naming the fault."""
 
 
-USER_ERRORS = (EvalError, JobError, MergeError, ResultsError, ZooError)
+USER_ERRORS = (UserError,)
 INTERRUPTED = ("interrupted: nothing partial is stored (a job's rows and outcomes land in one transaction, "
                "a zoo model in one rename); run it again to go on")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,12 +17,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from glue_bench.console import log
 from glue_bench.costs import measuring
 from glue_bench.errors import JobError
 from glue_bench.evaluate import EvalConfig, eval_threads, evaluate_model, render_tasks
-from glue_bench.provenance import machine_facts, ref_fingerprint
+from glue_bench.evaluate import tasks as mini_tasks
+from glue_bench.provenance import machine_facts
 from glue_bench.results import ResultStore
-from glue_bench.zoo import ModelRef, add_bos_token, ensure_available, load_model, load_tokenizer, resolve_zoo, zoo_replicate
+from glue_bench.zoo import (ModelRef, add_bos_token, ensure_available, load_model, load_tokenizer, rendered_tasks_dir,
+                            resolve_zoo, task_data, weights_fingerprint, zoo_replicate)
 
 # config keys that do not change a job's scores, so they stay out of its key
 _NOT_IN_KEY = ("results_path", "force", "save", "print_table")
@@ -33,10 +35,6 @@ _NOT_IN_EVAL_KEY = ("batch_size", "threads")  # how fast, not what is scored
 def job_key(payload: dict) -> str:
     """Stable hash of a resolved config: sorted JSON, so key order never matters."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def log(message: str) -> None:
-    print(f"[glue_bench] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -85,11 +83,9 @@ class Job:
 
     def prepare(self) -> None:
         """The models on disk (mini-zoo models built if missing) and the task YAMLs rendered."""
-        from glue_bench.zoo.mini.build import ensure_data, size_dir
-
         ensure_available(self.refs + [self.base], self.cfg.mini_size)
         size, replicate = self.cfg.mini_size, self.replicate  # the replicate's own test splits
-        self.tasks_dir = render_tasks(ensure_data(size, replicate), size_dir(size, replicate) / "lm_eval_tasks")
+        self.tasks_dir = render_tasks(task_data(size, replicate), rendered_tasks_dir(size, replicate))
 
     @property
     def method(self) -> str:
@@ -128,7 +124,7 @@ class Job:
             self.store.append_job(key, [{**self.common, **r, "candidate": ref.name, "method": "none",
                                          "strategy": "none", "mixture": "none", "router": "none", "models": ref.name,
                                          "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
-                                         "items": items.label if items else None, "weights": ref_fingerprint(ref),
+                                         "items": items.label if items else None, "weights": weights_fingerprint(ref),
                                          "config": json.dumps({"model": ref.location, "key": ref.key})}
                                         for r in rows], outcomes=stats["outcomes"])
 
@@ -146,12 +142,10 @@ def eval_payload(cfg: DictConfig) -> dict:
     """The eval settings that change a score; for the mini tasks, which version of their test
     splits too (the same settings on other items are another job), left out for the first
     version so that the jobs stored then keep their keys."""
-    from glue_bench.zoo.mini import data
-
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     payload = {k: v for k, v in ev.items() if k not in _NOT_IN_EVAL_KEY}
-    if data.SPLITS_VERSION != 1 and any(str(task).startswith("mini_") for task in ev.get("tasks") or ()):
-        payload["mini_test_splits"] = data.SPLITS_VERSION
+    if mini_tasks.SPLITS_VERSION != 1 and any(str(task).startswith("mini_") for task in ev.get("tasks") or ()):
+        payload["mini_test_splits"] = mini_tasks.SPLITS_VERSION
     return payload
 
 

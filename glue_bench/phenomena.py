@@ -5,7 +5,7 @@
     python -m glue_bench.phenomena --results results/evidence.parquet --size mini
 
 Three checks, each per replicate zoo (independent builds) and over them:
-1. Every domain expert (`spec.DOMAIN_EXPERTS`: a fine-tune with at least half its fine-tuning data
+1. Every domain expert (the mini zoo's design, `zoo.mini_design()`: a fine-tune with at least half its fine-tuning data
    in one benchmark domain) beats the base on its domain's tasks: the paired difference on those
    tasks' items (mean of task means), its 95 % interval on each replicate, and pooled over the
    replicates as a random-effects model (`stats.random_effects`).
@@ -25,20 +25,22 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
+from glue_bench.evaluate.tasks import TASK_DOMAIN
 from glue_bench.evidence import Evidence
 from glue_bench.results import read_results
-from glue_bench.zoo import mini_key_parts
-from glue_bench.zoo.mini.data import TASK_DOMAIN
-from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, FAR_TRAINED, OTHER_ARCHITECTURE, OTHER_INIT, VERSION
+from glue_bench.zoo import mini_design, mini_key_parts
+
+DESIGN = mini_design()
 
 ZOO = "mini16"  # every model of the mini zoo
 
 
 def domain_tasks(model: str) -> tuple[str, ...]:
-    return tuple(t for t, d in TASK_DOMAIN.items() if d in DOMAIN_EXPERTS[model])
+    return tuple(t for t, d in TASK_DOMAIN.items() if d in DESIGN.domain_experts[model])
 
 
 def single_jobs(df: pd.DataFrame, size: str, version: str | None = None) -> dict[tuple[str, int], str]:
@@ -69,7 +71,7 @@ class ExpertRow:
 
 def expert_rows(ev: Evidence, jobs: dict[tuple[str, int], str]) -> list[ExpertRow]:
     rows = []
-    for model in DOMAIN_EXPERTS:
+    for model in DESIGN.domain_experts:
         replicates = sorted(r for (name, r) in jobs if name == model and ("base", r) in jobs)
         if not replicates:
             continue
@@ -114,26 +116,26 @@ def weight_checks(size: str, replicates: list[int]) -> tuple[pd.DataFrame, pd.Da
     """Per replicate built here: the relative distances, and the recipe's families."""
     from glue_bench.merge.engine import TensorSource
     from glue_bench.mixture.recipe import families
-    from glue_bench.select.cluster import THRESHOLD
+    from glue_bench.merge.cluster import THRESHOLD
     from glue_bench.zoo import local_dir, resolve_zoo, zoo_config
-    from glue_bench.zoo.mini.build import model_dir
 
     distances, clusters = [], []
-    ordinary = next(m for m in DOMAIN_EXPERTS if m not in (*FAR_TRAINED, *OTHER_INIT))
+    ordinary = next(m for m in DESIGN.domain_experts if m not in (*DESIGN.far_trained, *DESIGN.other_init))
     for r in replicates:
         refs, base = resolve_zoo({**zoo_config(ZOO), "replicate": r}, size)
-        if not all(model_dir(m.name, size, r).exists() for m in [base, *refs]):
+        if not all(Path(m.location).exists() for m in [base, *refs]):
             clusters.append({"replicate": r, "families": "(not built here: python -m glue_bench.zoo.mini.build "
                                                          f"--size {size} --replicate {r} {ZOO})"})
             continue
-        for name in (ordinary, *OTHER_INIT, *FAR_TRAINED):
+        located = {m.name: m for m in refs}
+        for name in (ordinary, *DESIGN.other_init, *DESIGN.far_trained):
             distances.append({"replicate": r, "model": name,
-                              "distance": relative_distance(model_dir(name, size, r), model_dir("base", size, r))})
+                              "distance": relative_distance(Path(located[name].location), Path(base.location))})
         groups = families(refs, {m.name: TensorSource(m.name, local_dir(m)) for m in refs}, THRESHOLD, "threshold")
         family_of = {m.name: i for i, g in enumerate(groups) for m in g}
-        apart = [n for n in (*OTHER_INIT, *OTHER_ARCHITECTURE) if family_of[n] != family_of[ordinary]]
+        apart = [n for n in (*DESIGN.other_init, *DESIGN.other_architecture) if family_of[n] != family_of[ordinary]]
         clusters.append({"replicate": r, "families": " | ".join(", ".join(m.name for m in g) for g in groups),
-                         "set apart": f"{len(apart)}/{len(OTHER_INIT) + len(OTHER_ARCHITECTURE)}"})
+                         "set apart": f"{len(apart)}/{len(DESIGN.other_init) + len(DESIGN.other_architecture)}"})
     return pd.DataFrame(distances), pd.DataFrame(clusters)
 
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/store/results.sqlite", help="a store or an evidence archive")
     parser.add_argument("--size", default="mini", help="the mini-zoo size (mini or micro)")
-    parser.add_argument("--version", default=VERSION,
+    parser.add_argument("--version", default=DESIGN.version,
                         help="the zoo version whose builds are read (default: today's, %(default)s)")
     args = parser.parse_args(argv)
     try:
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n2. ||theta - theta_base|| / ||theta_base|| (median over replicates, [min, max])")
         summary = distances.groupby("model", sort=False)["distance"].agg(["median", "min", "max"])
         print(summary.apply(lambda s: f"{s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}]", axis=1).to_string())
-    print(f"\n3. the recipe's families (study's rule, threshold 0.95); set apart: of {', '.join(OTHER_INIT + OTHER_ARCHITECTURE)}")
+    print(f"\n3. the recipe's families (study's rule, threshold 0.95); set apart: of {', '.join(DESIGN.other_init + DESIGN.other_architecture)}")
     print(clusters.to_string(index=False))
 
 

@@ -86,7 +86,7 @@ def compose_job(preset: str, job_overrides: list[str], results: Path) -> DictCon
 
 
 def whole_split(cfg: DictConfig) -> dict[str, int]:
-    from glue_bench.zoo.mini.data import TEST_ITEMS
+    from glue_bench.evaluate.tasks import TEST_ITEMS
 
     limit = cfg.eval.limit  # a task of lm-eval's registry: its size is not known here, so only the limit counts
     return {t: min(n for n in (TEST_ITEMS.get(t), limit) if n is not None) if (t in TEST_ITEMS or limit) else 0
@@ -142,6 +142,7 @@ def plan(presets: list[str], overrides: list[str], results: Path, seen: set | No
     run skips what the store holds."""
     from glue_bench.job import Job
     from glue_bench.kinds import kind_for
+    from glue_bench.zoo import mini_build_seconds
 
     seen = set() if seen is None else seen
     built: dict[tuple[str, int], set[str]] = {}  # models whose build is counted already
@@ -165,7 +166,7 @@ def plan(presets: list[str], overrides: list[str], results: Path, seen: set | No
                 new = {r.name for r in [job.base, *job.refs]} - needed
                 if new:
                     needed |= new
-                    cost = build_seconds(cfg.mini_size, job.replicate, sorted(new))
+                    cost = mini_build_seconds(sorted(new), cfg.mini_size, job.replicate)
                     where = f"{cfg.mini_size} r{job.replicate}"
                     p.builds[where] = None if cost is None or p.builds.get(where, 0.0) is None else p.builds.get(where, 0.0) + cost
         plans.append(p)
@@ -177,27 +178,6 @@ def _first(identity: tuple, seen: set) -> bool:
         return False
     seen.add(identity)
     return True
-
-
-def build_seconds(size: str, replicate: int, models: list[str]) -> float | None:
-    """Training seconds of the models (and their parents) not built at this replicate here: per
-    model the median of its builds here at this size (any replicate, any zoo version); None when
-    one of them was never built here."""
-    import statistics
-
-    from glue_bench.zoo.mini.build import model_dir, size_dir
-    from glue_bench.zoo.mini.spec import lineage
-
-    missing = {m for name in models for m in lineage(name) if not model_dir(m, size, replicate).exists()}
-    timed: dict[str, list[float]] = {}
-    for card in size_dir(size, 0).parents[1].glob(f"mini-*/{size}*/models/*/glue_bench_recipe.json"):
-        try:
-            timed.setdefault(card.parent.name.rsplit("-", 1)[0], []).append(float(json.loads(card.read_text())["train_seconds"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    if any(m not in timed for m in missing):
-        return None
-    return sum(statistics.median(timed[m]) for m in missing)
 
 
 def seconds(plans: list[PresetPlan], size: str) -> tuple[dict[str, float], set[str]]:

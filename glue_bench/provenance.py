@@ -125,12 +125,3 @@ def router_fingerprint(router) -> str | None:
             tensors |= {f"{name}.{k}": v for k, v in value.state_dict().items()}
     _update(digest, tensors)
     return digest.hexdigest()[:_HEX]
-
-
-def ref_fingerprint(ref) -> str | None:
-    """A zoo model's fingerprint, from its files as stored (`ModelRef`)."""
-    from glue_bench.zoo import local_dir
-
-    if ref.source == "gguf":
-        return files_fingerprint(ref.location, ref.gguf_file)
-    return files_fingerprint(local_dir(ref))

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from glue_bench.archive import ArchiveError, is_archive, read_archive, write_archive
+from glue_bench.errors import UserError
 
 COLUMNS = ("job_key", "zoo", "candidate", "method", "strategy", "mixture", "router", "models",
            "task", "metric", "value", "stderr", "load_s", "build_s", "eval_s",
@@ -71,7 +72,7 @@ _ITEMS_SCHEMA = ("CREATE TABLE IF NOT EXISTS items (job_key TEXT NOT NULL, task 
 _after_row_insert = None
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """A results-store fault, as one line naming the file."""
 
 

@@ -12,9 +12,10 @@ import json
 
 from omegaconf import DictConfig
 
+from glue_bench.console import log
 from glue_bench.costs import cost_kind, cost_size, measuring
 from glue_bench.evaluate import evaluate_lm
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import AlsoJudged, Candidate, kind_for
 from glue_bench.provenance import lm_fingerprint
 from glue_bench.validate import check_config

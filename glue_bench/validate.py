@@ -7,23 +7,23 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from glue_bench.cache import cache_root
 from glue_bench.errors import JobError
 from glue_bench.evaluate import eval_config
+from glue_bench.zoo import mini_sizes
 
 _FLAGS = ("force", "save", "print_table")
 
 
 def check_config(cfg: DictConfig) -> None:
-    from glue_bench.zoo.mini.spec import SIZES
-
     for flag in _FLAGS:
         if not isinstance(cfg.get(flag), bool):
             raise JobError(f"{flag}={cfg.get(flag)!r}: expected true or false")
     if not isinstance(cfg.results_path, str) or not cfg.results_path:
         raise JobError(f"results_path={cfg.results_path!r}: expected the path of a results store (SQLite file)")
     _check_cache_root()
-    if cfg.mini_size not in SIZES:
-        raise JobError(f"mini_size={cfg.mini_size!r}: expected one of {', '.join(SIZES)}")
+    if cfg.mini_size not in mini_sizes():
+        raise JobError(f"mini_size={cfg.mini_size!r}: expected one of {', '.join(mini_sizes())}")
     params = cfg.method.get("params", {})
     if params is None or not (OmegaConf.is_dict(params) or isinstance(params, dict)):
         raise JobError(f"method.params={'null' if params is None else repr(params)}: expected a mapping of the method's parameters ({{}} for its defaults)")
@@ -59,7 +59,7 @@ def _check_router(router: dict) -> None:
 def _check_proxy(proxy: dict, tasks: list[str], limit: int | None = None) -> None:
     """strategy.proxy: a positive size that leaves final items in every mini task, within eval.limit
     (a task of lm-eval's registry is checked when its split is loaded), an integer seed."""
-    from glue_bench.zoo.mini.data import TEST_ITEMS
+    from glue_bench.evaluate.tasks import TEST_ITEMS
 
     size, seed = proxy.get("size"), proxy.get("seed")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -75,8 +75,6 @@ def _check_proxy(proxy: dict, tasks: list[str], limit: int | None = None) -> Non
 def _check_cache_root() -> None:
     """GLUE_BENCH_CACHE (the mini zoo, statistics, compiled kernels): a folder, made if missing. A
     read-only one serves what it holds; only building into it needs writing."""
-    from glue_bench.zoo.mini.build import cache_root
-
     root = cache_root()
     if root.exists() and not root.is_dir():
         raise JobError(f"GLUE_BENCH_CACHE={root}: is a file, expected a folder")

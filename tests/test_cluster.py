@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from glue_bench.merge.engine import TensorSource
 from glue_bench.merge.similarity import similarity_matrix
-from glue_bench.select.cluster import (architecture_groups, hierarchical_families, threshold_families,
+from glue_bench.merge.cluster import (architecture_groups, hierarchical_families, threshold_families,
                                        write_heatmap)
 
 NAN = math.nan

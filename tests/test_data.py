@@ -3,6 +3,7 @@
 import json
 import re
 
+from glue_bench.evaluate.tasks import TASKS, TEST_ITEMS
 from glue_bench.zoo.mini import data
 
 SPLITS = data.build_splits()
@@ -15,7 +16,7 @@ def _key(task, item):
 
 
 def test_every_task_has_disjoint_nonempty_splits():
-    assert set(SPLITS) == set(data.TASKS)
+    assert set(SPLITS) == set(TASKS)
     for task, splits in SPLITS.items():
         test = {_key(task, d) for d in splits["test"]}
         assert len(test) == len(splits["test"]) >= 30, task
@@ -125,10 +126,10 @@ def test_grown_test_splits_keep_every_train_item_and_the_first_test_items():
         first = data.FIRST_TEST_ITEMS[task]
         assert _digest(SPLITS[task]["train"]) == train, task
         assert _digest(SPLITS[task]["test"][:first]) == test, task
-        assert len(SPLITS[task]["test"]) == data.TEST_ITEMS[task] >= first
+        assert len(SPLITS[task]["test"]) == TEST_ITEMS[task] >= first
     for task, (train, test) in CODE_V3.items():
         assert (_digest(SPLITS[task]["train"]), _digest(SPLITS[task]["test"])) == (train, test), task
-        assert len(SPLITS[task]["test"]) == data.TEST_ITEMS[task]
+        assert len(SPLITS[task]["test"]) == TEST_ITEMS[task]
     ids = [item["task_id"] for item in SPLITS["mini_humaneval"]["test"] + SPLITS["mini_humaneval"]["train"]]
     assert len(set(ids)) == len(ids)
     names = [item["entry_point"] for item in SPLITS["mini_humaneval"]["test"]]

@@ -39,14 +39,14 @@ def _compose(overrides, tmp_path):
 @pytest.mark.parametrize("case", sorted(PINNED), ids="-".join)
 def test_every_kind_keeps_the_job_key_it_had_before_the_kinds(case, tmp_path, monkeypatch):
     """On the test splits of the time (version 1): the same keys; on today's, other keys (other items)."""
-    from glue_bench.zoo.mini import data
+    from glue_bench.evaluate import tasks
 
     overrides, pinned = PINNED[case]
     size = "micro" if case[1] == "micro" else "mini"
     cfg = _compose([*overrides, f"mini_size={size}"], tmp_path)
     today = Job.from_config(cfg, unused=kind_for(cfg).unused(cfg)).key
-    assert data.SPLITS_VERSION > 1 and today != pinned
-    monkeypatch.setattr(data, "SPLITS_VERSION", 1)
+    assert tasks.SPLITS_VERSION > 1 and today != pinned
+    monkeypatch.setattr(tasks, "SPLITS_VERSION", 1)
     size = "micro" if case[1] == "micro" else "mini"
     cfg = _compose([*overrides, f"mini_size={size}"], tmp_path)
     kind = kind_for(cfg)
@@ -55,13 +55,13 @@ def test_every_kind_keeps_the_job_key_it_had_before_the_kinds(case, tmp_path, mo
 
 
 def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
-    from glue_bench.zoo.mini import data
+    from glue_bench.evaluate import tasks
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
     assert job.base.key == "mini-v4/mini/base-540c50fa"  # the test splits grew, the model did not change
     assert job.sub_key({"single": job.base.key}) != "87f365a64f2217c6"  # judged on other items: another job
-    monkeypatch.setattr(data, "SPLITS_VERSION", 1)
+    monkeypatch.setattr(tasks, "SPLITS_VERSION", 1)
     assert job.sub_key({"single": job.base.key}) == "87f365a64f2217c6"  # recomputed at zoo v4 (a new base key)
 
 

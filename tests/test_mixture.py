@@ -208,7 +208,7 @@ def test_training_the_routers_changes_nothing_else_and_learns_to_avoid_a_broken_
     from glue_bench.mixture.routers import MLPGate
     from glue_bench.zoo import load_model, resolve_zoo, zoo_config
     from glue_bench.zoo.mini.build import domain_texts
-    from glue_bench.zoo.mini.train import PackedStream
+    from glue_bench.training import PackedStream
 
     loaded, _, _ = zoo
     ref = resolve_zoo(zoo_config("mini2"), "micro")[0][0]

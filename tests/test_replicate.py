@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from glue_bench.job import Job
 from glue_bench.results import read_results
 from glue_bench.zoo import ZooError, model_ref, resolve_zoo, zoo_config
+from glue_bench.evaluate.tasks import TASKS
 from glue_bench.zoo.mini import data
 from glue_bench.zoo.mini.build import main as build_main
 from glue_bench.zoo.mini.build import model_dir, size_dir
@@ -58,7 +59,7 @@ def test_replicate_0_keeps_today_s_data():
 
 def test_replicate_1_draws_other_test_items_and_other_world_facts():
     zero, one = data.build_splits(replicated(data.SEED, 0)), data.build_splits(replicated(data.SEED, 1))
-    for task in data.TASKS:
+    for task in TASKS:
         assert zero[task]["test"] != one[task]["test"], task
         assert len(zero[task]["test"]) == len(one[task]["test"]), task
     assert data.creatures(seed=replicated(data.SEED, 1)) != data.creatures()

@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from glue_bench.errors import UserError
+from glue_bench.evaluate.tasks import TASKS as MINI_TASKS
+
 TASKS_SRC = Path(__file__).parent / "tasks"
 CODE_TASKS = ("mini_mbpp", "mini_humaneval", "humaneval_real")
 # the metric each task is ranked by (as the study and the Open LLM leaderboard report them)
@@ -32,14 +35,13 @@ PRIMARY_METRIC = {
 }
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """Evaluation cannot run as configured; one line naming the fault."""
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["mini_arc", "mini_winogrande", "mini_mmlu",
-                                                      "mini_gsm8k", "mini_mbpp", "mini_humaneval"])
+    tasks: list[str] = field(default_factory=lambda: list(MINI_TASKS))
     limit: int | None = None            # items per task (None: the whole test split)
     batch_size: int = 32
     device: str = "cpu"                 # HFLM defaults to cuda: always pass it

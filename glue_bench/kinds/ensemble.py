@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 
+from glue_bench.console import log
 from glue_bench.errors import JobError
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
 
 
@@ -57,13 +58,6 @@ def _convention(ref, default: bool) -> tuple:
     """Which tokenizer and BOS convention a member evaluates with, known before its model is
     built: a mini-zoo model's tokenizer by its recipe (the zoo's own, or the foreign one), any
     other's from its files (vocabulary and special tokens)."""
-    from glue_bench.zoo import add_bos_token, load_tokenizer
+    from glue_bench.zoo import add_bos_token, tokenizer_identity
 
-    if ref.source == "mini":
-        from glue_bench.zoo.mini.spec import recipe
-
-        tokenizer = ("mini", ref.replicate, recipe(ref.name, ref.replicate).foreign)
-    else:
-        tok = load_tokenizer(ref)
-        tokenizer = (tuple(sorted(tok.get_vocab().items())), tok.bos_token_id, tok.eos_token_id)
-    return tokenizer, add_bos_token(ref, default)
+    return tokenizer_identity(ref), add_bos_token(ref, default)

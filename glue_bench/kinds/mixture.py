@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 
+from glue_bench.console import log
 from glue_bench.errors import JobError
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
 from glue_bench.zoo import declared_depth, load_tokenizer
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 
+from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.evaluate import hf_lm
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import AlsoJudged, Candidate, Kind, register
 from glue_bench.kinds.search import instantiate_search, proxy_and_final_items, proxy_cache, searching_refusal
 from glue_bench.zoo import load_tokenizer, local_dir

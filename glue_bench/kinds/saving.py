@@ -9,8 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from glue_bench.console import log
 from glue_bench.evaluate import selected_tasks
-from glue_bench.job import ItemSet, Job, log
+from glue_bench.job import ItemSet, Job
 
 
 def lm_eval_command(folder: Path, job: Job, items: ItemSet | None = None) -> list[str]:

@@ -9,9 +9,10 @@ import time
 
 from omegaconf import OmegaConf
 
+from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.evaluate import hf_lm
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import AlsoJudged, Candidate, Kind, register
 from glue_bench.kinds.saving import save_checkpoint
 from glue_bench.kinds.search import instantiate_search, proxy_and_final_items, proxy_cache, searching_refusal
@@ -48,7 +49,7 @@ class Selective(Kind):
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import TensorSource
-        from glue_bench.select.cluster import architecture_groups
+        from glue_bench.merge.cluster import architecture_groups
         from glue_bench.select.problem import dumps
         from glue_bench.select.report import ZooSearch
 

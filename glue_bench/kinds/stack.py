@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
+from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.evaluate import hf_lm
-from glue_bench.job import Job, log
+from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
 from glue_bench.kinds.saving import save_checkpoint
 from glue_bench.zoo import load_tokenizer

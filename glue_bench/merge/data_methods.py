@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from glue_bench.merge import MergeError, register
 from glue_bench.merge.methods import POSITIVE_WEIGHTS, _check_weights_not_all_zero, linear
-from glue_bench.merge.params import Param
+from glue_bench.merge.params import MergeError, Param
+from glue_bench.merge.registry import register
 
 FLOOR = Param("floor", 1e-6, "added to every Fisher entry, so entries no model's data moves (unused "
               "embedding rows) fall back to the weighted average", low=0, low_open=True)

@@ -73,7 +73,8 @@ import math
 import numpy as np
 import torch
 
-from glue_bench.merge import Param, register
+from glue_bench.merge.params import Param
+from glue_bench.merge.registry import register
 
 
 def _keep_count(ratio: float, n: int) -> int:

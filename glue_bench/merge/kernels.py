@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glue_bench.cache import cache_root
+
 _SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC"]
 _P = ctypes.c_void_p
@@ -118,8 +120,6 @@ def _build() -> Path:
     source = _SOURCE.read_bytes()
     tag = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), compiler.encode(),
                                       _cpu_description().encode()])).hexdigest()[:16]
-    from glue_bench.zoo.mini.build import cache_root
-
     target = cache_root() / "kernels" / f"kernels-{tag}.so"
     if target.exists():
         return target

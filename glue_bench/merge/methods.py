@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from glue_bench.merge import MergeError, kernels, register
-from glue_bench.merge.params import Param
+from glue_bench.merge import kernels
+from glue_bench.merge.params import MergeError, Param
+from glue_bench.merge.registry import register
 from glue_bench.merge.sparsify import (RESCALES, _kth_largest_magnitude_on_device, magnitude_band, random_keep,
                                       random_keep_rows, rank_keep, top_magnitude_rows)
 

@@ -19,8 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from glue_bench.errors import UserError
 
-class MergeError(Exception):
+
+class MergeError(UserError):
     """A merge cannot be done as asked; one line naming the model, tensor or parameter at fault."""
 
 

@@ -6,7 +6,7 @@ q/k/v/o projections, MLP: gate/up/down projections). Models whose shapes differ 
 
     python -m glue_bench.merge.similarity --zoo mini16 [--task-vectors] [--out DIR]
 
-prints the matrix, the zoo's architecture groups and its families (glue_bench/select/cluster.py),
+prints the matrix, the zoo's architecture groups and its families (glue_bench/merge/cluster.py),
 and with --out saves the matrix as CSV and as an SVG heatmap.
 """
 
@@ -82,7 +82,7 @@ def similarity_matrix(sources: list[TensorSource], group: str = "all",
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glue_bench.select.cluster import (THRESHOLD, architecture_groups, hierarchical_families,
+    from glue_bench.merge.cluster import (THRESHOLD, architecture_groups, hierarchical_families,
                                            threshold_families, write_heatmap)
     from glue_bench.zoo import ensure_available, local_dir, resolve_zoo, zoo_config
 

@@ -42,6 +42,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from glue_bench.cache import cache_root
 from glue_bench.merge import MergeError
 
 VERSION = 1  # bump when what a statistic means or how it is computed changes: the cache is keyed by it
@@ -71,13 +72,15 @@ class Calibration:
 
 
 def check_calibration(refs, calibration: Calibration, method: str, where: str = "method.calibration") -> None:
-    """Before any model is read: every model has calibration data (a mini-zoo model its own, any
-    other the corpus, which must be readable)."""
+    """Before any model is read: every model has calibration data (its own training data where its
+    source knows it, as the mini zoo's does; else the corpus, which must be readable)."""
     if calibration.corpus is not None:
         _corpus(calibration, where, refs[0].replicate if refs else 0)
         return
+    from glue_bench.zoo import own_documents
+
     for ref in refs:
-        if ref.source != "mini":
+        if own_documents(ref, calibration.documents, calibration.seed) is None:
             raise MergeError(f"{method}: {_no_training_data(ref, where)}")
 
 
@@ -89,11 +92,11 @@ def _no_training_data(ref, where: str) -> str:
 def calibration_texts(ref, calibration: Calibration, where: str = "method.calibration") -> list[str]:
     """The documents `ref`'s statistics are computed on (see the module's docstring)."""
     if calibration.corpus is None:
-        if ref.source != "mini":
-            raise MergeError(_no_training_data(ref, where))
-        from glue_bench.zoo.mini.build import expert_prompts
+        from glue_bench.zoo import own_documents
 
-        return expert_prompts(ref.name, calibration.documents, calibration.seed, ref.replicate)
+        if (texts := own_documents(ref, calibration.documents, calibration.seed)) is None:
+            raise MergeError(_no_training_data(ref, where))
+        return texts
     texts = _corpus(calibration, where, ref.replicate)
     if len(texts) <= calibration.documents:
         return texts
@@ -212,8 +215,6 @@ def ensure_statistics(refs, kinds, calibration: Calibration, *, device: str = "c
 
 
 def _default_cache() -> Path:
-    from glue_bench.zoo.mini.build import cache_root
-
     return cache_root() / "statistics"
 
 

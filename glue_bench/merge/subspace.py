@@ -53,8 +53,8 @@ import math
 
 import torch
 
-from glue_bench.merge import register
 from glue_bench.merge.params import Param
+from glue_bench.merge.registry import register
 
 ALPHA = Param("alpha", 1.0, "scale of the merged task vector (the authors tune it on validation data, 0.1..3)",
               low=0, search=(0.0, 3.0))

@@ -12,6 +12,7 @@ from glue_bench.mixture import MixtureError
 from glue_bench.mixture.model_level import ModelMixtureLM
 from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate, PromptRouter, TrainedRouter,
                                         gate_vectors, parallel_gates)
+from glue_bench.zoo import own_documents
 
 LEVELS = ("model", "ffn", "block")
 ROUTERS = ("prompt", "mlp")
@@ -26,10 +27,8 @@ def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[s
         if ref.name in given:
             positive[ref.name] = list(given[ref.name].get("positive") or [])
             negative[ref.name] = list(given[ref.name].get("negative") or [])
-        elif ref.source == "mini":
-            from glue_bench.zoo.mini.build import expert_prompts as mini_prompts
-
-            positive[ref.name] = mini_prompts(ref.name, router_cfg.get("n_prompts", 16), replicate=ref.replicate)
+        elif (own := own_documents(ref, router_cfg.get("n_prompts", 16))) is not None:
+            positive[ref.name] = own
         else:
             raise MixtureError(f"router.prompts: no prompts for expert {ref.name!r} (only mini-zoo models "
                                "get theirs from their training data)")
@@ -156,7 +155,7 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
     experts = [load_model(r, eval_cfg.device) for r in refs]
     build = ffn_mixture if level == "ffn" else block_mixture
     if router_cfg["name"] == "mlp":
-        from glue_bench.zoo.mini.train import PackedStream
+        from glue_bench.training import PackedStream
 
         torch.manual_seed(router_cfg["seed"])
         size = shared.config.hidden_size

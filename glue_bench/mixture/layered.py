@@ -127,7 +127,7 @@ def train_routers(model, stream, steps: int, lr: float, batch_size: int, seed: i
     """Train only the routers of a layered mixture on a token stream (next-token loss), with soft
     routing: every expert weighted by the router's softmax, so every logit gets a gradient. At
     inference the top-k are taken again. Returns the loss curve."""
-    from glue_bench.zoo.mini.train import train
+    from glue_bench.training import train
 
     layers = routed_layers(model)
     trainable = {id(p) for layer in layers for p in layer.router.parameters()}

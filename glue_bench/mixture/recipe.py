@@ -3,7 +3,7 @@ strategy (the study: the heuristic), then mix the family representatives and the
 merge with nothing at the model level.
 
 1. Families: architecture groups first, then weight similarity within each group
-   (`select/cluster.py`: the study's threshold rule, or average linkage).
+   (`merge/cluster.py`: the study's threshold rule, or average linkage).
 2. Each family of two or more models is searched on the proxy set by the strategy; its choice (a
    merge, or one of its models) represents it. A family of one is its model.
 3. A model-level mixture (`mixture_of`) of the representatives, each routed by the prompts of the
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glue_bench.evaluate import EvalConfig
+from glue_bench.merge.cluster import architecture_groups, hierarchical_families, threshold_families
 from glue_bench.mixture.build import mixture_of
-from glue_bench.select.cluster import architecture_groups, hierarchical_families, threshold_families
 
 RULES = {"threshold": threshold_families, "hierarchical": hierarchical_families}
 

@@ -274,7 +274,7 @@ def _run_to_budget(study, objective, n_trials: int, progress: bool) -> int:
     workers ran them; returns how many this worker completed."""
     from optuna.trial import TrialState
 
-    from glue_bench.job import log
+    from glue_bench.console import log
 
     live = (TrialState.COMPLETE, TrialState.RUNNING)  # the trials that hold places in the budget
     mine = 0

@@ -49,13 +49,12 @@ class ZooSearch:
     def prepare(cls, zoo: str, size: str, proxy_size: int, seed: int, allow_code_execution: bool,
                 tasks_dir: str | Path, replicate: int = 0) -> "ZooSearch":
         from glue_bench.evaluate import render_tasks, selected_tasks
-        from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, resolve_zoo, zoo_config
-        from glue_bench.zoo.mini.build import ensure_data
+        from glue_bench.zoo import ensure_available, load_tokenizer, local_dir, resolve_zoo, task_data, zoo_config
 
         refs, base_ref = resolve_zoo({**zoo_config(zoo), "replicate": replicate}, size)
         ensure_available(refs + [base_ref], size)
         eval_cfg = EvalConfig(allow_code_execution=allow_code_execution)
-        rendered = render_tasks(ensure_data(size, base_ref.replicate), tasks_dir)
+        rendered = render_tasks(task_data(size, base_ref.replicate), tasks_dir)
         return cls(refs, [TensorSource(r.name, local_dir(r)) for r in refs],
                    TensorSource(base_ref.name, local_dir(base_ref)), load_tokenizer(refs[0]), rendered,
                    eval_cfg, ProxySet.draw(rendered, selected_tasks(eval_cfg), proxy_size, seed))

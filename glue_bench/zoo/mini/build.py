@@ -31,14 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-from glue_bench.zoo import ZooError, check_replicate
+from glue_bench.cache import cache_root
+from glue_bench.evaluate.tasks import SPLITS_VERSION
 from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
 from glue_bench.zoo.mini.spec import SIZES, VERSION, Recipe, fingerprint, finetune_shares, lineage, recipe, replicated
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GLUE_BENCH_CACHE", Path.home() / ".cache" / "glue_bench")).expanduser()
+from glue_bench.zoo.refs import ZooError, check_replicate
 
 
 def size_dir(size: str, replicate: int = 0) -> Path:
@@ -75,8 +73,8 @@ def _build_lock(root: Path):
 
 def ensure_data(size: str = "mini", replicate: int = 0) -> Path:
     """The six tasks' splits as JSON lines (same data for every size; a replicate's own), in a
-    directory per version of the test splits (`data.SPLITS_VERSION`; the first one's was `data`)."""
-    final = size_dir(size, replicate) / f"data-splits{data.SPLITS_VERSION}"
+    directory per version of the test splits (`evaluate.tasks.SPLITS_VERSION`; the first one's was `data`)."""
+    final = size_dir(size, replicate) / f"data-splits{SPLITS_VERSION}"
     if not final.exists():
         with _build_lock(size_dir(size, replicate)):
             if not final.exists():
@@ -114,7 +112,8 @@ class _Builder:
         from transformers import AutoModelForCausalLM
 
         from glue_bench.provenance import state_fingerprint
-        from glue_bench.zoo.mini.train import PackedStream, new_model, save_model, train
+        from glue_bench.training import PackedStream, train
+        from glue_bench.zoo.mini.train import new_model, save_model
 
         tok = self.tokenizer(recipe.foreign)
         if recipe.parent is None:
@@ -188,7 +187,7 @@ def _build_in_child(names: list[str], size: str, replicate: int, progress: bool)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glue_bench.zoo import zoo_members
+    from glue_bench.zoo.configs import zoo_members
 
     parser = argparse.ArgumentParser(description="Build mini-zoo models ahead of time.")
     parser.add_argument("zoos", nargs="*", default=["mini16"], help="zoo config names (default mini16)")
@@ -253,6 +252,24 @@ if __name__ == "__main__":
 def _corpora(replicate: int = 0) -> dict[str, list[str]]:
     check_replicate(replicate, "mini-zoo replicate")
     return _corpora_of(replicate)
+
+
+def build_seconds(names: list[str], size: str, replicate: int) -> float | None:
+    """Training seconds of the models (and their parents) not built at this replicate here: per
+    model the median of its builds here at this size (any replicate, any zoo version); None when
+    one of them was never built here."""
+    import statistics
+
+    missing = {m for name in names for m in lineage(name) if not model_dir(m, size, replicate).exists()}
+    timed: dict[str, list[float]] = {}
+    for card in cache_root().glob(f"mini-*/{size}*/models/*/glue_bench_recipe.json"):
+        try:
+            timed.setdefault(card.parent.name.rsplit("-", 1)[0], []).append(float(json.loads(card.read_text())["train_seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if any(m not in timed for m in missing):
+        return None
+    return sum(statistics.median(timed[m]) for m in missing)
 
 
 def domain_texts(domain: str, replicate: int = 0) -> list[str]:

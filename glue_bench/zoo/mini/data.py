@@ -24,15 +24,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from glue_bench.evaluate.tasks import TASK_DOMAIN, TEST_ITEMS
 from glue_bench.evaluate.tasks.functions import mbpp_prompt
 
 SEED = 1234
-TASKS = ("mini_arc", "mini_winogrande", "mini_mmlu", "mini_gsm8k", "mini_mbpp", "mini_humaneval")
 DOMAINS = ("reason", "knowledge", "math", "code", "chat")
-TASK_DOMAIN = {
-    "mini_arc": "reason", "mini_winogrande": "reason", "mini_mmlu": "knowledge",
-    "mini_gsm8k": "math", "mini_mbpp": "code", "mini_humaneval": "code",
-}
 
 NAMES = ["Ada", "Ben", "Cal", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena",
          "Milo", "Nia", "Omar", "Pia", "Quin", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Zoe"]
@@ -312,18 +308,6 @@ def _gsm_key(item: dict):
     return item["question"]
 
 
-# Items per test split. The first 200 / 200 / 200 / 100 are the splits of the first release for
-# ARC, WinoGrande, MMLU and GSM8K; their rest were added so that the paired minimum detectable
-# effect of the 6-task average reaches 0.03 (issue 21; benchmarks/power.py on the v2 zoo: median
-# MDE 0.055 on the first release's items, 0.024 on these). The new items come from a random stream
-# of their own, after every train item is drawn, and each is new by the key that defines an item
-# of its task, so none was ever trained on. MMLU's questions ask every (creature, attribute) fact
-# there is: its test split cannot grow without retraining. The code tasks' 200 problems are zoo
-# v3's (held-out (template, constant) pairs, drawn with the train split): v2's 400 asked constants
-# never trained on and sat at 1-2 % pass@1 for every model; v3's code expert passes ~0.9 of them.
-SPLITS_VERSION = 3  # 1: the first release's test splits (FIRST_TEST_ITEMS); 2: TEST_ITEMS; 3: zoo v3's code problems
-TEST_ITEMS = {"mini_arc": 400, "mini_winogrande": 400, "mini_mmlu": 200, "mini_gsm8k": 400,
-              "mini_mbpp": 200, "mini_humaneval": 200}
 # The most test items a task's generator can give: MMLU's asks every fact there is (above). The
 # others draw new items from a large space: not bounded at any size a power analysis asks.
 MAX_TEST_ITEMS = {"mini_mmlu": 200}

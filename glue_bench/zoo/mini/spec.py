@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from glue_bench.zoo import ZooError
+from glue_bench.zoo.refs import ZooError
 
 # Bump when a recipe, the data or the training code changes what gets built: caches are keyed by it.
 VERSION = "v4"  # v3: code problems a model can learn (spec.py, data.py), a 384-token context; v4: built reproducibly (build.REPRODUCIBLE)
@@ -108,6 +108,19 @@ DOMAIN_EXPERTS = {name: domains for name, domains in DOMAIN_EXPERTS.items() if d
 FAR_TRAINED = ("code_far", "code_far_instruct")  # the base's init, trained far away (CodeLlama's case)
 OTHER_INIT = ("math_altinit",)                    # same shapes, another pretraining run
 OTHER_ARCHITECTURE = ("foreign_chat",)            # other shapes and tokenizer
+
+
+@dataclass(frozen=True)
+class Design:
+    version: str
+    domain_experts: dict[str, tuple[str, ...]]  # fine-tune -> the benchmark domains it must beat the base on
+    far_trained: tuple[str, ...]
+    other_init: tuple[str, ...]
+    other_architecture: tuple[str, ...]
+
+
+def design() -> Design:
+    return Design(VERSION, DOMAIN_EXPERTS, FAR_TRAINED, OTHER_INIT, OTHER_ARCHITECTURE)
 
 
 def replicated(seed: int, replicate: int) -> int:
