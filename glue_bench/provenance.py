@@ -2,8 +2,8 @@
 change float results (torch version, CPU kernels, BLAS, threads, device).
 
 Two kinds of weight fingerprint, not comparable with each other: a single model's is the hash of
-its files as stored (safetensors, or the GGUF file); a built candidate's is the hash of its
-in-memory tensors. Either way equal fingerprints mean equal weights, and one changed weight
+its files as stored (safetensors, or the GGUF file: `zoo.weights_fingerprint`); a built
+candidate's is the hash of its in-memory tensors, as its kind sees them (`kinds.Kind.fingerprint`). Either way equal fingerprints mean equal weights, and one changed weight
 changes it.
 """
 
@@ -90,24 +90,12 @@ def _update(digest, tensors: dict) -> None:
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # raw bytes: any dtype, bfloat16 too
 
 
-def lm_fingerprint(lm) -> str | None:
-    """The fingerprint of an lm-eval LM's weights: an HF model's state dict, or for a model-level
-    mixture its experts' fingerprints and its router's, for a sequence-level ensemble its members'.
-    None where the weights cannot be seen (an LM of another kind): missing rather than a hash of
-    something else."""
-    if isinstance(getattr(lm, "model", None), torch.nn.Module):  # HFLM
-        return state_fingerprint(lm.model)
-    if hasattr(lm, "hflm"):  # an FFN-level mixture routed per document: its model holds the routers
-        return lm_fingerprint(lm.hflm)
-    if isinstance(getattr(lm, "members", None), dict):  # an ensemble of members with their own tokenizers
-        parts = [lm_fingerprint(member) for member in lm.members.values()]
-        return None if None in parts else hashlib.sha256(" ".join(parts).encode()).hexdigest()[:_HEX]
-    if hasattr(lm, "experts") and hasattr(lm, "router"):
-        parts = [lm_fingerprint(expert) for expert in lm.experts] + [router_fingerprint(lm.router)]
-        if None in parts:
-            return None
-        return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:_HEX]
-    return None
+def combined_fingerprint(parts: list[str | None]) -> str | None:
+    """One fingerprint of several (a mixture's experts and router, an ensemble's members), None if
+    any part's weights cannot be seen."""
+    if None in parts:
+        return None
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:_HEX]
 
 
 def router_fingerprint(router) -> str | None:

@@ -16,8 +16,7 @@ from glue_bench.console import log
 from glue_bench.costs import cost_kind, cost_size, measuring
 from glue_bench.evaluate import evaluate_lm
 from glue_bench.job import Job
-from glue_bench.kinds import AlsoJudged, Candidate, kind_for
-from glue_bench.provenance import lm_fingerprint
+from glue_bench.kinds import AlsoJudged, Candidate, Kind, kind_for
 from glue_bench.validate import check_config
 
 
@@ -43,18 +42,18 @@ def _run(cfg: DictConfig, kind, job: Job) -> dict:
     if job.store.has_job(job.key) and not cfg.force:  # force=true: the stored job stays until its replacement lands
         log(f"job {job.key} already in the store; skipping (force=true re-runs it)")
         return {"status": "skipped", "job_key": job.key}
-    return evaluate_and_store(job, kind.build(job))
+    return evaluate_and_store(job, kind, kind.build(job))
 
 
-def evaluate_and_store(job: Job, candidate: Candidate) -> dict:
+def evaluate_and_store(job: Job, kind: Kind, candidate: Candidate) -> dict:
     """The tail every kind shares."""
     items = candidate.items
     if items is not None:  # judged on final items: the single models on the same ones
         job.evaluate_singles(items)
     for other in candidate.also_judged:
-        _judge(job, other, items)
+        _judge(job, kind, other, items)
     lm = candidate.make_lm()
-    weights = lm_fingerprint(lm)  # before the evaluation: what was evaluated, whatever it does to the model
+    weights = kind.fingerprint(lm)  # before the evaluation: what was evaluated, whatever it does to the model
     rows, stats = evaluate_lm(lm, job.tasks_dir, job.eval_cfg, samples=items.samples if items else None,
                               tokenizer=candidate.tokenizer)
     details = candidate.after_eval() if candidate.after_eval else {}
@@ -71,12 +70,12 @@ def evaluate_and_store(job: Job, candidate: Candidate) -> dict:
             "eval_s": stats["eval_s"], "tokens": stats["tokens"]}
 
 
-def _judge(job: Job, other: AlsoJudged, items) -> None:
+def _judge(job: Job, kind: Kind, other: AlsoJudged, items) -> None:
     if job.store.has_job(other.key):
         return
     log(f"evaluating {other.label}" + (f" on the {items.label}" if items else ""))
     lm = other.make_lm()
-    weights = lm_fingerprint(lm)
+    weights = kind.fingerprint(lm)
     rows, stats = evaluate_lm(lm, job.tasks_dir, job.eval_cfg, samples=items.samples if items else None)
     job.store.append_job(other.key, [{**job.common, **r, **other.row, "candidate": other.label, "weights": weights,
                                       "items": items.label if items else None, "eval_s": stats["eval_s"]}

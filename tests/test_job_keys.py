@@ -94,3 +94,26 @@ def test_each_kind_refuses_what_it_does_not_build_in_one_line(overrides, message
     with pytest.raises(JobError, match=message) as err:
         kind_for(_compose(["zoo=mini2", *overrides], tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_a_new_kind_is_one_registered_class_asked_in_its_priority(tmp_path, monkeypatch):
+    from glue_bench import kinds
+
+    cfg = _compose(["zoo=mini2", "method=linear"], tmp_path)
+    assert kind_for(cfg).name == "merge"  # every module of kinds/ imported: the registry is complete
+    monkeypatch.setattr(kinds, "KINDS", dict(kinds.KINDS))  # the dummy leaves with the test
+
+    def dummy(priority):
+        class Echo(kinds.Kind):
+            name = f"echo{priority}"
+
+            @staticmethod
+            def claims(cfg) -> bool:
+                return cfg.strategy.name == "all" and cfg.mixture.name == "none"  # merge's configs too
+        Echo.priority = priority
+        return kinds.register(Echo)
+
+    dummy(70)
+    assert kind_for(cfg).name == "merge"   # merge (60) is asked first
+    dummy(5)
+    assert kind_for(cfg).name == "echo5"   # asked before every shipped kind

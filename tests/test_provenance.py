@@ -11,8 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from glue_bench.provenance import (_blas, files_fingerprint, lm_fingerprint, machine_facts, router_fingerprint,
-                                   state_fingerprint)
+from glue_bench.kinds.merge import Merge
+from glue_bench.kinds.mixture import Mixture
+from glue_bench.kinds.recipe import Recipe
+from glue_bench.mixture.model_level import ModelMixtureLM
+from glue_bench.provenance import _blas, files_fingerprint, machine_facts, router_fingerprint, state_fingerprint
 from glue_bench.results import read_results
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -71,22 +74,22 @@ class _HFLM:
         self.model = model
 
 
-class _Mixture:
-    def __init__(self, experts, router):
-        self.experts, self.router = experts, router
+@pytest.mark.parametrize("kind", [Mixture(), Recipe()], ids=["mixture", "recipe"])
+def test_a_model_level_mixture_s_fingerprint_follows_its_experts_and_its_router(kind):
+    def mixture(expert_seed=0, gate=0.0, router=None):
+        router = router or _Router(_Encoder(tiny_model()), torch.full((2, 8), gate))
+        return ModelMixtureLM({"a": _HFLM(tiny_model(expert_seed)), "b": _HFLM(tiny_model(5))}, router)
+
+    assert kind.fingerprint(mixture()) == kind.fingerprint(mixture())
+    assert kind.fingerprint(mixture(expert_seed=1)) != kind.fingerprint(mixture())
+    assert kind.fingerprint(mixture(gate=1.0)) != kind.fingerprint(mixture())
+    assert kind.fingerprint(mixture(router=len)) is None  # a router without weights: missing, not a hash of less
+    assert kind.fingerprint(_HFLM(tiny_model())) == state_fingerprint(tiny_model())  # the recipe's merge of all
 
 
-def test_a_model_level_mixture_s_fingerprint_follows_its_experts_and_its_router():
-    def mixture(expert_seed=0, gate=0.0):
-        router = _Router(_Encoder(tiny_model()), torch.full((2, 8), gate))
-        return _Mixture([_HFLM(tiny_model(expert_seed)), _HFLM(tiny_model(5))], router)
-
-    assert lm_fingerprint(mixture()) == lm_fingerprint(mixture())
-    assert lm_fingerprint(mixture(expert_seed=1)) != lm_fingerprint(mixture())
-    assert lm_fingerprint(mixture(gate=1.0)) != lm_fingerprint(mixture())
-    assert lm_fingerprint(_HFLM(tiny_model())) == state_fingerprint(tiny_model())
-    assert lm_fingerprint(_Mixture([_HFLM(tiny_model())], router=len)) is None  # a router without weights
-    assert router_fingerprint(len) is None and lm_fingerprint(object()) is None
+def test_a_kind_s_fingerprint_of_an_hf_model_is_its_state_and_none_for_what_it_cannot_see():
+    assert Merge().fingerprint(_HFLM(tiny_model())) == state_fingerprint(tiny_model())
+    assert Merge().fingerprint(object()) is None and router_fingerprint(len) is None
 
 
 def test_machine_facts_name_torch_its_cpu_kernels_and_blas():

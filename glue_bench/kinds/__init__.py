@@ -15,6 +15,7 @@ the shared tail (`glue_bench.run`) evaluates, stores and saves. One module each:
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 
 from glue_bench.errors import JobError
 from glue_bench.job import ItemSet, Job
+from glue_bench.provenance import state_fingerprint
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Candidate:
 class Kind:
     """One candidate kind. Subclasses set the class attributes and implement `claims` and `build`."""
     name: ClassVar[str]
+    priority: ClassVar[int]  # claims are asked lowest first: the first kind that claims a config builds it
 
     @staticmethod
     def claims(cfg: DictConfig) -> bool:
@@ -85,10 +88,18 @@ class Kind:
     def build(self, job: Job) -> Candidate:
         raise NotImplementedError
 
+    def fingerprint(self, lm) -> str | None:
+        """The fingerprint of the weights an LM this kind builds evaluates with (stored as `weights`):
+        here an HF model's state dict (an lm-eval HFLM's `model`); a kind whose LM is another shape
+        says how its weights are seen, or None where they cannot be (missing, not a hash of
+        something else)."""
+        import torch
+
+        model = getattr(lm, "model", None)
+        return state_fingerprint(model) if isinstance(model, torch.nn.Module) else None
+
 
 KINDS: dict[str, type[Kind]] = {}
-# the order claims are asked in: the first kind that claims a config builds it
-_MODULES = ("stack", "recipe", "selective", "ensemble", "mixture", "merge")
 
 
 def register(cls: type[Kind]) -> type[Kind]:
@@ -98,10 +109,9 @@ def register(cls: type[Kind]) -> type[Kind]:
 
 def kind_for(cfg: DictConfig) -> Kind:
     """The kind that builds this config, or a one-line JobError naming the combination refused."""
-    for module in _MODULES:
-        importlib.import_module(f"glue_bench.kinds.{module}")
-    for module in _MODULES:
-        kind = KINDS[module]()
+    for module in pkgutil.iter_modules(__path__):  # every module here: a new kind is its module alone
+        importlib.import_module(f"{__name__}.{module.name}")
+    for kind in sorted((cls() for cls in KINDS.values()), key=lambda k: (k.priority, k.name)):
         if kind.claims(cfg):
             if why := kind.refusal(cfg):
                 raise JobError(why)

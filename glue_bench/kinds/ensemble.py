@@ -10,11 +10,13 @@ from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
+from glue_bench.provenance import combined_fingerprint
 
 
 @register
 class Ensemble(Kind):
     name = "ensemble"
+    priority = 40  # before mixture, which would claim its config too (mixture=ensemble is a mixture config)
 
     @staticmethod
     def claims(cfg) -> bool:
@@ -38,6 +40,15 @@ class Ensemble(Kind):
         generating = generation_tasks(job.eval_cfg)
         if generating and len({_convention(r, job.eval_cfg.add_bos_token) for r in job.members}) > 1:
             raise JobError(generation_refusal([r.name for r in job.members], generating))
+
+    def fingerprint(self, lm) -> str | None:
+        """A sequence-level ensemble: its members' (each an HF model with its own tokenizer); a
+        token-level one is one HF model holding every member."""
+        from glue_bench.mixture.ensemble import SequenceEnsembleLM
+
+        if isinstance(lm, SequenceEnsembleLM):
+            return combined_fingerprint([super().fingerprint(m) for m in lm.members.values()])
+        return super().fingerprint(lm)
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.mixture.ensemble import compute_cost, ensemble_of

@@ -15,6 +15,7 @@ from glue_bench.zoo import load_tokenizer, local_dir
 @register
 class Merge(Kind):
     name = "merge"
+    priority = 60
 
     @staticmethod
     def claims(cfg) -> bool:

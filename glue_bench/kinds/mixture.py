@@ -10,12 +10,14 @@ from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
+from glue_bench.provenance import combined_fingerprint, router_fingerprint
 from glue_bench.zoo import declared_depth, load_tokenizer
 
 
 @register
 class Mixture(Kind):
     name = "mixture"
+    priority = 50  # after ensemble (see there); the other kinds claim disjoint strategies
 
     @staticmethod
     def claims(cfg) -> bool:
@@ -37,6 +39,16 @@ class Mixture(Kind):
     def check(self, job: Job) -> None:
         if job.cfg.mixture.level == "model":
             check_router_layer(job)
+
+    def fingerprint(self, lm) -> str | None:
+        """A model-level mixture: its experts' and its router's (gates and encoder); one routed per
+        document: its HF model's; routed per token: an HF model whose state holds its routers."""
+        from glue_bench.mixture.layered import SampleRoutedLM
+        from glue_bench.mixture.model_level import ModelMixtureLM
+
+        if isinstance(lm, ModelMixtureLM):
+            return combined_fingerprint([Kind.fingerprint(self, e) for e in lm.experts] + [router_fingerprint(lm.router)])
+        return Kind.fingerprint(self, lm.hflm if isinstance(lm, SampleRoutedLM) else lm)
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.mixture.build import MixtureError, layered_mixture_lm, model_mixture

@@ -11,6 +11,7 @@ from glue_bench.errors import JobError
 from glue_bench.evaluate import hf_lm
 from glue_bench.job import Job
 from glue_bench.kinds import AlsoJudged, Candidate, Kind, register
+from glue_bench.kinds.mixture import Mixture
 from glue_bench.kinds.search import instantiate_search, proxy_and_final_items, proxy_cache, searching_refusal
 from glue_bench.zoo import load_tokenizer, local_dir
 
@@ -18,6 +19,7 @@ from glue_bench.zoo import load_tokenizer, local_dir
 @register
 class Recipe(Kind):
     name = "recipe"
+    priority = 20
 
     @staticmethod
     def claims(cfg) -> bool:
@@ -40,6 +42,8 @@ class Recipe(Kind):
 
         check_router_layer(job)
         self.search = instantiate_search(job.cfg)
+
+    fingerprint = Mixture.fingerprint  # its candidate is a model-level mixture of the families' merges
 
     def build(self, job: Job) -> Candidate:
         from glue_bench.merge.engine import TensorSource

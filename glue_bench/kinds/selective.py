@@ -22,6 +22,7 @@ from glue_bench.zoo import load_tokenizer, local_dir
 @register
 class Selective(Kind):
     name = "selective"
+    priority = 30
 
     @staticmethod
     def claims(cfg) -> bool:

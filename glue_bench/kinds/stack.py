@@ -17,6 +17,7 @@ from glue_bench.zoo import load_tokenizer
 @register
 class Stack(Kind):
     name = "stack"
+    priority = 10
 
     def unused(self, cfg) -> tuple[str, ...]:
         return ("method",)
