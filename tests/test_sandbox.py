@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from glue_bench.evaluate import sandbox
-from glue_bench.evaluate.sandbox import SandboxLimits, SandboxResult, run_untrusted
+from glue_bench.evaluate.sandbox import SandboxLimits, SandboxResult, client, policy, run_untrusted
 
 FAST = SandboxLimits(timeout_s=1)
 MARGIN_S = 1.5   # interpreter start-up, group kill and temp dir cleanup on a loaded machine
@@ -33,7 +33,7 @@ def assert_blocked(result: SandboxResult, *needles: str) -> None:
 def child_pids(monkeypatch):
     """Pids of the sandboxed processes (forked by the worker) that ran the test's programs."""
     pids = []
-    monkeypatch.setattr(sandbox, "_Outcome", recording_subclass(sandbox._Outcome, "pid", pids))
+    monkeypatch.setattr(client, "Outcome", recording_subclass(client.Outcome, "pid", pids))
     return pids
 
 
@@ -275,6 +275,19 @@ def test_hung_programs_are_killed_at_the_timeout(program, child_pids):
     assert live_processes_in_session(child_pids[0]) == []
 
 
+def test_the_hook_decides_with_its_own_builtins(tmp_path):
+    # the hook asks `type(path) is int` (an fd: checked when it was opened): were it to look up the
+    # program's builtins, this replacement would let a write outside the sandbox dir through
+    target = tmp_path / "outside.txt"
+    result = run(f"""
+        import builtins
+        builtins.type = lambda *args: int
+        open({str(target)!r}, "w").write("x")
+    """)
+    assert_blocked(result, "outside the sandbox dir")
+    assert not target.exists()
+
+
 def test_a_program_cannot_affect_the_next():
     first = run("""
         import builtins, collections, math, os, sys
@@ -311,7 +324,7 @@ def test_programs_start_without_denied_modules_loaded():
     # A denied module already in sys.modules would be imported from the cache, unchecked.
     result = run(f"""
         import sys
-        loaded = sorted(m for m in sys.modules if m.partition(".")[0] in {sorted(sandbox._DENIED_MODULES)!r})
+        loaded = sorted(m for m in sys.modules if m.partition(".")[0] in {sorted(policy.DENIED_MODULES)!r})
         assert not loaded, loaded
         assert "collections" in sys.modules and "heapq" in sys.modules   # pre-imported
     """)
@@ -319,13 +332,9 @@ def test_programs_start_without_denied_modules_loaded():
 
 
 def test_a_worker_that_would_preload_a_denied_module_does_not_start(monkeypatch):
-    monkeypatch.setattr(sandbox, "_PREIMPORTED", (*sandbox._PREIMPORTED, "socket"))
-    monkeypatch.setattr(sandbox, "_worker", None)   # the usual worker is back after the test
-    sandbox._bootstrap_command.cache_clear()
-    try:
-        result = run("assert True")
-    finally:
-        sandbox._bootstrap_command.cache_clear()
+    monkeypatch.setattr(policy, "PREIMPORTED", (*policy.PREIMPORTED, "socket"))
+    monkeypatch.setattr(client, "_worker", None)   # the usual worker is back after the test
+    result = run("assert True")
     assert (result.passed, result.status) == (False, "error")
     assert result.detail.startswith("could not start the sandbox: RuntimeError: pre-imports loaded"), result
     assert "socket" in result.detail
