@@ -121,12 +121,19 @@ class Job:
             with measuring(kind="single"):
                 rows, stats = evaluate_model(model, tok, self.tasks_dir, self.eval_cfg,
                                              samples=items.samples if items else None, add_bos_token=bos)
-            self.store.append_job(key, [{**self.common, **r, "candidate": ref.name, "method": "none",
-                                         "strategy": "none", "mixture": "none", "router": "none", "models": ref.name,
-                                         "load_s": load_s, "build_s": 0.0, "eval_s": stats["eval_s"],
-                                         "items": items.label if items else None, "weights": weights_fingerprint(ref),
-                                         "config": json.dumps({"model": ref.location, "key": ref.key})}
-                                        for r in rows], outcomes=stats["outcomes"])
+            self.store_evaluation(key, rows, stats, items, candidate=ref.name, method="none", strategy="none",
+                                  mixture="none", router="none", models=ref.name, load_s=load_s, build_s=0.0,
+                                  weights=weights_fingerprint(ref),
+                                  config=json.dumps({"model": ref.location, "key": ref.key}))
+
+    def store_evaluation(self, key: str, rows: list[dict], stats: dict, items: ItemSet | None, *,
+                         replace: bool = False, **fields) -> None:
+        """One evaluation's rows (one per task and metric) and per-item outcomes, in one transaction:
+        the job's common fields (zoo, strategy, replicate, machine...), the evaluation's, the item
+        set it was judged on, and `fields` (candidate, method, models, weights...), which win."""
+        self.store.append_job(key, [{**self.common, **r, "items": items.label if items else None,
+                                     "eval_s": stats["eval_s"], **fields} for r in rows],
+                              outcomes=stats["outcomes"], replace=replace)
 
     @property
     def output_dir(self) -> Path | None:

@@ -58,12 +58,9 @@ def evaluate_and_store(job: Job, kind: Kind, candidate: Candidate) -> dict:
                               tokenizer=candidate.tokenizer)
     details = candidate.after_eval() if candidate.after_eval else {}
     config = json.dumps({**job.payload, **candidate.details, **details}, sort_keys=True, default=str)
-    job.store.append_job(job.key, [{**job.common, **r, "candidate": candidate.label, "method": candidate.method,
-                                    "models": candidate.models, "load_s": candidate.load_s,
-                                    "build_s": candidate.build_s, "eval_s": stats["eval_s"],
-                                    "items": items.label if items else None, "weights": weights, "config": config}
-                                   for r in rows],
-                         outcomes=stats["outcomes"], replace=job.cfg.force)
+    job.store_evaluation(job.key, rows, stats, items, replace=job.cfg.force, candidate=candidate.label,
+                         method=candidate.method, models=candidate.models, load_s=candidate.load_s,
+                         build_s=candidate.build_s, weights=weights, config=config)
     if job.cfg.save:
         _save(job, candidate)
     return {"status": "done", "job_key": job.key, "build_s": candidate.build_s, **candidate.summary, **details,
@@ -77,9 +74,7 @@ def _judge(job: Job, kind: Kind, other: AlsoJudged, items) -> None:
     lm = other.make_lm()
     weights = kind.fingerprint(lm)
     rows, stats = evaluate_lm(lm, job.tasks_dir, job.eval_cfg, samples=items.samples if items else None)
-    job.store.append_job(other.key, [{**job.common, **r, **other.row, "candidate": other.label, "weights": weights,
-                                      "items": items.label if items else None, "eval_s": stats["eval_s"]}
-                                     for r in rows], outcomes=stats["outcomes"])
+    job.store_evaluation(other.key, rows, stats, items, **{**other.row, "candidate": other.label, "weights": weights})
 
 
 def _save(job: Job, candidate: Candidate) -> None:
