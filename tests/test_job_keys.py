@@ -96,6 +96,29 @@ def test_each_kind_refuses_what_it_does_not_build_in_one_line(overrides, message
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["mixture=ffn", "router=prompt", "mixture.dense_layers=2"], r"mixture.dense_layers=2: must be in \[0, 1\]"),
+    (["mixture=ffn", "router=prompt", "mixture.top_k=3"], "mixture.top_k=3: must be between 1 and the number of experts"),
+    (["mixture=block", "router=prompt", "++mixture.routing=document"], "mixture.routing='document': token or sample"),
+    (["mixture=ffn", "router=prompt", "++mixture.shared=zoo"], "mixture.shared='zoo': merge or base"),
+    (["mixture=ffn", "router=prompt", "method=none"], "mixture.shared=merge: needs a merge method"),
+    (["mixture=model", "router=prompt", "++mixture.top_k=2"], "a model-level mixture answers with one expert"),
+])
+def test_a_mixture_checks_every_setting_before_any_model_is_read(overrides, message, tmp_path, monkeypatch):
+    from glue_bench import zoo
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was read before the settings were checked")
+    for reader in ("load_model", "load_tokenizer", "ensure_available"):
+        monkeypatch.setattr(zoo, reader, no_models)
+    cfg = _compose(["zoo=mini2", "mini_size=micro", *overrides], tmp_path)  # micro: two layers
+    kind = kind_for(cfg)
+    job = Job.from_config(cfg, unused=kind.unused(cfg))
+    with pytest.raises(JobError, match=message) as err:
+        kind.check(job)
+    assert "\n" not in str(err.value)
+
+
 def test_a_new_kind_is_one_registered_class_asked_in_its_priority(tmp_path, monkeypatch):
     from glue_bench import kinds
 

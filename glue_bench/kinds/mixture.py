@@ -37,6 +37,14 @@ class Mixture(Kind):
         return ("method",) if cfg.mixture.level == "model" else ()  # model level: experts are not merged
 
     def check(self, job: Job) -> None:
+        """Every mixture setting, before any model is read or merged (`mixture.build.check_mixture`)."""
+        from glue_bench.mixture.build import MixtureError, check_mixture
+
+        try:
+            check_mixture(job.section("mixture"), job.cfg.router.name, job.method, len(job.members),
+                          declared_depth(job.members[0], job.cfg.mini_size))
+        except MixtureError as err:
+            raise JobError(str(err)) from None
         if job.cfg.mixture.level == "model":
             check_router_layer(job)
 

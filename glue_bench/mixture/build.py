@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -59,14 +60,58 @@ def _mean_token_loss(model, tokenizer, texts: list[str], max_length: int = 256) 
     return torch.stack(losses)
 
 
+@dataclass(frozen=True)
+class MixtureSettings:
+    level: str          # model, ffn or block
+    routing: str        # token or sample (a layered mixture's)
+    shared: str         # merge or base: where a layered mixture's shared parts come from
+    top_k: int
+    dense_layers: int
+
+
+def check_mixture(mixture_cfg: dict, router_name: str, method: str, n_experts: int,
+                  depth: int | None) -> MixtureSettings:
+    """Every mixture setting checked before anything is built (one line naming the first at fault):
+    `depth` is the experts' number of layers where it is known before loading (`zoo.declared_depth`),
+    else None and `dense_layers` is checked once the shared model is built."""
+    level = mixture_cfg.get("level")
+    if level not in LEVELS:
+        raise MixtureError(f"mixture.level={level!r}: not implemented (available: {', '.join(LEVELS)})")
+    if router_name not in ROUTERS:
+        raise MixtureError(f"router={router_name}: not available for a {level}-level mixture "
+                           f"(available: {', '.join(ROUTERS)})")
+    routing, shared = mixture_cfg.get("routing", "token"), mixture_cfg.get("shared", "merge")
+    top_k, dense = mixture_cfg.get("top_k", 1), mixture_cfg.get("dense_layers", 0)
+    for name, value in (("top_k", top_k), ("dense_layers", dense)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MixtureError(f"mixture.{name}={value!r}: expected a whole number")
+    if level == "model":
+        if top_k != 1:
+            raise MixtureError(f"mixture.top_k={top_k}: a model-level mixture answers with one expert (top_k=1)")
+        return MixtureSettings(level, routing, shared, top_k, dense)
+    if routing not in ("token", "sample"):
+        raise MixtureError(f"mixture.routing={routing!r}: token or sample")
+    if shared not in ("merge", "base"):
+        raise MixtureError(f"mixture.shared={shared!r}: merge or base")
+    if shared == "merge" and method == "none":
+        raise MixtureError("mixture.shared=merge: needs a merge method (method=linear, ...)")
+    if not 1 <= top_k <= n_experts:
+        raise MixtureError(f"mixture.top_k={top_k}: must be between 1 and the number of experts ({n_experts})")
+    check_dense_layers(dense, depth)
+    return MixtureSettings(level, routing, shared, top_k, dense)
+
+
+def check_dense_layers(dense: int, depth: int | None) -> None:
+    if depth is not None and not 0 <= dense < depth:
+        raise MixtureError(f"mixture.dense_layers={dense}: must be in [0, {depth - 1}]")
+
+
 def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg: EvalConfig) -> ModelMixtureLM:
     """Each of `refs` an expert answering with its own model and tokenizer; the router reads the
     base model's hidden states of the text."""
     from glue_bench.zoo import load_model, load_tokenizer
 
-    if mixture_cfg.get("top_k", 1) != 1:
-        raise MixtureError(f"mixture.top_k={mixture_cfg['top_k']}: a model-level mixture answers with one "
-                           "expert (top_k=1)")
+    check_mixture({**mixture_cfg, "level": "model"}, router_cfg["name"], "none", len(refs), None)
     models = {r.name: (load_model(r, eval_cfg.device), load_tokenizer(r)) for r in refs}
     return mixture_of(models, {r.name: [r] for r in refs}, base_ref, router_cfg, eval_cfg)
 
@@ -120,17 +165,10 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
     from glue_bench.mixture.layered import block_mixture, ffn_mixture, layer_inputs, train_routers
     from glue_bench.zoo import load_model, load_tokenizer, local_dir
 
-    level = mixture_cfg["level"]
-    routing, shared_from = mixture_cfg.get("routing", "token"), mixture_cfg.get("shared", "merge")
-    if routing not in ("token", "sample"):
-        raise MixtureError(f"mixture.routing={routing!r}: token or sample")
-    if router_cfg["name"] not in ROUTERS:
-        raise MixtureError(f"router={router_cfg['name']}: not available for a {level}-level mixture "
-                           f"(available: {', '.join(ROUTERS)})")
+    settings = check_mixture(mixture_cfg, router_cfg["name"], method, len(refs), None)  # the kind checked the depth
+    level, routing, top_k, dense = settings.level, settings.routing, settings.top_k, settings.dense_layers
     tokenizer = load_tokenizer(refs[0])
-    if shared_from == "merge":
-        if method == "none":
-            raise MixtureError("mixture.shared=merge: needs a merge method (method=linear, ...)")
+    if settings.shared == "merge":
         try:
             merger = Merger([TensorSource(r.name, local_dir(r)) for r in refs], method,
                             TensorSource(base_ref.name, local_dir(base_ref)), device=eval_cfg.device)
@@ -138,17 +176,10 @@ def layered_mixture_lm(refs, base_ref, method: str, method_params: dict, mixture
         except MergeError as err:
             raise MixtureError(f"{level}-level mixture: the experts cannot be merged for the shared parts "
                                f"({err})") from None
-    elif shared_from == "base":
-        shared = load_model(base_ref, eval_cfg.device)
     else:
-        raise MixtureError(f"mixture.shared={shared_from!r}: merge or base")
-    top_k = int(mixture_cfg.get("top_k", 1))
-    if not 1 <= top_k <= len(refs):
-        raise MixtureError(f"mixture.top_k={top_k}: must be between 1 and the number of experts ({len(refs)})")
+        shared = load_model(base_ref, eval_cfg.device)
     layers = len(shared.model.layers)
-    dense = int(mixture_cfg.get("dense_layers", 0))
-    if not 0 <= dense < layers:
-        raise MixtureError(f"mixture.dense_layers={dense}: must be in [0, {layers - 1}]")
+    check_dense_layers(dense, layers)  # checked already where the depth was known before loading
     names = [r.name for r in refs]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
