@@ -16,6 +16,7 @@ any (load below the cores: a busy machine's costs say what the other work cost t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -122,6 +123,15 @@ def _append(line: dict) -> None:
         pass
 
 
+@functools.lru_cache(maxsize=4)  # a plan asks once per evaluation (~1,600 a replicate): the file is read once
+def _records(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    lines = []
+    for text in Path(path).read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(text))
+    return tuple(lines)
+
+
 def per_item_costs(size: str, kind: str | None = None, path: Path | None = None) -> dict[str, float]:
     """Median seconds per item of each task, over this machine's recorded evaluations at `size`
     (of `kind` when given and recorded, else of every kind), of those made on a machine not
@@ -129,12 +139,11 @@ def per_item_costs(size: str, kind: str | None = None, path: Path | None = None)
     import statistics
 
     path = path or costs_path()
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except OSError:
         return {}
-    lines = []
-    for text in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            lines.append(json.loads(text))
+    lines = _records(str(path), stat.st_mtime_ns, stat.st_size)
     at_size = [ln for ln in lines if ln.get("size") == size]
     chosen = ([ln for ln in at_size if ln.get("kind") == kind] if kind else []) or at_size
     quiet = [ln for ln in chosen if "load" in ln and ln["load"] < ln.get("cores", 1)]
