@@ -195,16 +195,29 @@ def seconds(plans: list[PresetPlan], size: str) -> tuple[dict[str, float], set[s
     return out, unmeasured
 
 
-def print_plan(plans: list[PresetPlan], size: str) -> float:
-    """The plan as a table; returns the total seconds."""
-    estimated, unmeasured = seconds(plans, size)
+def print_plan(lanes: list[list[PresetPlan]], size: str) -> float:
+    """The plan as a table, lane after lane (the presets run side by side with `reproduce --lanes`);
+    returns the estimated wall time in seconds: the longest lane's."""
+    plans = [p for lane in lanes for p in lane]
+    # each plan on its own: --quick runs a preset in two sweeps, two plans of one name
+    priced = {id(p): seconds([p], size) for p in plans}
+    unmeasured = set().union(*(u for _, u in priced.values()))
+
+    def minutes(p: PresetPlan) -> float:
+        return priced[id(p)][0][p.preset] / 60
+
     print(f"{'preset':<22}{'jobs':>6}{'evaluations':>13}{'items':>10}{'builds':>8}{'minutes':>9}")
     for p in plans:
         print(f"{p.preset:<22}{p.jobs:>6}{len(p.evaluations):>13}{p.items():>10}"
-              f"{sum(1 for b in p.builds.values() if b):>8}{estimated[p.preset] / 60:>9.1f}")
-    total = sum(estimated.values())
+              f"{sum(1 for b in p.builds.values() if b):>8}{minutes(p):>9.1f}")
+    total = sum(minutes(p) for p in plans) * 60
     print(f"{'total':<22}{sum(p.jobs for p in plans):>6}{sum(len(p.evaluations) for p in plans):>13}"
           f"{sum(p.items() for p in plans):>10}{'':>8}{total / 60:>9.1f}")
+    if len(lanes) > 1:
+        walls = [sum(minutes(p) for p in lane) * 60 for lane in lanes]
+        print(f"lanes side by side: {' | '.join(f'{w / 60:.1f} min' for w in walls)}; wall time {max(walls) / 60:.1f} min, "
+              "from costs measured one job at a time (two jobs at once on shared cores and memory run slower)")
+        total = max(walls)
     unbuilt = sorted({r for p in plans for r, b in p.builds.items() if b is None})
     if unbuilt:
         print(f"not counted: building {', '.join(unbuilt)} (no build of this size was timed here)")

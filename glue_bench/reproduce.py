@@ -5,6 +5,7 @@
     python -m glue_bench.reproduce --replicates 3      # every sweep on replicate zoos 0, 1, 2
     python -m glue_bench.reproduce --plan --replicates 5   # what that would cost here; runs nothing
     python -m glue_bench.reproduce --replicates 1 --first-replicate 5   # one more replicate zoo, built here
+    python -m glue_bench.reproduce --lanes 2           # two sweeps at a time, one per half of the cores
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
 (jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
@@ -26,6 +27,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -55,6 +57,27 @@ QUICK = {
     "merge_vs_mixture": [["zoo=mini2"]],
     "recipe": [["++strategy.search.kind=average", _SMALL_PROXY]],
 }
+
+
+# The presets whose work overlaps (CMA-ES on mini8 with linear is in three; the four share a zoo's
+# final-item singles and merge of all) run in one lane, so that two lanes never do the same work at
+# once; the others in the second lane. Lanes share only the zoo's build (under a lock) and the
+# whole-split singles of the models both lanes' zoos hold (a job that finds one stored skips it).
+SEARCH_PRESETS = ("strategies", "method_evolution", "heuristic_evolution", "recipe")
+
+
+def lanes_of(sweeps: list[tuple[str, list[str]]], lanes: int) -> list[list[tuple[str, list[str]]]]:
+    """The sweeps split into `lanes` (1 or 2) lists run side by side, each in the presets' order."""
+    if lanes == 1:
+        return [sweeps]
+    split = [[s for s in sweeps if s[0] in SEARCH_PRESETS], [s for s in sweeps if s[0] not in SEARCH_PRESETS]]
+    return [lane for lane in split if lane]
+
+
+def lane_threads(lanes: int) -> int:
+    """Torch threads for a job when `lanes` jobs run at once: each lane's share of the cores, less one
+    for its generated programs' sandbox (at least 1), as `evaluate.eval_threads` does for one."""
+    return max(1, len(os.sched_getaffinity(0)) // lanes - 1)
 
 
 _LAUNCHED = re.compile(r"\[HYDRA\]\s+#(\d+) : ")  # Hydra's basic launcher, as it starts each job of a sweep
@@ -91,6 +114,11 @@ def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path
     record_preset(preset, overrides, elapsed)
 
 
+def _run_lane(sweeps: list[tuple[str, list[str]]], results: Path, hydra_dir: Path | None, bar: tqdm) -> None:
+    for preset, overrides in sweeps:
+        run_preset(preset, overrides, results, hydra_dir, bar)
+
+
 def run_notebook(results: Path, figures: Path) -> None:
     try:
         import nbformat
@@ -119,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-replicate", type=int, default=0, metavar="K",
                         help="the first of them: replicates K..K+N-1 (default: %(default)s). A replicate is one build "
                              "on one machine: another machine's build of replicate K is another zoo, so add new ones")
+    parser.add_argument("--lanes", type=int, default=1, choices=(1, 2),
+                        help="sweeps run at a time (default: %(default)s); 2: the search presets beside the others, "
+                             "each job on its lane's share of the cores")
     parser.add_argument("--plan", action="store_true",
                         help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
     args = parser.parse_args(argv)
@@ -129,20 +160,24 @@ def main(argv: list[str] | None = None) -> None:
     results = args.results.resolve()
     chosen = range(args.first_replicate, args.first_replicate + args.replicates)
     replicates = [f"zoo.replicate={','.join(map(str, chosen))}"] if list(chosen) != [0] else []
-    sweeps = [(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates) for preset in args.presets
+    threads = [f"eval.threads={lane_threads(args.lanes)}"] if args.lanes > 1 else []
+    sweeps = [(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates + threads) for preset in args.presets
               for overrides in (QUICK.get(preset, [[]]) if args.quick else [[]])]
+    lanes = lanes_of(sweeps, args.lanes)
     from glue_bench.plan import plan, print_plan
 
     size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
     print(f"plan: mini size {size}, replicate(s) {chosen.start}..{chosen.stop - 1}, store {results}")
     seen: set = set()  # a job or evaluation two presets share is run (and counted) once
-    plans = [p for preset, overrides in sweeps for p in plan([preset], overrides, results, seen)]
+    plans = [[p for preset, overrides in lane for p in plan([preset], overrides, results, seen)] for lane in lanes]
     planned = print_plan(plans, size)
     if args.plan:
         return
-    with tqdm(total=sum(p.swept for p in plans), desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
-        for preset, overrides in sweeps:
-            run_preset(preset, overrides, results, args.hydra_dir, bar)
+    with tqdm(total=sum(p.swept for lane in plans for p in lane), desc=f"reproduce (planned {planned / 60:.0f} min)",
+              unit="job") as bar:
+        with ThreadPoolExecutor(len(lanes)) as pool:  # each lane's sweeps one after another, the lanes side by side
+            for done in [pool.submit(_run_lane, lane, results, args.hydra_dir, bar) for lane in lanes]:
+                done.result()
 
     from glue_bench.tables import main as tables
 

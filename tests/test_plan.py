@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from glue_bench.plan import Evaluation, PresetPlan, plan, search_steps, seconds, sweep
+from glue_bench.plan import Evaluation, PresetPlan, plan, print_plan, search_steps, seconds, sweep
 
 
 def test_a_preset_s_sweep_is_crossed_with_the_command_s_overrides():
@@ -59,6 +59,20 @@ def test_minutes_are_items_times_the_measured_median_cost(tmp_path, monkeypatch)
     with open(tmp_path / "costs.jsonl", "a") as handle:
         handle.write("".join(json.dumps(x) + "\n" for x in busy + quiet))
     assert seconds([p], "micro")[0]["x"] == pytest.approx(10 * 0.06 + 2 * 1.0 + 30.0)
+
+
+def test_two_lanes_take_the_longer_lane_s_time_and_keep_the_search_presets_together(tmp_path, monkeypatch, capsys):
+    from glue_bench.reproduce import lanes_of
+
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))  # no costs: only the builds count
+    sweeps = [(name, []) for name in ("merge_methods", "strategies", "mixture_levels", "recipe")]
+    assert lanes_of(sweeps, 1) == [sweeps]
+    assert lanes_of(sweeps, 2) == [[("strategies", []), ("recipe", [])], [("merge_methods", []), ("mixture_levels", [])]]
+    lanes = [[PresetPlan("strategies", builds={"r": 600.0}), PresetPlan("recipe", builds={"r": 300.0})],
+             [PresetPlan("merge_methods", builds={"r": 120.0})]]
+    assert print_plan(lanes, "micro") == pytest.approx(900.0)        # the longer lane, not the 1,020 s sum
+    assert "wall time 15.0 min" in capsys.readouterr().out
+    assert print_plan([[p for lane in lanes for p in lane]], "micro") == pytest.approx(1020.0)  # one lane: the sum
 
 
 def test_a_request_call_s_time_is_shared_by_characters_and_the_rest_goes_to_the_code_tasks():
