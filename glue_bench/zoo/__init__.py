@@ -16,8 +16,12 @@ from glue_bench.zoo.configs import CONF_DIR, SOURCES, check_zoo_config, entry_na
 from glue_bench.zoo.refs import ModelRef, ZooError, check_replicate, mini_key_parts
 from glue_bench.zoo.sources import GGUFSource, HubSource, Source
 
-__all__ = ["CONF_DIR", "SOURCES", "ModelRef", "ZooError", "check_replicate", "check_zoo_config", "entry_name",
-           "mini_key_parts", "zoo_config", "zoo_members", "zoo_replicate"]  # re-exported: the pool's own names follow
+__all__ = [  # the pool: what every layer above asks of a zoo and its models
+    "CONF_DIR", "SOURCES", "ModelRef", "Source", "ZooError", "add_bos_token", "check_distinct", "check_replicate",
+    "check_zoo_config", "declared_depth", "ensure_available", "entry_name", "load_model", "load_tokenizer",
+    "local_dir", "mini_build_seconds", "mini_design", "mini_key_parts", "mini_sizes", "model_ref", "own_documents",
+    "rendered_tasks_dir", "resolve_zoo", "source_of", "task_data", "tokenizer_identity", "weights_fingerprint",
+    "zoo_config", "zoo_members", "zoo_replicate"]
 
 
 def model_ref(entry: str | dict, source: str, mini_size: str = "mini", replicate: int = 0) -> ModelRef:
