@@ -47,7 +47,7 @@ CASES = [
     ("eval-limit-fraction", ["eval.limit=0.5"], "eval.limit=0.5"),
     ("eval-tasks-empty", ["eval.tasks=[]"], "eval.tasks=[]: expected a non-empty list of task names"),
     ("eval-tasks-not-a-list", ["eval.tasks=mini_arc"], "eval.tasks='mini_arc': expected a non-empty list"),
-    ("eval-tasks-unknown", ["eval.tasks=[nosuch_task]"], "unknown task(s) nosuch_task"),
+    ("eval-tasks-unknown", ["eval.tasks=[nosuch_task]"], "eval.tasks: nosuch_task declared nowhere"),
     ("eval-tasks-twice", ["eval.tasks=[mini_arc,mini_arc]"], "a task is listed twice"),
     ("eval-tasks-code-only", ["eval.tasks=[mini_mbpp]"], "only code tasks"),
     ("eval-batch-zero", ["eval.batch_size=0"], "eval.batch_size=0: expected a positive integer"),
