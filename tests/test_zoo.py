@@ -104,3 +104,17 @@ def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_pat
         os.environ["GLUE_BENCH_CACHE"] = str(micro_cache)
     assert (models / base_dir / "model.safetensors").exists()
     assert not list(models.glob(".*partial*")), "leftovers of the killed build are cleaned up"
+
+
+def test_a_local_or_gguf_directory_without_its_model_file_is_refused_in_one_line(tmp_path):
+    from glue_bench.zoo import ModelRef, ensure_available
+
+    local = ModelRef("empty", "local", str(tmp_path), key=str(tmp_path))
+    with pytest.raises(ZooError, match=rf"model 'empty': {tmp_path} has no config.json \(not a HF model directory\)"):
+        ensure_available([local])
+    gguf = ModelRef("q", "gguf", str(tmp_path), "q4.gguf", key=f"{tmp_path}/q4.gguf")
+    with pytest.raises(ZooError, match=rf"model 'q': GGUF file q4.gguf not found in {tmp_path}$"):
+        ensure_available([gguf])
+    missing = ModelRef("gone", "gguf", str(tmp_path / "nope"), "q4.gguf", key="x")
+    with pytest.raises(ZooError, match="model 'gone': directory .*nope does not exist"):
+        ensure_available([missing])

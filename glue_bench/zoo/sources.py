@@ -20,8 +20,15 @@ class Source:
         for ref in refs:
             if not os.path.isdir(ref.location):
                 raise ZooError(f"model {ref.name!r}: directory {ref.location} does not exist")
-            if not os.path.exists(os.path.join(ref.location, "config.json")):
-                raise ZooError(f"model {ref.name!r}: {ref.location} has no config.json (not a HF model directory)")
+            if not os.path.exists(os.path.join(ref.location, self.entry_file(ref))):
+                raise ZooError(f"model {ref.name!r}: {self.missing_entry(ref)}")
+
+    def entry_file(self, ref: ModelRef) -> str:
+        """The file in its directory that makes it a model of this source."""
+        return "config.json"
+
+    def missing_entry(self, ref: ModelRef) -> str:
+        return f"{ref.location} has no config.json (not a HF model directory)"
 
     def check_files(self, ref: ModelRef) -> None:
         """Config, tokenizer and weight files readable, the weights finite, before any is loaded."""
@@ -105,12 +112,11 @@ class HubSource(Source):
 class GGUFSource(Source):
     """A GGUF file in a directory; transformers dequantizes it as it loads (its reader checks it)."""
 
-    def ensure(self, refs, mini_size):
-        for ref in refs:
-            if not os.path.isdir(ref.location):
-                raise ZooError(f"model {ref.name!r}: directory {ref.location} does not exist")
-            if not os.path.exists(os.path.join(ref.location, ref.gguf_file)):
-                raise ZooError(f"model {ref.name!r}: GGUF file {ref.gguf_file} not found in {ref.location}")
+    def entry_file(self, ref):
+        return ref.gguf_file
+
+    def missing_entry(self, ref):
+        return f"GGUF file {ref.gguf_file} not found in {ref.location}"
 
     def check_files(self, ref):
         pass
