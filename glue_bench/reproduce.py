@@ -59,9 +59,10 @@ QUICK = {
 }
 
 
-# A preset's sweep as the mini zoo's size allows: the micro models have two layers, so
-# mixture_hybrid's third setting (two dense layers) would leave none mixed and is refused.
-SIZE_OVERRIDES = {"micro": {"mixture_hybrid": ["mixture.dense_layers=0,1"]}}
+# A preset's sweep as the mini zoo's size allows: the micro and micro_full models have two layers,
+# so mixture_hybrid's third setting (two dense layers) would leave none mixed and is refused.
+_TWO_LAYERS = {"mixture_hybrid": ["mixture.dense_layers=0,1"]}
+SIZE_OVERRIDES = {"micro": _TWO_LAYERS, "micro_full": _TWO_LAYERS}
 
 # The presets whose work overlaps (CMA-ES on mini8 with linear is in three; the four share a zoo's
 # final-item singles and merge of all) run in one lane, so that two lanes never do the same work at

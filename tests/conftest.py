@@ -31,7 +31,7 @@ def micro_cache(tmp_path_factory) -> Path:
     os.environ["GLUE_BENCH_CACHE"] = str(cache)
     from glue_bench.zoo.mini.build import ensure_models
 
-    ensure_models(["base", "chat_a", "chat_b"], "micro", progress=False)
+    ensure_models(["base", "chat_a", "chat_b"], "micro", progress=False, workers=2)  # test_zoo rebuilds them in one
     return cache
 
 

@@ -13,21 +13,21 @@ from glue_bench.kinds import kind_for
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg)), and
-# computed again when zoo v3 and then v4 changed every model's key (the models, not the key's computation,
+# computed again when zoo v3, v4 and then v5 changed every model's key (the models, not the key's computation,
 # changed; the selective job's key also with the CMA-ES budget, 200 -> 50 trials)
 PINNED = {
-    ("merge", "mini"): (["zoo=mini4", "method=ties"], "5fa42b8746b0b979"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "733b98d5b9130e3b"),
-    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "f25671be75b43557"),
-    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "963ddd34b375a6ad"),
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "88f7e1f80d03feaa"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "bf1de83721da6568"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "d039055280da250e"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "ec7a524674487be7"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                         "2bd28bc7b57d3f21"),
+                         "e9cd85965ce75aa1"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "c3cad4205ca25984"),
-    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "3cd86d29664a2224"),
-    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "a35ef4ee405eb1eb"),
-    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "9c2358b2b3814aff"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "1aedc80ec6f2da10"),
+                          "76c9fe0653e8b547"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "dd4b93206e23d315"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "e49c62f00e1ed72c"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "ab26426d3b984f73"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "30e3e86af866c695"),
 }
 
 
@@ -59,10 +59,10 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
-    assert job.base.key == "mini-v4/mini/base-540c50fa"  # the test splits grew, the model did not change
-    assert job.sub_key({"single": job.base.key}) != "87f365a64f2217c6"  # judged on other items: another job
+    assert job.base.key == "mini-v5/mini/base-25591041"  # the test splits grew, the model did not change
+    assert job.sub_key({"single": job.base.key}) != "450ef67866c59483"  # judged on other items: another job
     monkeypatch.setattr(tasks, "SPLITS_VERSION", 1)
-    assert job.sub_key({"single": job.base.key}) == "87f365a64f2217c6"  # recomputed at zoo v4 (a new base key)
+    assert job.sub_key({"single": job.base.key}) == "450ef67866c59483"  # recomputed at zoo v5 (a new base key)
 
 
 def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s_or_an_ensemble_s(tmp_path):

@@ -34,13 +34,13 @@ def _compose(overrides, tmp_path):
         return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
 
 
-# computed when zoo v4 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
-# keys unchanged by the replicates; v3 and v4 are other zoos: v3 new recipes' data, v4 built
-# reproducibly, so new keys)
+# computed when zoo v5 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
+# keys unchanged by the replicates; v3, v4 and v5 are other zoos: v3 new recipes' data, v4 built
+# reproducibly, v5 its fine-tunes trained longer, so new keys)
 @pytest.mark.parametrize("name, size, key", [
-    ("base", "micro", "mini-v4/micro/base-04de13c9"), ("base", "mini", "mini-v4/mini/base-540c50fa"),
-    ("chat_a", "micro", "mini-v4/micro/chat_a-44cf8fc2"), ("math_altinit", "mini", "mini-v4/mini/math_altinit-02d863bb"),
-    ("foreign_chat", "micro", "mini-v4/micro/foreign_chat-2e1c9868"),
+    ("base", "micro", "mini-v5/micro/base-dfee4119"), ("base", "mini", "mini-v5/mini/base-25591041"),
+    ("chat_a", "micro", "mini-v5/micro/chat_a-095119d6"), ("math_altinit", "mini", "mini-v5/mini/math_altinit-63a1815b"),
+    ("foreign_chat", "micro", "mini-v5/micro/foreign_chat-a4affddb"),
 ])
 def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))

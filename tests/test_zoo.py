@@ -66,17 +66,38 @@ def test_built_models_load_with_transformers(micro_cache):
     assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
 
 
-def test_same_seed_same_weights(micro_cache, tmp_path):
-    """A fresh build of the base model in another cache reproduces the cached one bit for bit."""
+def test_same_seed_same_weights_in_one_build_worker_or_two(micro_cache, tmp_path):
+    """A fresh build in another cache, all in one process, reproduces bit for bit the cached models
+    that two build workers made (conftest: base by one, chat_a and chat_b by either)."""
     env = {**os.environ, "GLUE_BENCH_CACHE": str(tmp_path)}
-    code = "from glue_bench.zoo.mini.build import ensure_models; ensure_models(['base'], 'micro', progress=False)"
+    code = ("from glue_bench.zoo.mini.build import ensure_models; "
+            "ensure_models(['base', 'chat_a', 'chat_b'], 'micro', progress=False, workers=1)")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
-    base_dir = model_dir("base", "micro").name
-    rebuilt = load_file(tmp_path / f"mini-{VERSION}" / "micro" / "models" / base_dir / "model.safetensors")
-    cached = load_file(micro_cache / f"mini-{VERSION}" / "micro" / "models" / base_dir / "model.safetensors")
-    assert rebuilt.keys() == cached.keys()
-    for key in cached:
-        assert torch.equal(rebuilt[key], cached[key]), key
+    for name in ("base", "chat_a", "chat_b"):
+        name_dir = model_dir(name, "micro").name
+        rebuilt = load_file(tmp_path / f"mini-{VERSION}" / "micro" / "models" / name_dir / "model.safetensors")
+        cached = load_file(micro_cache / f"mini-{VERSION}" / "micro" / "models" / name_dir / "model.safetensors")
+        assert rebuilt.keys() == cached.keys()
+        for key in cached:
+            assert torch.equal(rebuilt[key], cached[key]), (name, key)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_build_shares_deal_every_model_once_parents_first_and_balanced(tmp_path, monkeypatch, workers):
+    from glue_bench.zoo.mini.build import build_shares
+    from glue_bench.zoo.mini.spec import RECIPES, lineage
+
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))  # nothing built: every model to deal
+    names = list(dict.fromkeys(n for name in RECIPES for n in lineage(name)))
+    shares = build_shares(names, "micro", 0, workers)
+    assert sorted(n for share in shares for n in share) == sorted(names)
+    assert len(shares) == workers
+    for share in shares:
+        for i, name in enumerate(share):
+            assert RECIPES[name].parent not in share[i:], (name, share)
+    total = sum(RECIPES[n].steps for n in names)
+    longest_line = max(sum(RECIPES[n].steps for n in lineage(name)) for name in names)  # no schedule beats it
+    assert max(sum(RECIPES[n].steps for n in share) for share in shares) <= max(1.1 * total / workers, longest_line)
 
 
 def test_killed_build_leaves_no_model_and_a_rerun_completes(micro_cache, tmp_path):

@@ -35,7 +35,7 @@ from glue_bench.cache import cache_root
 from glue_bench.evaluate.tasks import SPLITS_VERSION
 from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import SIZES, VERSION, Recipe, fingerprint, finetune_shares, lineage, recipe, replicated
+from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, fingerprint, finetune_shares, lineage, recipe, replicated
 from glue_bench.zoo.refs import ZooError, check_replicate
 
 
@@ -60,10 +60,11 @@ def _corpora_of(replicate: int) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def _build_lock(root: Path):
-    """One builder per cache at a time: parallel sweep jobs wait here instead of racing."""
+def _build_lock(root: Path, what: str = "build"):
+    """One builder of `what` (the data and tokenizers: "build"; else a model's directory name) per
+    cache at a time: parallel sweep jobs and build workers wait here instead of racing."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".build.lock", "w") as handle:
+    with open(root / f".{what}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -94,19 +95,23 @@ class _Builder:
     def tokenizer(self, foreign: bool):
         from transformers import AutoTokenizer
 
-        from glue_bench.zoo.mini.train import train_tokenizer
-
         if foreign not in self._tokenizers:
             path = self.root / ("tokenizer_foreign" if foreign else "tokenizer")
-            if not path.exists():
-                texts = [t for docs in self.corpora.values() for t in docs]
-                vocab = self.cfg.foreign_vocab_size if foreign else self.cfg.vocab_size
-                # the foreign tokenizer also differs in how it cuts numbers, as real ones do
-                tok = train_tokenizer(texts, vocab, split_digits=not foreign)
-                with atomic_dir(path) as scratch:
-                    tok.save_pretrained(scratch)
+            with _build_lock(self.root):  # build workers share it: the first trains it
+                if not path.exists():
+                    self._train_tokenizer(path, foreign)
             self._tokenizers[foreign] = AutoTokenizer.from_pretrained(path)
         return self._tokenizers[foreign]
+
+    def _train_tokenizer(self, path: Path, foreign: bool) -> None:
+        from glue_bench.zoo.mini.train import train_tokenizer
+
+        texts = [t for docs in self.corpora.values() for t in docs]
+        vocab = self.cfg.foreign_vocab_size if foreign else self.cfg.vocab_size
+        # the foreign tokenizer also differs in how it cuts numbers, as real ones do
+        tok = train_tokenizer(texts, vocab, split_digits=not foreign)
+        with atomic_dir(path) as scratch:
+            tok.save_pretrained(scratch)
 
     def build(self, recipe: Recipe) -> None:
         from transformers import AutoModelForCausalLM
@@ -150,40 +155,80 @@ def reproducible_here() -> bool:
             and torch.backends.cpu.get_cpu_capability() == "DEFAULT" and torch.get_num_threads() == 1)
 
 
-def ensure_models(names: list[str], size: str = "mini", progress: bool = True, replicate: int = 0) -> dict[str, Path]:
-    """Build whatever of `names` (and their parents) is missing; return their directories."""
+def ensure_models(names: list[str], size: str = "mini", progress: bool = True, replicate: int = 0,
+                  workers: int | None = None) -> dict[str, Path]:
+    """Build whatever of `names` (and their parents) is missing, in `workers` processes (default:
+    one per core); return their directories."""
     needed = list(dict.fromkeys(n for name in names for n in lineage(name)))
-    root = size_dir(size, replicate)
-    if any(not model_dir(n, size, replicate).exists() for n in needed) and not reproducible_here():
-        _build_in_child(needed, size, replicate, progress)
-    if any(not model_dir(n, size, replicate).exists() for n in needed):
+    missing = [n for n in needed if not model_dir(n, size, replicate).exists()]
+    if missing and not reproducible_here():
+        if progress:
+            print(f"[glue_bench] building {len(missing)} mini-zoo model(s) ({size}) into "
+                  f"{size_dir(size, replicate)}: {', '.join(missing)}", file=sys.stderr)
+        _build_in_children(missing, size, replicate, progress, workers or len(os.sched_getaffinity(0)))
+    elif missing:
         ensure_data(size, replicate)
-        with _build_lock(root):
-            for leftover in root.glob("models/.*.partial-*"):
-                shutil.rmtree(leftover, ignore_errors=True)  # from builds killed mid-write: we hold the lock
-            missing = [n for n in needed if not model_dir(n, size, replicate).exists()]
-            if missing:
-                if progress:
-                    print(f"[glue_bench] building {len(missing)} mini-zoo model(s) ({size}) into "
-                          f"{root}: {', '.join(missing)}", file=sys.stderr)
-                builder = _Builder(size, replicate)
-                for name in missing:
+        builder = _Builder(size, replicate)
+        for name in missing:  # parents first: `lineage` lists them so
+            target = model_dir(name, size, replicate)
+            with _build_lock(target.parent.parent, target.name):  # another worker may be building it
+                for leftover in target.parent.glob(f".{target.name}.partial-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)  # of a build killed mid-write: we hold its lock
+                if not target.exists():
                     builder.build(recipe(name, replicate))
     return {n: model_dir(n, size, replicate) for n in names}
 
 
-def _build_in_child(names: list[str], size: str, replicate: int, progress: bool) -> None:
-    """`ensure_models` in a fresh process started with `REPRODUCIBLE`; its error as a ZooError."""
-    import subprocess
+def build_shares(names: list[str], size: str, replicate: int, workers: int) -> list[list[str]]:
+    """`names` (parents first) dealt to `workers` build processes, each share in build order: list
+    scheduling on the recipes' step counts, the longest chain first, each model to the worker that
+    can start it soonest (a model starts once its parent is built, by whichever worker)."""
+    def steps(name: str) -> float:
+        return RECIPES[name].steps
 
-    command = [sys.executable, "-m", "glue_bench.zoo.mini.build", "--size", size, "--replicate", str(replicate),
-               "--models", *names, *([] if progress else ["--quiet"])]
-    done = subprocess.run(command, env={**os.environ, **REPRODUCIBLE}, stdout=subprocess.DEVNULL,
-                          stderr=None if progress else subprocess.PIPE, text=True)
-    if done.returncode:
-        said = [line for line in (done.stderr or "").splitlines() if line.strip()]
-        raise ZooError(f"building {', '.join(names)} ({size}, replicate {replicate}) failed"
-                       + (f": {said[-1].removeprefix('glue_bench: error: ')}" if said else f" (exit {done.returncode})"))
+    chain: dict[str, float] = {}  # a model's steps plus its longest line of descendants among `names`
+    for name in reversed(names):
+        chain[name] = steps(name) + max((chain[c] for c in names if RECIPES[c].parent == name and c in chain), default=0)
+    built_at = {n: 0.0 for n in RECIPES if n not in names and model_dir(n, size, replicate).exists()}
+    free_at, shares = [0.0] * workers, [[] for _ in range(workers)]
+    todo = sorted(names, key=lambda n: -chain[n])  # a parent's chain is longer than its child's
+    while todo:
+        worker = min(range(workers), key=free_at.__getitem__)
+        startable = [n for n in todo if RECIPES[n].parent is None or RECIPES[n].parent in built_at]
+        ready = [n for n in startable if built_at.get(RECIPES[n].parent, 0.0) <= free_at[worker]]
+        name = ready[0] if ready else min(startable, key=lambda n: built_at[RECIPES[n].parent])
+        start = max(free_at[worker], built_at.get(RECIPES[name].parent, 0.0))
+        built_at[name] = free_at[worker] = start + steps(name)
+        shares[worker].append(name)
+        todo.remove(name)
+    return [share for share in shares if share]
+
+
+def _build_in_children(names: list[str], size: str, replicate: int, progress: bool, workers: int) -> None:
+    """`ensure_models` in `workers` fresh processes started with `REPRODUCIBLE` (each trains on one
+    thread), each building its share (`build_shares`); the first error as a ZooError. A worker
+    that needs a parent another one is building waits for it on the parent's lock."""
+    import subprocess
+    import tempfile
+
+    shares = build_shares(names, size, replicate, workers)
+    children = []
+    for share in shares:
+        said = tempfile.TemporaryFile("w+")  # not a pipe: a child that says much never blocks on it
+        command = [sys.executable, "-m", "glue_bench.zoo.mini.build", "--size", size, "--replicate", str(replicate),
+                   "--models", *share, *([] if progress else ["--quiet"])]
+        children.append((share, said, subprocess.Popen(command, env={**os.environ, **REPRODUCIBLE}, stdout=subprocess.DEVNULL,
+                                                        stderr=None if progress else said, text=True)))
+    failures = []
+    for share, said, child in children:
+        if child.wait():
+            said.seek(0)
+            lines = [line for line in said.read().splitlines() if line.strip()]
+            failures.append(f"building {', '.join(share)} ({size}, replicate {replicate}) failed"
+                            + (f": {lines[-1].removeprefix('glue_bench: error: ')}" if lines else f" (exit {child.returncode})"))
+        said.close()
+    if failures:
+        raise ZooError(failures[0])
 
 
 def main(argv: list[str] | None = None) -> None:
