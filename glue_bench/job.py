@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from glue_bench.console import log
 from glue_bench.costs import measuring
 from glue_bench.errors import JobError
-from glue_bench.evaluate import EvalConfig, eval_threads, evaluate_model, render_tasks
+from glue_bench.evaluate import EvalConfig, eval_config, eval_threads, evaluate_model, render_tasks
 from glue_bench.evaluate import tasks as mini_tasks
 from glue_bench.provenance import machine_facts
 from glue_bench.results import ResultStore
@@ -61,11 +61,13 @@ class Job:
     replicate: int = 0            # which independent build of the mini zoo
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, unused: tuple[str, ...] = ()) -> "Job":
+    def from_config(cls, cfg: DictConfig, unused: tuple[str, ...] = (), eval_cfg: EvalConfig | None = None) -> "Job":
         """Everything cheap: no model is built or read. `unused`: config groups the candidate
-        kind ignores, left out of the key (the same candidate whatever they say)."""
+        kind ignores, left out of the key (the same candidate whatever they say). `eval_cfg`: the
+        eval settings as `validate.check_config` checked them (else checked here)."""
         store = ResultStore(cfg.results_path)  # a corrupt store fails here, before any work
-        eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
+        if eval_cfg is None:
+            eval_cfg = eval_config(OmegaConf.to_container(cfg.eval, resolve=True))
         zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
         refs, base = resolve_zoo(zoo_cfg, cfg.mini_size)
         replicate = zoo_replicate(zoo_cfg)

@@ -22,9 +22,9 @@ from glue_bench.validate import check_config
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; returns a summary {"job_key", "status", ...}."""
-    check_config(cfg)                          # the settings of the config itself, each in one line
+    eval_cfg = check_config(cfg)               # the settings of the config itself, each in one line
     kind = kind_for(cfg)                       # an unsupported combination fails here, in one line
-    job = Job.from_config(cfg, unused=kind.unused(cfg))
+    job = Job.from_config(cfg, unused=kind.unused(cfg), eval_cfg=eval_cfg)
     job.store.check_writable()                 # a read-only store fails now, not after the work
     kind.check(job)                            # bad parameters fail before any model is read
     job.prepare()

@@ -9,13 +9,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from glue_bench.cache import cache_root
 from glue_bench.errors import JobError
-from glue_bench.evaluate import eval_config
+from glue_bench.evaluate import EvalConfig, eval_config
 from glue_bench.zoo import mini_sizes
 
 _FLAGS = ("force", "save", "print_table")
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig) -> EvalConfig:
+    """The config's own settings, each fault in one line; returns the eval settings, checked."""
     for flag in _FLAGS:
         if not isinstance(cfg.get(flag), bool):
             raise JobError(f"{flag}={cfg.get(flag)!r}: expected true or false")
@@ -33,6 +34,7 @@ def check_config(cfg: DictConfig) -> None:
         _check_router(OmegaConf.to_container(cfg.router, resolve=True))
     if cfg.strategy.get("proxy") is not None:
         _check_proxy(OmegaConf.to_container(cfg.strategy.proxy, resolve=True), eval_settings.tasks, eval_settings.limit)
+    return eval_settings
 
 
 # router settings that must be positive integers, by router (conf/router/)
