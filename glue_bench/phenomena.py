@@ -32,7 +32,7 @@ import pandas as pd
 from glue_bench.evaluate.tasks import TASK_DOMAIN
 from glue_bench.evidence import Evidence
 from glue_bench.results import read_results
-from glue_bench.zoo import mini_design, mini_key_parts
+from glue_bench.zoo import mini_design, mini_key_parts, mini_sizes
 
 DESIGN = mini_design()
 
@@ -142,7 +142,7 @@ def weight_checks(size: str, replicates: list[int]) -> tuple[pd.DataFrame, pd.Da
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/store/results.sqlite", help="a store or an evidence archive")
-    parser.add_argument("--size", default="mini", help="the mini-zoo size (mini or micro)")
+    parser.add_argument("--size", default="mini", choices=mini_sizes(), help="the mini-zoo size (default: %(default)s)")
     parser.add_argument("--version", default=DESIGN.version,
                         help="the zoo version whose builds are read (default: today's, %(default)s)")
     args = parser.parse_args(argv)

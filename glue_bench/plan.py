@@ -145,7 +145,6 @@ def plan(presets: list[str], overrides: list[str], results: Path, seen: set | No
     from glue_bench.zoo import mini_build_seconds
 
     seen = set() if seen is None else seen
-    built: dict[tuple[str, int], set[str]] = {}  # models whose build is counted already
     plans = []
     for preset in presets:
         p = PresetPlan(preset)
@@ -161,11 +160,9 @@ def plan(presets: list[str], overrides: list[str], results: Path, seen: set | No
             seen.add(job.key)
             p.jobs += 1
             p.evaluations += [e for identity, e in shared if _first(identity, seen)] + own
-            if cfg.zoo.source == "mini":
-                needed = built.setdefault((cfg.mini_size, job.replicate), set())
-                new = {r.name for r in [job.base, *job.refs]} - needed
+            if cfg.zoo.source == "mini":  # each model's build counted once, by the first preset that needs it
+                new = [r.name for r in [job.base, *job.refs] if _first(("build", cfg.mini_size, job.replicate, r.name), seen)]
                 if new:
-                    needed |= new
                     cost = mini_build_seconds(sorted(new), cfg.mini_size, job.replicate)
                     where = f"{cfg.mini_size} r{job.replicate}"
                     p.builds[where] = None if cost is None or p.builds.get(where, 0.0) is None else p.builds.get(where, 0.0) + cost

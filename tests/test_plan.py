@@ -2,6 +2,7 @@
 hand, priced from a costs file written here."""
 
 import json
+import os
 
 import pytest
 
@@ -165,3 +166,34 @@ def test_what_selective_jobs_share_is_counted_once_and_a_job_two_presets_share_o
     # heuristic_evolution's CMA-ES on mini8 with linear is the job strategies ran: counted there only
     (q,) = plan(["heuristic_evolution"], [*overrides, "strategy=evolutionary"], tmp_path / "r.sqlite", seen)
     assert q.swept == 1 and q.jobs == 0 and q.evaluations == []
+
+
+def test_a_model_s_build_is_counted_once_over_the_presets_of_one_reproduction(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path / "cache"))
+    seen: set = set()
+    (first,) = plan(["merge_methods"], ["zoo=mini2", "method=linear", "eval.limit=7"], tmp_path / "r.sqlite", seen)
+    (second,) = plan(["mixture_levels"], ["zoo=mini2", "eval.limit=7"], tmp_path / "r.sqlite", seen)
+    assert first.builds == {"mini r0": None} and second.builds == {}  # mini2's models: built by the first
+
+
+def test_a_build_s_time_is_its_schedule_on_the_cores_from_this_version_s_builds(tmp_path, monkeypatch):
+    from glue_bench.zoo.mini.build import build_seconds, model_dir
+    from glue_bench.zoo.mini.spec import VERSION
+
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    def card(size_dir: str, name: str, seconds: float) -> None:
+        path = tmp_path / size_dir / "models" / f"{name}-0000" / "glue_bench_recipe.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"train_seconds": seconds}))
+
+    for replicate, scale in ((1, 1.0), (2, 3.0), (3, 2.0)):  # medians: base 10, chat_a 4, chat_b 6
+        for name, seconds in (("base", 10.0), ("chat_a", 4.0), ("chat_b", 6.0)):
+            card(f"mini-{VERSION}/micro-r{replicate}", name, seconds * scale / 2.0)
+    card(f"mini-{VERSION}/micro_full-r1", "base", 999.0)  # another size
+    card("mini-v1/micro-r1", "chat_b", 999.0)             # another zoo version
+    assert not model_dir("base", "micro", 4).exists()
+    # base first (10 s), then chat_a and chat_b side by side on the two cores: 10 + max(4, 6)
+    assert build_seconds(["chat_a", "chat_b"], "micro", 4) == pytest.approx(16.0)
+    assert build_seconds(["chat_a"], "micro", 4) == pytest.approx(14.0)
+    assert build_seconds(["math"], "micro", 4) is None  # never built here

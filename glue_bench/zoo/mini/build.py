@@ -180,15 +180,18 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True, r
 
 
 def build_shares(names: list[str], size: str, replicate: int, workers: int) -> list[list[str]]:
-    """`names` (parents first) dealt to `workers` build processes, each share in build order: list
-    scheduling on the recipes' step counts, the longest chain first, each model to the worker that
-    can start it soonest (a model starts once its parent is built, by whichever worker)."""
-    def steps(name: str) -> float:
-        return RECIPES[name].steps
+    """`names` (parents first) dealt to `workers` build processes, each share in build order
+    (`schedule` on the recipes' step counts)."""
+    return schedule(names, size, replicate, workers, lambda name: RECIPES[name].steps)[0]
 
-    chain: dict[str, float] = {}  # a model's steps plus its longest line of descendants among `names`
+
+def schedule(names: list[str], size: str, replicate: int, workers: int, cost) -> tuple[list[list[str]], float]:
+    """List scheduling of `names` (parents first) on `workers` processes: the longest chain of
+    `cost(name)` first, each model to the worker that can start it soonest (once its parent is
+    built, by whichever worker). Returns each worker's share in build order, and when the last ends."""
+    chain: dict[str, float] = {}  # a model's cost plus its longest line of descendants among `names`
     for name in reversed(names):
-        chain[name] = steps(name) + max((chain[c] for c in names if RECIPES[c].parent == name and c in chain), default=0)
+        chain[name] = cost(name) + max((chain[c] for c in names if RECIPES[c].parent == name and c in chain), default=0)
     built_at = {n: 0.0 for n in RECIPES if n not in names and model_dir(n, size, replicate).exists()}
     free_at, shares = [0.0] * workers, [[] for _ in range(workers)]
     todo = sorted(names, key=lambda n: -chain[n])  # a parent's chain is longer than its child's
@@ -198,10 +201,10 @@ def build_shares(names: list[str], size: str, replicate: int, workers: int) -> l
         ready = [n for n in startable if built_at.get(RECIPES[n].parent, 0.0) <= free_at[worker]]
         name = ready[0] if ready else min(startable, key=lambda n: built_at[RECIPES[n].parent])
         start = max(free_at[worker], built_at.get(RECIPES[name].parent, 0.0))
-        built_at[name] = free_at[worker] = start + steps(name)
+        built_at[name] = free_at[worker] = start + cost(name)
         shares[worker].append(name)
         todo.remove(name)
-    return [share for share in shares if share]
+    return [share for share in shares if share], max(free_at)
 
 
 def _build_in_children(names: list[str], size: str, replicate: int, progress: bool, workers: int) -> None:
@@ -300,21 +303,23 @@ def _corpora(replicate: int = 0) -> dict[str, list[str]]:
 
 
 def build_seconds(names: list[str], size: str, replicate: int) -> float | None:
-    """Training seconds of the models (and their parents) not built at this replicate here: per
-    model the median of its builds here at this size (any replicate, any zoo version); None when
-    one of them was never built here."""
+    """Wall seconds to build the models (and their parents) not built at this replicate here, one
+    build process per core (`build_shares`): per model the median of its training seconds in the
+    builds here of this zoo version and size (any replicate); None when one was never built here."""
     import statistics
 
-    missing = {m for name in names for m in lineage(name) if not model_dir(m, size, replicate).exists()}
+    missing = list(dict.fromkeys(m for name in names for m in lineage(name) if not model_dir(m, size, replicate).exists()))
     timed: dict[str, list[float]] = {}
-    for card in cache_root().glob(f"mini-*/{size}*/models/*/glue_bench_recipe.json"):
+    versioned = cache_root() / f"mini-{VERSION}"
+    for card in [*versioned.glob(f"{size}/models/*/glue_bench_recipe.json"), *versioned.glob(f"{size}-r*/models/*/glue_bench_recipe.json")]:
         try:
             timed.setdefault(card.parent.name.rsplit("-", 1)[0], []).append(float(json.loads(card.read_text())["train_seconds"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     if any(m not in timed for m in missing):
         return None
-    return sum(statistics.median(timed[m]) for m in missing)
+    median = {m: statistics.median(timed[m]) for m in missing}
+    return schedule(missing, size, replicate, len(os.sched_getaffinity(0)), median.__getitem__)[1]
 
 
 def domain_texts(domain: str, replicate: int = 0) -> list[str]:
