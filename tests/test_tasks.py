@@ -23,6 +23,7 @@ metadata:
   primary_metric: acc
   domain: reason
   test_items: 30
+  column: 7
 """
 
 
@@ -75,3 +76,22 @@ def test_the_declared_metrics_are_the_study_s():
         "mini_arc": "acc_norm", "mini_winogrande": "acc", "mini_mmlu": "acc", "mini_gsm8k": "exact_match,strict-match",
         "mini_mbpp": "pass_at_1", "mini_humaneval": "pass_at_1", "humaneval_real": "pass_at_1",
         "tinyArc": "acc_norm", "tinyWinogrande": "acc_norm", "tinyMMLU": "acc_norm", "tinyGSM8k": "exact_match,strict-match"}.items())  # in the tables' column order
+
+
+def test_the_mini_tasks_keep_the_study_s_order_by_their_column_whatever_their_file_names(task_dir):
+    from glue_bench.evaluate.tasks import TASKS
+
+    assert TASKS == ("mini_arc", "mini_winogrande", "mini_mmlu", "mini_gsm8k", "mini_mbpp", "mini_humaneval")
+    (task_dir / "tasks" / "mini_arc.yaml").rename(task_dir / "tasks" / "zz_renamed.yaml")
+    (task_dir / "tasks" / "mini_dummy.yaml").write_text(DUMMY.replace("column: 7", "column: 0"))
+    order = [name for name, task in declared(task_dir / "tasks", task_dir / "registry_tasks.yaml").items() if task.column is not None]
+    assert order[:3] == ["mini_dummy", "mini_arc", "mini_winogrande"]
+
+
+def test_a_mini_task_without_its_column_or_on_another_s_is_an_error_naming_it(task_dir):
+    (task_dir / "tasks" / "mini_dummy.yaml").write_text(DUMMY.replace("  column: 7\n", ""))
+    with pytest.raises(ValueError, match="mini_dummy.yaml: a mini task's metadata has both"):
+        declared(task_dir / "tasks", task_dir / "registry_tasks.yaml")
+    (task_dir / "tasks" / "mini_dummy.yaml").write_text(DUMMY.replace("column: 7", "column: 6"))
+    with pytest.raises(ValueError, match="mini_humaneval and mini_dummy: the same metadata.column|mini_dummy and mini_humaneval: the same"):
+        declared(task_dir / "tasks", task_dir / "registry_tasks.yaml")
