@@ -32,7 +32,7 @@ import pandas as pd
 from glue_bench.evaluate.tasks import TASK_DOMAIN
 from glue_bench.evidence import Evidence
 from glue_bench.results import read_results
-from glue_bench.zoo import mini_design, mini_key_parts, mini_sizes
+from glue_bench.zoo import ZooError, mini_design, mini_key_parts, mini_sizes, model_ref
 
 DESIGN = mini_design()
 
@@ -45,15 +45,25 @@ def domain_tasks(model: str) -> tuple[str, ...]:
 
 def single_jobs(df: pd.DataFrame, size: str, version: str | None = None) -> dict[tuple[str, int], str]:
     """(model name, replicate) -> the job key of its whole-test-split evaluation at `size` (and zoo
-    `version`, e.g. "v4", when given: a store may hold builds of several zoo versions)."""
+    `version`, e.g. "v4", when given: a store may hold builds of several zoo versions). Of two
+    builds of one model (a recipe changed within a version), today's recipe's."""
     singles = df[(df["method"] == "none") & df["items"].isna()].drop_duplicates("job_key")
     out = {}
     for row in singles.itertuples(index=False):
         key = json.loads(row.config).get("key", "") if isinstance(row.config, str) else ""
         parts = mini_key_parts(key)
         if parts and parts[1].split("-r")[0] == size and version in (None, parts[0]):
-            out[(row.candidate, int(row.replicate or 0))] = row.job_key
+            slot = (row.candidate, int(row.replicate or 0))
+            if slot not in out or key == _todays_key(*slot, size):
+                out[slot] = row.job_key
     return out
+
+
+def _todays_key(name: str, replicate: int, size: str) -> str | None:
+    try:
+        return model_ref(name, "mini", size, replicate).key
+    except ZooError:
+        return None
 
 
 @dataclass

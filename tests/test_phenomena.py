@@ -27,11 +27,12 @@ def test_the_domain_experts_are_the_fine_tunes_with_half_their_data_in_one_domai
     assert "instruct_code" not in DOMAIN_EXPERTS
 
 
-def _single(store: ResultStore, name: str, replicate: int, values: dict[str, list[float]]) -> None:
-    job = f"{name}-r{replicate}"
+def _single(store: ResultStore, name: str, replicate: int, values: dict[str, list[float]], key: str | None = None,
+            job: str | None = None) -> None:
+    job = job or f"{name}-r{replicate}"
     rows = [dict(zoo="mini16", candidate=name, method="none", strategy="all", models=[name], task=task,
                  metric=PRIMARY_METRIC[task], value=float(np.mean(v)), replicate=replicate,
-                 config=json.dumps({"key": f"mini-v3/micro{f'-r{replicate}' if replicate else ''}/{name}-0000"}))
+                 config=json.dumps({"key": key or f"mini-v3/micro{f'-r{replicate}' if replicate else ''}/{name}-0000"}))
             for task, v in values.items()]
     outcomes = [{"task": task, "metric": PRIMARY_METRIC[task], "doc_id": i, "value": x}
                 for task, v in values.items() for i, x in enumerate(v)]
@@ -82,3 +83,16 @@ def test_the_micro_zoo_s_weights_show_the_far_model_and_set_the_unmergeable_apar
     families = [set(f.split(", ")) for f in clusters.loc[0, "families"].split(" | ")]
     assert {"foreign_chat"} in families and {"math_altinit"} in families
     assert any({"chat_a", "chat_b", "instruct_reason"} <= f for f in families)
+
+
+def test_of_two_builds_of_one_model_the_table_reads_today_s_recipe_s(tmp_path):
+    from glue_bench.zoo import model_ref
+
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    today = model_ref("stem", "mini", "micro", 2).key
+    version, size_dir, name_fingerprint = today.split("/")
+    older = f"{version}/{size_dir}/stem-00000000"  # the same version and size, an earlier recipe
+    for job, key in (("a", older), ("today", today), ("z", older)):  # stored before and after it
+        _single(store, "stem", 2, {"mini_arc": [1.0, 0.0]}, key=key, job=job)
+    assert single_jobs(read_results(path), "micro")[("stem", 2)] == "today"
