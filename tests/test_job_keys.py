@@ -17,17 +17,17 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 # changed; the selective job's key also with the CMA-ES budget, 200 -> 50 trials)
 PINNED = {
     ("merge", "mini"): (["zoo=mini4", "method=ties"], "d1d00cc6fa2def6f"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "a7b535d22c06582e"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "6ce2136fdb18feef"),
     ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "d65bc2747820f0d6"),
     ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "8039393398a80e85"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
                          "562038a8ae02293f"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "d6aa19ee3d15ec87"),
+                          "cbe06878592e53a3"),
     ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "b9d4c5e2263bc6db"),
     ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "b43e7721b00d6613"),
     ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "ab26426d3b984f73"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "30e3e86af866c695"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "9dd4968e8deed440"),
 }
 
 
