@@ -98,7 +98,8 @@ def test_killed_job_leaves_no_partial_rows_and_rerun_completes(run_cli, micro_ca
     # printed, so a kill sent as soon as that line is read lands before its rows are written (a
     # fixed sleep after it raced on a faster machine). The mid-transaction kill is tested
     # deterministically in test_results.test_killed_append_leaves_nothing.
-    slow_eval = ["eval.tasks=[mini_arc,mini_gsm8k]", "eval.limit=200"]
+    # long enough that the signal, sent when the merge starts, lands before the rows (micro v5: 200 items was not)
+    slow_eval = ["eval.tasks=[mini_arc,mini_winogrande,mini_gsm8k]", "eval.limit=400"]
     args = [sys.executable, "-m", "glue_bench", "zoo=mini2", *slow_eval,
             f"hydra.run.dir={run_cli.results.parent}/killed"]
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
@@ -118,7 +119,8 @@ def test_killed_job_leaves_no_partial_rows_and_rerun_completes(run_cli, micro_ca
 
 
 def test_a_forced_rerun_killed_before_its_rows_land_keeps_the_old_job(run_cli, micro_cache):
-    slow_eval = ["eval.tasks=[mini_arc,mini_gsm8k]", "eval.limit=200"]
+    # long enough that the signal, sent when the merge starts, lands before the rows (micro v5: 200 items was not)
+    slow_eval = ["eval.tasks=[mini_arc,mini_winogrande,mini_gsm8k]", "eval.limit=400"]
     assert run_cli("zoo=mini2", *slow_eval).returncode == 0
     before = read_results(run_cli.results)
     env = {**os.environ, "GLUE_BENCH_CACHE": str(micro_cache), "GLUE_BENCH_MINI_SIZE": "micro",
