@@ -608,3 +608,68 @@ def test_expo_extrapolates_the_model_away_from_the_base():
     assert np.allclose(out.numpy(), mean + 0.5 * (mean - base.numpy()), atol=1e-6)
     with pytest.raises(MergeError, match="alpha"):
         get_method("expo").validate({"alpha": -0.1}, 1)
+
+
+def _needs_the_sum_kernel():
+    from glue_bench.merge import kernels
+
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("ATen's portable kernels round add_'s multiply-add twice: linear keeps the torch path")
+    if kernels.library() is None:
+        pytest.skip("no C kernels here")
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("numel,threads", [(1, 1), (17, 1), (4099, 1), (3 * 2 ** 20 + 5, 2)])
+def test_linear_s_sum_kernel_gives_torch_s_sums_bit_for_bit(dtype, numel, threads, monkeypatch):
+    """The kernel reads bf16 as stored; torch widens it first, multiplies the first model, then
+    add_s each other one with alpha: the same float32 result, for every size (a vector loop's
+    remainder included) and split over threads."""
+    kernels = _needs_the_sum_kernel()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    generator = torch.Generator().manual_seed(numel)
+    tensors = [(torch.randn(numel, generator=generator) * 10 ** i).to(dtype) for i in range(-2, 2)]
+    coefficients = [0.3, -1.7, 2.0 / 3.0, 1e-3]
+    assert kernels.can_sum(tensors)
+    summed = kernels.weighted_sum(tensors, coefficients)
+    expected = torch.mul(tensors[0].float(), coefficients[0])
+    for tensor, c in zip(tensors[1:], coefficients[1:]):
+        expected.add_(tensor.float(), alpha=c)
+    assert torch.equal(summed, expected)
+    direct = sum(c * t.double() for c, t in zip(coefficients, tensors))  # and it is the weighted sum
+    assert torch.allclose(summed.double(), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_reads_a_bf16_checkpoint_once_with_the_torch_path_s_result(tmp_path, monkeypatch):
+    """Merged through the engine from bf16 files: the kernel's weighted sum equals the torch
+    path's (each input widened to float32 first); an input holding NaN is still named."""
+    from safetensors.torch import save_file
+
+    from glue_bench.merge import kernels
+    from glue_bench.merge.engine import Merger, TensorSource
+
+    _needs_the_sum_kernel()
+    generator = torch.Generator().manual_seed(0)
+    sources = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        weights = {"w": torch.randn(300, 70, generator=generator).to(torch.bfloat16)}
+        save_file(weights, str(tmp_path / name / "model.safetensors"))
+        (tmp_path / name / "config.json").write_text("{}")
+        sources.append(TensorSource(name, tmp_path / name))
+    params = {"weights": [0.2, 0.5, 0.3]}
+    calls = []
+    monkeypatch.setattr(kernels, "weighted_sum", lambda *a, _sum=kernels.weighted_sum: calls.append(1) or _sum(*a))
+    fused = dict(Merger(sources, "linear").tensors(params))["w"]
+    assert calls  # the kernel did the sum
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_tried", True)
+    assert torch.equal(fused, dict(Merger(sources, "linear").tensors(params))["w"])
+
+    monkeypatch.undo()
+    bad = {"w": torch.randn(300, 70, generator=generator).to(torch.bfloat16)}
+    bad["w"][7, 3] = float("nan")
+    save_file(bad, str(tmp_path / "b" / "model.safetensors"))
+    with pytest.raises(MergeError, match="model 'b': tensor 'w' holds NaN or inf"):
+        dict(Merger([TensorSource(n, tmp_path / n) for n in "abc"], "linear").tensors(params))

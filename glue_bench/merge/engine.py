@@ -206,8 +206,8 @@ class _Inputs:
     asked for. Iterating drops each tensor's pages once the loop moves past it, so a method that
     goes model by model holds one input at a time; a tensor asked for again is simply read again."""
 
-    def __init__(self, sources: list[TensorSource], key: str, load):
-        self.sources, self.key, self.load = sources, key, load
+    def __init__(self, sources: list[TensorSource], key: str, load, device: torch.device):
+        self.sources, self.key, self.load, self.device = sources, key, load, device
         self.touched = [False] * len(sources)  # read since last released
 
     def __len__(self) -> int:
@@ -221,6 +221,20 @@ class _Inputs:
         for i in range(len(self.sources)):
             yield self[i]
             self._release(i)
+
+    def stored(self) -> list[torch.Tensor] | None:
+        """Every input as the file holds it (its dtype; zero-copy views), for a method that reads
+        them once into its own result; None when merging off the CPU. Not checked for NaN or inf:
+        a method's result is, and `check` then names the input at fault."""
+        if self.device.type != "cpu":
+            return None
+        self.touched = [True] * len(self.sources)
+        return [source.get(self.key) for source in self.sources]
+
+    def check(self) -> None:
+        """Each input read as `load` reads it: a MergeError names the first that holds NaN or inf."""
+        for _ in self:
+            pass
 
     def release(self) -> None:
         for i in range(len(self.sources)):
@@ -321,7 +335,7 @@ class Merger:
             if self.method.writes_out:
                 kwargs["out"] = outputs.get(key) if outputs else None
             for kind, stat_sources in self.statistics.items():
-                kwargs[kind] = _Inputs(stat_sources, key, self._load) if all(key in s.entries for s in stat_sources) \
+                kwargs[kind] = _Inputs(stat_sources, key, self._load, self.device) if all(key in s.entries for s in stat_sources) \
                     else None
             memo = self._memo_for(key) if self.method.memoizes else None
             if memo is not None:
@@ -332,6 +346,8 @@ class Merger:
             except MergeError as err:
                 raise MergeError(f"{err} (tensor {key!r})") from None
             if not is_finite(merged):
+                if isinstance(inputs, _Inputs):
+                    inputs.check()  # inputs a method read as stored were not checked: name the one at fault
                 raise MergeError(f"{self.method.name} of {', '.join(s.name for s in self.sources)}: the merged tensor "
                                  f"{key!r} holds NaN or inf (its inputs are finite: check the method's parameters)")
             if memo is not None:
@@ -349,7 +365,7 @@ class Merger:
         inputs, base = self._cached.get(key, (None, None))
         new_inputs, new_base = inputs is None, uses_base and base is None
         if new_inputs:
-            inputs = _Inputs(self.sources, key, self._load)
+            inputs = _Inputs(self.sources, key, self._load, self.device)
         if new_base:
             base = self._load(self.base, key)
         size = (sum(math.prod(s.shape(key)) for s in self.sources) if new_inputs else 0) + \

@@ -1,4 +1,4 @@
-/* Fused CPU kernels for the sparsify-and-elect merge methods: each makes one or two passes where
+/* Fused CPU kernels for the merge methods: each makes one or two passes where
  * torch and numpy make a dozen, with their temporaries. Built and loaded by kernels.py, which
  * also says which Python code each one stands in for (the torch path, kept for CUDA).
  *
@@ -10,6 +10,38 @@
 #include <math.h>
 
 #define BLOCK 256  /* entries per block of ties_combine: its three accumulators stay in L1 */
+#define SUM_BLOCK 4096  /* entries per block of weighted_sum: its 16 KB of sums stay in L1 */
+
+static inline float bfloat16_value(uint16_t bits) {  /* exact: a bfloat16 is a float32's high half */
+    uint32_t wide = (uint32_t)bits << 16;
+    float x;
+    memcpy(&x, &wide, sizeof x);
+    return x;
+}
+
+/* Linear's weighted sum of n_models inputs [numel], each read once in its stored dtype (bf16: a
+ * bfloat16, else float32): out = c_0 x_0, then out = fma(x_i, c_i, out) for i = 1, 2, ..: what
+ * torch's mul and add_(x, alpha=c) compute where ATen's vector code has FMA (AVX2, AVX-512),
+ * rounded the same way. Block by block, so the sums are written to memory once, not per model. */
+void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_models, int64_t numel,
+                  float *out) {
+    for (int64_t start = 0; start < numel; start += SUM_BLOCK) {
+        int64_t n = numel - start < SUM_BLOCK ? numel - start : SUM_BLOCK;
+        float *o = out + start;
+        for (int64_t i = 0; i < n_models; i++) {
+            float ci = c[i];
+            if (bf16) {
+                const uint16_t *x = (const uint16_t *)inputs[i] + start;
+                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = bfloat16_value(x[j]) * ci;
+                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(bfloat16_value(x[j]), ci, o[j]);
+            } else {
+                const float *x = (const float *)inputs[i] + start;
+                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = x[j] * ci;
+                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(x[j], ci, o[j]);
+            }
+        }
+    }
+}
 
 /* TIES: out = base + lambda * s * (sum_i |c_i| P_i) / (sum_i w_i [P_i > 0]) with
  * s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0); the divisor is

@@ -1,4 +1,5 @@
-"""Fused CPU kernels (kernels.c) for TIES's trim and sign election and DARE's random drop.
+"""Fused CPU kernels (kernels.c) for TIES's trim and sign election, DARE's random drop and
+linear's weighted sum.
 
 On the CPU these steps are a dozen torch and numpy calls each, on tensors small enough that
 per-call costs and temporaries outweigh the arithmetic; each kernel does its step in one or two
@@ -15,12 +16,14 @@ and merges take the torch path. GLUE_BENCH_KERNELS=0 turns the kernels off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
 import subprocess
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,9 @@ _SIGNATURES = {
     "keep_top": [_P, _I64, _P, _I64, _P, _P],
     "dare_keep": [_P, _I64, _P, _P, ctypes.c_int32],
     "dare_keep_rows": [_P, _I64, _P, _I64, _P, _P, _P],
+    "weighted_sum": [_P, ctypes.c_int, _P, _I64, _I64, _P],
 }
+_SUM_SPLIT = 1 << 20  # entries below which one thread sums alone (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
 
@@ -62,6 +67,47 @@ def usable(*tensors: torch.Tensor) -> bool:
         if tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
             return False
     return library() is not None
+
+
+def can_sum(tensors) -> bool:
+    """Whether `weighted_sum` takes these inputs: float32 or bfloat16, contiguous, in CPU memory,
+    one dtype, and ATen's vector code fuses multiply-adds (else its add_ rounds twice, and the
+    kernel's sums would not be torch's)."""
+    dtypes = {tensor.dtype for tensor in tensors}
+    return (len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16}
+            and all(tensor.is_cpu and tensor.is_contiguous() for tensor in tensors)
+            and torch.backends.cpu.get_cpu_capability() != "DEFAULT" and library() is not None)
+
+
+def weighted_sum(tensors, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i c_i x_i as float32, bit for bit what `torch.mul(x_0, c_0)` then `add_(x_i, alpha=c_i)`
+    gives (see kernels.c), reading each input once in its own dtype: no float32 copy of a bf16
+    checkpoint's tensor is made. Split over torch's threads (ctypes releases the GIL). The caller
+    checks `can_sum(tensors)` first."""
+    numel = tensors[0].numel()
+    if out is None:
+        out = torch.empty(tensors[0].shape, dtype=torch.float32)
+    c = np.array(coefficients, dtype=np.float32)
+    bf16 = int(tensors[0].dtype == torch.bfloat16)
+    itemsize = tensors[0].element_size()
+    parts = max(1, min(torch.get_num_threads(), numel // _SUM_SPLIT))
+    step = -(-numel // parts)
+    step += -step % 64  # parts start on cache lines
+
+    def part(start: int) -> None:
+        pointers = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() + start * itemsize for t in tensors])
+        library().weighted_sum(pointers, bf16, c.ctypes.data, len(tensors), min(step, numel - start),
+                               out.data_ptr() + start * 4)
+    if parts == 1:
+        part(0)
+    else:
+        list(_pool(parts).map(part, range(0, numel, step)))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="glue_bench-kernels")
 
 
 def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Tensor, lambda_: float,

@@ -90,6 +90,9 @@ def _check_weight_sum(resolved):
 def linear(tensors, weights, normalize, out=None):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
+    stored = tensors.stored() if hasattr(tensors, "stored") else tensors  # the engine's inputs, as the files hold them
+    if stored is not None and kernels.can_sum(stored):  # one pass over the inputs, the same sums as below
+        return kernels.weighted_sum(stored, [weight / total for weight in weights], out)
     for i, (tensor, weight) in enumerate(zip(tensors, weights)):  # one model at a time: the engine streams them
         if i == 0:
             out = torch.mul(tensor, weight / total, out=out)
