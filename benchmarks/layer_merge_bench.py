@@ -8,10 +8,10 @@ default, so fine-tuning deltas take few distinct values and top-k selection meet
 written as safetensors to a temp dir and read back through the engine. Printed first, the
 machine's read bandwidth (STREAM-like: torch's threads summing an int64 buffer as large as the
 inputs, in memory) and the torch-sum baseline (every model's tensor read through the engine's
-memory maps and added up in float32); then each method's streamed merge (Merger.tensors, into a
-float32 output reused from merge to merge, as `to_model` reuses a model's tensors in a search), in
-GB/s of input read and as ratios to both, each the median over pairs run alternately with the
-read. Medians of --repeats, page cache warm. Goal (issue 32, on 2 cores, bf16): linear >= 0.5x the
+memory maps and added up in float32); then each method's streamed merge (Merger.tensors of one
+Merger, into a float32 output reused from merge to merge, as `to_model` reuses a model's tensors in
+a search: a tensor in the middle of a checkpoint, whose buffers the ones before it made), in GB/s
+of input read and as ratios to both, each the median over pairs run alternately with the read. Medians of --repeats, page cache warm. Goal (issue 32, on 2 cores, bf16): linear >= 0.5x the
 read bandwidth, TIES and DARE-TIES >= 0.2x.
 """
 
@@ -81,9 +81,10 @@ def main() -> None:
         outputs = {KEY: torch.empty(shape, dtype=torch.float32)}
         for method in args.methods:
             bytes_read = read + (input_bytes([base]) if get_method(method).base == "required" else 0)
+            merger = Merger(sources, method, base)  # its buffers reused, as from one tensor of a checkpoint to the next
 
             def streamed():
-                for _ in Merger(sources, method, base).tensors(METHOD_PARAMS[method], outputs):
+                for _ in merger.tensors(METHOD_PARAMS[method], outputs):
                     pass
 
             pairs = paired_times(stream, streamed, args.repeats)

@@ -641,9 +641,14 @@ def test_linear_s_sum_kernel_gives_torch_s_sums_bit_for_bit(dtype, numel, thread
     assert torch.allclose(summed.double(), direct, rtol=1e-5, atol=1e-6)
 
 
-def test_linear_reads_a_bf16_checkpoint_once_with_the_torch_path_s_result(tmp_path, monkeypatch):
-    """Merged through the engine from bf16 files: the kernel's weighted sum equals the torch
-    path's (each input widened to float32 first); an input holding NaN is still named."""
+@pytest.mark.parametrize("method,params,fused", [
+    ("linear", {"weights": [0.2, 0.5, 0.3]}, "weighted_sum"),
+    ("ties", {"weights": [0.2, 0.5, 0.3], "density": 0.4}, "subtract"),
+    ("dare_ties", {"weights": [0.2, 0.5, 0.3], "density": 0.4, "seed": 3}, "subtract")])
+def test_a_bf16_checkpoint_read_as_stored_merges_as_the_torch_path_does(tmp_path, monkeypatch, method, params, fused):
+    """Merged through the engine from bf16 files: the kernels that read each input once as the
+    file holds it (linear's weighted sum, the stacking methods' task vectors) give the merge of
+    the inputs widened to float32 by torch first, bit for bit; an input holding NaN is still named."""
     from safetensors.torch import save_file
 
     from glue_bench.merge import kernels
@@ -651,25 +656,56 @@ def test_linear_reads_a_bf16_checkpoint_once_with_the_torch_path_s_result(tmp_pa
 
     _needs_the_sum_kernel()
     generator = torch.Generator().manual_seed(0)
-    sources = []
-    for name in ("a", "b", "c"):
-        (tmp_path / name).mkdir()
-        weights = {"w": torch.randn(300, 70, generator=generator).to(torch.bfloat16)}
-        save_file(weights, str(tmp_path / name / "model.safetensors"))
+    base = torch.randn(300, 70, generator=generator)
+
+    def write(name, weights):
+        (tmp_path / name).mkdir(exist_ok=True)
+        save_file({"w": weights.to(torch.bfloat16)}, str(tmp_path / name / "model.safetensors"))
         (tmp_path / name / "config.json").write_text("{}")
-        sources.append(TensorSource(name, tmp_path / name))
-    params = {"weights": [0.2, 0.5, 0.3]}
+    for name in ("a", "b", "c"):
+        write(name, base + 0.05 * torch.randn(300, 70, generator=generator))
+    write("base", base)
+
+    def merged():
+        sources = [TensorSource(n, tmp_path / n) for n in "abc"]
+        return dict(Merger(sources, method, TensorSource("base", tmp_path / "base")).tensors(params))["w"]
     calls = []
-    monkeypatch.setattr(kernels, "weighted_sum", lambda *a, _sum=kernels.weighted_sum: calls.append(1) or _sum(*a))
-    fused = dict(Merger(sources, "linear").tensors(params))["w"]
-    assert calls  # the kernel did the sum
-    monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.setattr(kernels, "_tried", True)
-    assert torch.equal(fused, dict(Merger(sources, "linear").tensors(params))["w"])
+    monkeypatch.setattr(kernels, fused, lambda *a, _fn=getattr(kernels, fused): calls.append(1) or _fn(*a))
+    read_as_stored = merged()
+    assert calls  # the kernel did read the inputs
+    # the same merge with the inputs widened by torch first (the other kernels as they were)
+    monkeypatch.setattr(kernels, "can_sum" if fused == "weighted_sum" else "can_subtract", lambda *a: False)
+    assert torch.equal(read_as_stored, merged())
 
     monkeypatch.undo()
-    bad = {"w": torch.randn(300, 70, generator=generator).to(torch.bfloat16)}
-    bad["w"][7, 3] = float("nan")
-    save_file(bad, str(tmp_path / "b" / "model.safetensors"))
+    bad = base.clone()
+    bad[7, 3] = float("nan")
+    write("b", bad)
     with pytest.raises(MergeError, match="model 'b': tensor 'w' holds NaN or inf"):
-        dict(Merger([TensorSource(n, tmp_path / n) for n in "abc"], "linear").tensors(params))
+        merged()
+
+
+def test_the_kernel_s_kth_largest_magnitude_is_the_sorted_magnitudes_kth():
+    """Two histogram passes (high then low 16 bits) against a sort, on rows of every kind: tied
+    (bf16-like), all distinct, zeros of both signs, subnormals, one huge value; k from 1 to n."""
+    from glue_bench.merge import kernels
+
+    if kernels.library() is None:
+        pytest.skip("no C kernels here")
+    rng = np.random.default_rng(3)
+    n = 70_001
+    rows = np.stack([
+        torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(torch.bfloat16).float().numpy() * 1e-3,
+        rng.standard_normal(n).astype(np.float32),
+        np.where(rng.random(n) < 0.5, np.float32(0.0), np.float32(-0.0)),
+        (rng.standard_normal(n) * 1e-42).astype(np.float32),  # subnormal
+        np.concatenate([[np.float32(3e38)], rng.standard_normal(n - 1).astype(np.float32)]),
+    ])
+    todo, ks = [], []
+    for r in range(len(rows)):
+        for k in (1, 2, n // 3, n - 1, n):
+            todo.append(r)
+            ks.append(k)
+    kth = kernels.kth_magnitudes(torch.from_numpy(rows), todo, ks)
+    expected = [np.sort(np.abs(rows[r]))[::-1][k - 1] for r, k in zip(todo, ks)]
+    assert np.array_equal(kth.view(np.float32), np.array(expected, dtype=np.float32))

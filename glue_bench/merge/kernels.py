@@ -41,8 +41,11 @@ _SIGNATURES = {
     "dare_keep": [_P, _I64, _P, _P, ctypes.c_int32],
     "dare_keep_rows": [_P, _I64, _P, _I64, _P, _P, _P],
     "weighted_sum": [_P, ctypes.c_int, _P, _I64, _I64, _P],
+    "kth_magnitudes": [_P, _I64, _P, _I64, _P, _P],
+    "subtract": [_P, ctypes.c_int, _P, _I64, _P],
 }
-_SUM_SPLIT = 1 << 20  # entries below which one thread sums alone (a thread's start costs ~50 us)
+_RETURNS = {"subtract": ctypes.c_int}
+_SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
 
@@ -79,30 +82,47 @@ def can_sum(tensors) -> bool:
             and torch.backends.cpu.get_cpu_capability() != "DEFAULT" and library() is not None)
 
 
+def can_subtract(stored: torch.Tensor, base: torch.Tensor) -> bool:
+    """Whether `subtract` takes this input (as the file holds it) and base."""
+    return (stored.dtype in (torch.float32, torch.bfloat16) and stored.is_cpu and stored.is_contiguous()
+            and usable(base) and stored.shape == base.shape)
+
+
+def subtract(stored: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> bool:
+    """out = stored (widened to float32) - base, bit for bit torch.sub's; whether `stored` holds
+    NaN or inf. One pass over the input as the file holds it: no float32 copy of it is made."""
+    bf16, size = int(stored.dtype == torch.bfloat16), stored.element_size()
+    return any(_over_threads(base.numel(), lambda start, stop: library().subtract(
+        stored.data_ptr() + start * size, bf16, base.data_ptr() + start * 4, stop - start, out.data_ptr() + start * 4)))
+
+
 def weighted_sum(tensors, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i c_i x_i as float32, bit for bit what `torch.mul(x_0, c_0)` then `add_(x_i, alpha=c_i)`
     gives (see kernels.c), reading each input once in its own dtype: no float32 copy of a bf16
-    checkpoint's tensor is made. Split over torch's threads (ctypes releases the GIL). The caller
-    checks `can_sum(tensors)` first."""
-    numel = tensors[0].numel()
+    checkpoint's tensor is made. The caller checks `can_sum(tensors)` first."""
     if out is None:
         out = torch.empty(tensors[0].shape, dtype=torch.float32)
     c = np.array(coefficients, dtype=np.float32)
-    bf16 = int(tensors[0].dtype == torch.bfloat16)
-    itemsize = tensors[0].element_size()
-    parts = max(1, min(torch.get_num_threads(), numel // _SUM_SPLIT))
-    step = -(-numel // parts)
-    step += -step % 64  # parts start on cache lines
+    bf16, size = int(tensors[0].dtype == torch.bfloat16), tensors[0].element_size()
 
-    def part(start: int) -> None:
-        pointers = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() + start * itemsize for t in tensors])
-        library().weighted_sum(pointers, bf16, c.ctypes.data, len(tensors), min(step, numel - start),
-                               out.data_ptr() + start * 4)
-    if parts == 1:
-        part(0)
-    else:
-        list(_pool(parts).map(part, range(0, numel, step)))
+    def part(start: int, stop: int) -> None:
+        pointers = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() + start * size for t in tensors])
+        library().weighted_sum(pointers, bf16, c.ctypes.data, len(tensors), stop - start, out.data_ptr() + start * 4)
+    _over_threads(out.numel(), part)
     return out
+
+
+def _over_threads(numel: int, part) -> list:
+    """part(start, stop) over [0, numel) in shares, one per torch thread (ctypes releases the GIL),
+    each starting on a cache line, each of _SHARE_MIN entries or more. Their results."""
+    shares = max(1, min(torch.get_num_threads(), numel // _SHARE_MIN))
+    step = -(-numel // shares)
+    step += -step % 64
+    starts = list(range(0, numel, step)) or [0]
+    stops = [min(start + step, numel) for start in starts]
+    if len(starts) == 1:
+        return [part(starts[0], stops[0])]
+    return list(_pool(len(starts)).map(part, starts, stops))
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,6 +139,26 @@ def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Ten
                            coefficients[1].ctypes.data, coefficients[2].ctypes.data, base.data_ptr(),
                            lambda_, int(normalize), out.data_ptr())
     return out
+
+
+def kth_magnitudes(rows: torch.Tensor, todo: list[int], ks: list[int]) -> np.ndarray:
+    """The ks[t]-th largest magnitude of row todo[t] of `rows` [N, n] as uint32 bits (see
+    kernels.c), the rows split over torch's threads."""
+    n = rows.shape[1]
+    if n >= 1 << 32:
+        raise ValueError(f"kth_magnitudes counts in 32 bits: a row of {n} entries is too long")
+    kth = np.empty(len(todo), dtype=np.uint32)
+    todo_, ks_ = np.array(todo, dtype=np.int64), np.array(ks, dtype=np.int64)
+
+    def part(start: int, stop: int) -> None:
+        library().kth_magnitudes(rows.data_ptr(), n, todo_[start:].ctypes.data, stop - start,
+                                 ks_[start:].ctypes.data, kth[start:].ctypes.data)
+    workers = min(torch.get_num_threads(), len(todo))
+    bounds = np.linspace(0, len(todo), workers + 1).astype(int).tolist()
+    list(_pool(workers).map(part, bounds[:-1], bounds[1:]))
+    if (kth == np.iinfo(np.uint32).max).any():  # no magnitude's bits are all ones: malloc failed
+        raise MemoryError("kth_magnitudes: no memory for its 256 KB histogram")
+    return kth
 
 
 def keep_top(rows: torch.Tensor, todo: list[int], kth_bits: np.ndarray, ks: list[int]) -> None:
@@ -198,5 +238,5 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
-        getattr(lib, name).restype = None
+        getattr(lib, name).restype = _RETURNS.get(name)
     return lib

@@ -151,8 +151,14 @@ def _stack(tensors, base, sparsify=None, sparsify_rows=None, workspace=None, sha
         scratch = buffer[size:size + base.numel()]
     deltas = buffer[:size].view(len(tensors), base.numel())
     factors = []
-    for i, tensor in enumerate(tensors):
-        row = torch.sub(tensor, base, out=deltas[i].view_as(base))
+    each_stored = tensors.each_stored() if hasattr(tensors, "each_stored") else None  # the engine's inputs
+    for i, tensor in enumerate(each_stored or tensors):
+        row = deltas[i].view_as(base)
+        if each_stored is not None and kernels.can_subtract(tensor, base):  # read once, as the file holds it
+            if kernels.subtract(tensor, base, row):
+                tensors.check()  # names the input that holds NaN or inf
+        else:
+            torch.sub(tensor if each_stored is None else tensors[i], base, out=row)  # tensors[i]: float32, checked
         if sparsify is not None and sparsify_rows is None:
             kept, factor = sparsify(i, row)
             if kept.data_ptr() != row.data_ptr():
