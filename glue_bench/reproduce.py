@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from glue_bench.cores import usable_cores
 from glue_bench.costs import record_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def lanes_of(sweeps: list[tuple[str, list[str]]], lanes: int) -> list[list[tuple
 def lane_threads(lanes: int) -> int:
     """Torch threads for a job when `lanes` jobs run at once: each lane's share of the cores, less one
     for its generated programs' sandbox (at least 1), as `evaluate.eval_threads` does for one."""
-    return max(1, len(os.sched_getaffinity(0)) // lanes - 1)
+    return max(1, usable_cores() // lanes - 1)
 
 
 _LAUNCHED = re.compile(r"\[HYDRA\]\s+#(\d+) : ")  # Hydra's basic launcher, as it starts each job of a sweep

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glue_bench"
 
 # Bottom to top (docs/concepts.md, "The layers"). A module is placed by its longest listed prefix.
 LAYERS = [
-    ("leaves", ["errors", "cache", "console", "stats", "training", "provenance", "archive"]),
+    ("leaves", ["errors", "cache", "console", "cores", "stats", "training", "provenance", "archive"]),
     ("the task pool", ["costs", "evaluate"]),
     ("the model pool", ["zoo"]),
     ("the store", ["results"]),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from glue_bench.errors import UserError
+from glue_bench.cores import usable_cores
 from glue_bench.evaluate.tasks import PRIMARY_METRIC  # noqa: F401  (re-exported: what every layer ranks by)
 from glue_bench.evaluate.tasks import CODE_TASKS, DECLARED, REGISTRY_TASKS, TASKS_SRC
 from glue_bench.evaluate.tasks import TASKS as MINI_TASKS
@@ -50,7 +51,7 @@ def eval_threads(threads: int | None = None) -> int:
     beside any other work, the sandbox's generated programs included: on 2 cores, beside one busy
     core, 2 threads scored a mini-shaped model 2.8x and generated 3.4x slower than quiet, 1 thread
     1.9x and 0.9x; quiet, 1 thread scored 1.8x slower and generated as fast (benchmarks/busy_bench.py)."""
-    return threads if threads is not None else max(1, len(os.sched_getaffinity(0)) - 1)
+    return threads if threads is not None else max(1, usable_cores() - 1)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from glue_bench.cores import usable_cores
 from glue_bench.cache import cache_root
 from glue_bench.evaluate.tasks import SPLITS_VERSION
 from glue_bench.zoo.files import atomic_dir
@@ -165,7 +166,7 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True, r
         if progress:
             print(f"[glue_bench] building {len(missing)} mini-zoo model(s) ({size}) into "
                   f"{size_dir(size, replicate)}: {', '.join(missing)}", file=sys.stderr)
-        _build_in_children(missing, size, replicate, progress, workers or len(os.sched_getaffinity(0)))
+        _build_in_children(missing, size, replicate, progress, workers or usable_cores())
     elif missing:
         ensure_data(size, replicate)
         builder = _Builder(size, replicate)
@@ -319,7 +320,7 @@ def build_seconds(names: list[str], size: str, replicate: int) -> float | None:
     if any(m not in timed for m in missing):
         return None
     median = {m: statistics.median(timed[m]) for m in missing}
-    return schedule(missing, size, replicate, len(os.sched_getaffinity(0)), median.__getitem__)[1]
+    return schedule(missing, size, replicate, usable_cores(), median.__getitem__)[1]
 
 
 def domain_texts(domain: str, replicate: int = 0) -> list[str]:
