@@ -167,15 +167,15 @@ def convergence_curve(curves: dict[str, list[float]], path, title: str = "") -> 
 
 # ---- the data behind the figures that do not come from the store --------------------------------
 
-def zoo_similarity(zoo: str, size: str | None = None) -> pd.DataFrame:
-    """The similarity matrix of the zoo's base and models, as `python -m glue_bench.merge.similarity`
-    computes it (the mini models are built first if missing)."""
+def zoo_similarity(zoo: str, size: str | None = None, replicate: int = 0) -> pd.DataFrame:
+    """The similarity matrix of the zoo's base and models (a mini zoo's `replicate`), as `python -m
+    glue_bench.merge.similarity` computes it (the mini models are built first if missing)."""
     from glue_bench.merge.engine import TensorSource
     from glue_bench.merge.similarity import similarity_matrix
     from glue_bench.zoo import ensure_available, local_dir, resolve_zoo, zoo_config
 
     size = size or os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")  # conf/config.yaml's mini_size
-    refs, base = resolve_zoo(zoo_config(zoo), size)
+    refs, base = resolve_zoo({**zoo_config(zoo), "replicate": replicate}, size)
     ensure_available([base] + refs, size)
     return similarity_matrix([TensorSource(r.name, local_dir(r)) for r in [base] + refs])
 
@@ -226,13 +226,18 @@ def draw_table(name: str, df: pd.DataFrame, figures_dir) -> Path | None:
     return _report(name, path, f"no rows for it in the store: run the {table.preset} preset")
 
 
-def draw_heatmap(zoo: str | None, figures_dir) -> Path | None:
+def draw_heatmap(zoo: str | None, figures_dir, df: pd.DataFrame | None = None) -> Path | None:
+    """The zoo's similarity heatmap; with the results `df`, of the build their tables read (the
+    mini size their candidates were built at, the first replicate they hold)."""
     from glue_bench.zoo import ZooError
 
     if not zoo:
         return _report("similarity", None, "no zoo given")
     try:
-        matrix = zoo_similarity(zoo)
+        if df is None or df.empty:
+            matrix = zoo_similarity(zoo)
+        else:
+            matrix = zoo_similarity(zoo, study.table_mini_size(df, zoo), study.replicates(df)[0])
     except ZooError as e:
         return _report(f"similarity {zoo}", None, str(e))
     path = similarity_heatmap(matrix, Path(figures_dir) / f"similarity_{zoo}.png",
@@ -254,6 +259,6 @@ def draw_all(results_path, figures_dir, storage: str | None = None, heatmap_zoo:
 
     df = read_results(results_path)
     paths = [draw_table(name, df, figures_dir) for name in TABLE_FIGURES]
-    paths += [draw_heatmap(heatmap_zoo, figures_dir), draw_convergence(storage, figures_dir)]
+    paths += [draw_heatmap(heatmap_zoo, figures_dir, df), draw_convergence(storage, figures_dir)]
     return [p for p in paths if p]
 

@@ -153,3 +153,16 @@ def test_notebook_runs_headless(tmp_path, micro_cache, monkeypatch, cwd):
     assert {p.name for p in figs.glob("*.png")} == TABLE_PNGS | {"convergence.png", "similarity_mini2.png"}
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == len(TABLE_PNGS) + 2
+
+
+def test_the_heatmap_of_a_store_is_of_the_build_its_tables_read(tmp_path, monkeypatch):
+    """The zoo drawn is the one the results came from: the mini size their candidates were built
+    at and the first replicate they hold, not the default size's replicate 0."""
+    asked = []
+    monkeypatch.setattr(figures, "zoo_similarity", lambda *args: asked.append(args) or pd.DataFrame())
+    monkeypatch.setattr(figures, "similarity_heatmap", lambda *a: None)
+    rows = pd.DataFrame(_job("linear(mini2)", 0.3, 0.4, method="linear", replicate=14,
+                             config=json.dumps({"mini_size": "micro_full"}))
+                        + _job("chat_a", 0.3, 0.4, replicate=13))
+    figures.draw_heatmap("mini2", tmp_path, rows)
+    assert asked == [("mini2", "micro_full", 13)]
