@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--shape", default="11008x4096")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_PARAMS))
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_PARAMS),
+                        help="registered merge methods (default: %(default)s); others run at their defaults")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
@@ -84,7 +85,7 @@ def main() -> None:
             merger = Merger(sources, method, base)  # its buffers reused, as from one tensor of a checkpoint to the next
 
             def streamed():
-                for _ in merger.tensors(METHOD_PARAMS[method], outputs):
+                for _ in merger.tensors(METHOD_PARAMS.get(method, {}), outputs):
                     pass
 
             pairs = paired_times(stream, streamed, args.repeats)
