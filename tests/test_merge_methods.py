@@ -709,3 +709,27 @@ def test_the_kernel_s_kth_largest_magnitude_is_the_sorted_magnitudes_kth():
     kth = kernels.kth_magnitudes(torch.from_numpy(rows), todo, ks)
     expected = [np.sort(np.abs(rows[r]))[::-1][k - 1] for r, k in zip(todo, ks)]
     assert np.array_equal(kth.view(np.float32), np.array(expected, dtype=np.float32))
+
+
+@pytest.mark.parametrize("name,params", [("ties", {"density": 0.3}), ("dare_ties", {"density": 0.3, "seed": 1})])
+def test_kernels_split_over_threads_give_the_one_thread_merge(name, params, monkeypatch):
+    """Rows of 2^20 entries or more go to the kernels in shares, one per torch thread (the k-th
+    magnitudes, the trim and the drop by rows, the election by entries): the same merge, bit for
+    bit, as in one call."""
+    from glue_bench.merge import kernels
+
+    if kernels.library() is None:
+        pytest.skip("no C kernels here")
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(2 ** 21 + 77, generator=generator)  # two shares of the election's entries
+    tensors = [base + 0.1 * torch.randn(base.shape, generator=generator) for _ in range(3)]
+
+    def merged(threads):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        method = get_method(name)
+        kwargs = resolve(method.validate({"weights": [0.5, 0.3, 0.2], **params}, 3), method.params, 0.0)
+        if method.randomized:
+            from glue_bench.merge.engine import Merger
+            kwargs["generator"] = Merger._generators(1, "w")
+        return method.fn(tensors, base=base, **kwargs)
+    assert torch.equal(merged(1), merged(3))

@@ -70,10 +70,10 @@ void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n
 
 /* TIES: out = base + lambda * s * (sum_i |c_i| P_i) / (sum_i w_i [P_i > 0]) with
  * s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0); the divisor is
- * used only when `normalize`, and a zero divisor counts as 1. deltas: [n_models, numel], row i
- * holding model i's task vector d_i; c = `signed`, |c| = `absolute`, w = `active`. Reads the
+ * used only when `normalize`, and a zero divisor counts as 1. deltas: n_models rows of numel
+ * entries, `stride` apart, row i holding (part of) model i's task vector d_i; c = `signed`, |c| = `absolute`, w = `active`. Reads the
  * stack, never writes it (a search's cache keeps it for the next candidate). */
-void ties_combine(const float *deltas, int64_t n_models, int64_t numel, const float *signed_c,
+void ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t stride, const float *signed_c,
                   const float *absolute, const float *active, const float *base, float lambda,
                   int normalize, float *out) {
     float sign[BLOCK], total[BLOCK], divisor[BLOCK];
@@ -83,14 +83,14 @@ void ties_combine(const float *deltas, int64_t n_models, int64_t numel, const fl
         memset(total, 0, sizeof total);
         memset(divisor, 0, sizeof divisor);
         for (int64_t i = 0; i < n_models; i++) {
-            const float *d = deltas + i * numel + start;
+            const float *d = deltas + i * stride + start;
             float c = signed_c[i];
             for (int64_t j = 0; j < n; j++) sign[j] += c * d[j];
         }
         for (int64_t j = 0; j < n; j++) sign[j] = 1.0f - 2.0f * (float)(sign[j] < 0);
         for (int64_t i = 0; i < n_models; i++) {
             if (signed_c[i] == 0) continue;  /* a zero term never agrees */
-            const float *d = deltas + i * numel + start;
+            const float *d = deltas + i * stride + start;
             float g = signed_c[i] > 0 ? 1.0f : -1.0f, a = absolute[i], w = active[i];
             for (int64_t j = 0; j < n; j++) {
                 float x = g * d[j] * sign[j];

@@ -36,7 +36,7 @@ _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC"]
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _SIGNATURES = {
-    "ties_combine": [_P, _I64, _I64, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int, _P],
+    "ties_combine": [_P, _I64, _I64, _I64, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int, _P],
     "keep_top": [_P, _I64, _P, _I64, _P, _P],
     "dare_keep": [_P, _I64, _P, _P, ctypes.c_int32],
     "dare_keep_rows": [_P, _I64, _P, _I64, _P, _P, _P],
@@ -125,6 +125,17 @@ def _over_threads(numel: int, part) -> list:
     return list(_pool(len(starts)).map(part, starts, stops))
 
 
+def _rows_over_threads(count: int, n: int, part) -> None:
+    """part(start, stop) over rows [0, count) of n entries each, in shares, one per torch thread,
+    where a row is long enough to pay for a thread (n >= _SHARE_MIN); else in one call."""
+    workers = min(torch.get_num_threads(), count) if n >= _SHARE_MIN else 1
+    if workers <= 1:
+        part(0, count)
+        return
+    bounds = np.linspace(0, count, workers + 1).astype(int).tolist()
+    list(_pool(workers).map(part, bounds[:-1], bounds[1:]))
+
+
 @functools.lru_cache(maxsize=None)
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="glue_bench-kernels")
@@ -133,11 +144,16 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Tensor, lambda_: float,
                  normalize: bool, out: torch.Tensor) -> torch.Tensor:
     """TIES's election and average of the stacked task vectors `deltas` [N, numel] into `out`
-    (see kernels.c); signed, absolute, active: the election's N coefficients."""
+    (see kernels.c), its entries split over torch's threads; signed, absolute, active: the
+    election's N coefficients."""
     coefficients = np.array([signed, absolute, active], dtype=np.float32)
-    library().ties_combine(deltas.data_ptr(), deltas.shape[0], deltas.shape[1], coefficients[0].ctypes.data,
-                           coefficients[1].ctypes.data, coefficients[2].ctypes.data, base.data_ptr(),
-                           lambda_, int(normalize), out.data_ptr())
+    n_models, numel = deltas.shape
+
+    def part(start: int, stop: int) -> None:
+        library().ties_combine(deltas.data_ptr() + 4 * start, n_models, stop - start, numel,
+                               coefficients[0].ctypes.data, coefficients[1].ctypes.data, coefficients[2].ctypes.data,
+                               base.data_ptr() + 4 * start, lambda_, int(normalize), out.data_ptr() + 4 * start)
+    _over_threads(numel, part)
     return out
 
 
@@ -153,9 +169,7 @@ def kth_magnitudes(rows: torch.Tensor, todo: list[int], ks: list[int]) -> np.nda
     def part(start: int, stop: int) -> None:
         library().kth_magnitudes(rows.data_ptr(), n, todo_[start:].ctypes.data, stop - start,
                                  ks_[start:].ctypes.data, kth[start:].ctypes.data)
-    workers = min(torch.get_num_threads(), len(todo))
-    bounds = np.linspace(0, len(todo), workers + 1).astype(int).tolist()
-    list(_pool(workers).map(part, bounds[:-1], bounds[1:]))
+    _rows_over_threads(len(todo), n, part)
     if (kth == np.iinfo(np.uint32).max).any():  # no magnitude's bits are all ones: malloc failed
         raise MemoryError("kth_magnitudes: no memory for its 256 KB histogram")
     return kth
@@ -167,8 +181,9 @@ def keep_top(rows: torch.Tensor, todo: list[int], kth_bits: np.ndarray, ks: list
     todo_ = np.array(todo, dtype=np.int64)
     kth = np.ascontiguousarray(kth_bits, dtype=np.uint32)
     ks_ = np.array(ks, dtype=np.int64)
-    library().keep_top(rows.data_ptr(), rows.shape[1], todo_.ctypes.data, len(todo), kth.ctypes.data,
-                       ks_.ctypes.data)
+    _rows_over_threads(len(todo), rows.shape[1], lambda start, stop: library().keep_top(
+        rows.data_ptr(), rows.shape[1], todo_[start:].ctypes.data, stop - start, kth[start:].ctypes.data,
+        ks_[start:].ctypes.data))
 
 
 def dare_keep(values: torch.Tensor, bit_generator: np.random.PCG64, cut: int) -> None:
@@ -190,8 +205,9 @@ def dare_keep_rows(rows: torch.Tensor, todo: list[int], states: list[int], incs:
     states_ = np.array([half for value in states for half in _halves(value)], dtype=np.uint64)
     incs_ = np.array([half for value in incs for half in _halves(value)], dtype=np.uint64)
     cuts_ = np.array(cuts, dtype=np.int32)
-    library().dare_keep_rows(rows.data_ptr(), rows.shape[1], todo_.ctypes.data, len(todo), states_.ctypes.data,
-                             incs_.ctypes.data, cuts_.ctypes.data)
+    _rows_over_threads(len(todo), rows.shape[1], lambda start, stop: library().dare_keep_rows(
+        rows.data_ptr(), rows.shape[1], todo_[start:].ctypes.data, stop - start, states_[2 * start:].ctypes.data,
+        incs_[2 * start:].ctypes.data, cuts_[start:].ctypes.data))
 
 
 _UINT64_PAIR = ctypes.c_uint64 * 2
