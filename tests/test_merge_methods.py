@@ -621,7 +621,7 @@ def _needs_the_sum_kernel():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("numel,threads", [(1, 1), (17, 1), (4099, 1), (3 * 2 ** 20 + 5, 2)])
+@pytest.mark.parametrize("numel,threads", [(0, 1), (1, 1), (17, 1), (4099, 1), (3 * 2 ** 20 + 5, 2)])
 def test_linear_s_sum_kernel_gives_torch_s_sums_bit_for_bit(dtype, numel, threads, monkeypatch):
     """The kernel reads bf16 as stored; torch widens it first, multiplies the first model, then
     add_s each other one with alpha: the same float32 result, for every size (a vector loop's

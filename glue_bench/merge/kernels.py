@@ -117,7 +117,7 @@ def _over_threads(numel: int, part) -> list:
     each starting on a cache line, each of _SHARE_MIN entries or more. Their results."""
     shares = max(1, min(torch.get_num_threads(), numel // _SHARE_MIN))
     step = -(-numel // shares)
-    step += -step % 64
+    step = max(64, step + -step % 64)  # never 0: an empty tensor is one empty share
     starts = list(range(0, numel, step)) or [0]
     stops = [min(start + step, numel) for start in starts]
     if len(starts) == 1:
