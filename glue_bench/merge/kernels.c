@@ -68,42 +68,64 @@ void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n
     }
 }
 
-/* TIES: out = base + lambda * s * (sum_i |c_i| P_i) / (sum_i w_i [P_i > 0]) with
- * s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0); the divisor is
- * used only when `normalize`, and a zero divisor counts as 1. deltas: n_models rows of numel
- * entries, `stride` apart, row i holding (part of) model i's task vector d_i; c = `signed`, |c| = `absolute`, w = `active`. Reads the
- * stack, never writes it (a search's cache keeps it for the next candidate). */
+/* TIES's election on one block of n entries: out = base + lambda * s * (sum_i |c_i| P_i) /
+ * (sum_i w_i [P_i > 0]) with s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0);
+ * the divisor is used only when `normalize`, and a zero divisor counts as 1. d: n_models rows of the
+ * block's task vectors, `stride` apart; c = `signed_c`, |c| = `absolute`, w = `active`. In two steps,
+ * the sums sum_i c_i d_i (add_signs, model by model) and the rest (average_agreeing), shared by the
+ * stacked and the streamed merge so that both round alike. */
+static inline void add_signs(float *sign, const float *di, float c, int64_t n) {
+    for (int64_t j = 0; j < n; j++) sign[j] += c * di[j];
+}
+
+static inline void average_agreeing(float *sign, const float *d, int64_t stride, int64_t n_models, int64_t n,
+                                    const float *signed_c, const float *absolute, const float *active,
+                                    const float *base, float lambda, int normalize, float *out) {
+    float total[BLOCK], divisor[BLOCK], against[BLOCK];  /* against = -s: g d s for g = -1 */
+    memset(total, 0, sizeof total);
+    memset(divisor, 0, sizeof divisor);
+    for (int64_t j = 0; j < n; j++) {
+        sign[j] = 1.0f - 2.0f * (float)(sign[j] < 0);
+        against[j] = -sign[j];
+    }
+    for (int64_t i = 0; i < n_models; i++) {
+        if (signed_c[i] == 0) continue;  /* a zero term never agrees */
+        const float *di = d + i * stride, *s = signed_c[i] > 0 ? sign : against;
+        const float a = absolute[i], w = active[i];
+        if (normalize) {
+            for (int64_t j = 0; j < n; j++) {
+                float x = di[j] * s[j];  /* sign(c_i) d_i s, exactly */
+                float agreeing = 0.5f * (x + fabsf(x));  /* max(x, 0), exactly */
+                total[j] += a * agreeing;
+                divisor[j] += agreeing > 0 ? w : 0.0f;
+            }
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                float x = di[j] * s[j];
+                total[j] += a * (0.5f * (x + fabsf(x)));
+            }
+        }
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float merged = sign[j] * total[j];
+        if (normalize) merged /= divisor[j] + (float)(divisor[j] == 0);
+        out[j] = base[j] + lambda * merged;
+    }
+}
+
+/* TIES's election over a stack: deltas holds n_models rows of numel entries, `stride` apart, row i
+ * (part of) model i's trimmed task vector. Reads the stack, never writes it (a search's cache
+ * keeps it for the next candidate). */
 void ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t stride, const float *signed_c,
                   const float *absolute, const float *active, const float *base, float lambda,
                   int normalize, float *out) {
-    float sign[BLOCK], total[BLOCK], divisor[BLOCK];
+    float sign[BLOCK];
     for (int64_t start = 0; start < numel; start += BLOCK) {
         int64_t n = numel - start < BLOCK ? numel - start : BLOCK;
         memset(sign, 0, sizeof sign);
-        memset(total, 0, sizeof total);
-        memset(divisor, 0, sizeof divisor);
-        for (int64_t i = 0; i < n_models; i++) {
-            const float *d = deltas + i * stride + start;
-            float c = signed_c[i];
-            for (int64_t j = 0; j < n; j++) sign[j] += c * d[j];
-        }
-        for (int64_t j = 0; j < n; j++) sign[j] = 1.0f - 2.0f * (float)(sign[j] < 0);
-        for (int64_t i = 0; i < n_models; i++) {
-            if (signed_c[i] == 0) continue;  /* a zero term never agrees */
-            const float *d = deltas + i * stride + start;
-            float g = signed_c[i] > 0 ? 1.0f : -1.0f, a = absolute[i], w = active[i];
-            for (int64_t j = 0; j < n; j++) {
-                float x = g * d[j] * sign[j];
-                float agreeing = 0.5f * (x + fabsf(x));  /* max(x, 0), exactly */
-                total[j] += a * agreeing;
-                divisor[j] += w * (float)(agreeing > 0);
-            }
-        }
-        for (int64_t j = 0; j < n; j++) {
-            float merged = sign[j] * total[j];
-            if (normalize) merged /= divisor[j] + (float)(divisor[j] == 0);
-            out[start + j] = base[start + j] + lambda * merged;
-        }
+        for (int64_t i = 0; i < n_models; i++) add_signs(sign, deltas + i * stride + start, signed_c[i], n);
+        average_agreeing(sign, deltas + start, stride, n_models, n, signed_c, absolute, active, base + start,
+                         lambda, normalize, out + start);
     }
 }
 
@@ -250,4 +272,166 @@ void dare_keep_rows(float *rows, int64_t n, const int64_t *todo, int64_t n_todo,
         uint64_t state[2] = {states[2 * t], states[2 * t + 1]};
         dare_keep(rows + todo[t] * n, n, state, incs + 2 * t, cuts[t]);
     }
+}
+
+/* ---- TIES streamed: no stack of task vectors, two passes over the inputs as stored ----------
+ * Model i's task vector d_i = x_i - base (x_i read as stored, as in `subtract`) is trimmed to its
+ * k_i largest magnitudes, ties at the k-th kept up to index cut_i: entry j survives where
+ * |d_i[j]| > kth_i, or |d_i[j]| == kth_i and j < cut_i, the entries keep_top keeps. kth_i and
+ * cut_i come from a sample (task_vector_sample), which brackets each kth_i, and one pass
+ * (ties_bracket) that counts the entries above the bracket and lists those inside it; the
+ * election (ties_streamed) then computes every d_i again, block by block, and trims it there. */
+
+static inline void task_vector_bits(const void *input, int bf16, const float *base, int64_t start, int64_t n,
+                                    uint32_t *bits, uint32_t *special) {
+    uint32_t found = 0;
+    if (bf16) {
+        const uint16_t *x = (const uint16_t *)input + start;
+        for (int64_t j = 0; j < n; j++) {
+            found |= (uint32_t)((x[j] & 0x7f80u) == 0x7f80u);
+            bits[j] = magnitude_bits(bfloat16_value(x[j]) - base[start + j]);
+        }
+    } else {
+        const float *x = (const float *)input + start;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t raw;
+            memcpy(&raw, &x[j], sizeof raw);
+            found |= (uint32_t)((raw & 0x7f800000u) == 0x7f800000u);
+            bits[j] = magnitude_bits(x[j] - base[start + j]);
+        }
+    }
+    *special |= found;
+}
+
+/* The magnitudes' bits of each model's task vector on runs of `run` entries starting every `every`
+ * entries: out holds n_models rows of `per_model` entries (the sampled ones, in order). */
+void task_vector_sample(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t numel,
+                        int64_t run, int64_t every, uint32_t *out, int64_t per_model) {
+    uint32_t special = 0;  /* NaN or inf: ties_bracket reports it */
+    for (int64_t i = 0; i < n_models; i++) {
+        int64_t written = 0;
+        for (int64_t start = 0; start < numel && written < per_model; start += every) {
+            int64_t n = numel - start < run ? numel - start : run;
+            if (n > per_model - written) n = per_model - written;
+            task_vector_bits(inputs[i], bf16, base, start, n, out + i * per_model + written, &special);
+            written += n;
+        }
+    }
+}
+
+#define HEAVY 4  /* values per model counted, not listed, in ties_bracket */
+#define TIE_BLOCK 4096  /* entries per count of a heavy value */
+#define NO_VALUE 0xffffffffu  /* pads a model's heavy values: never a magnitude's bits */
+
+/* Over entries [first, first + count): per model i, above[i] = how many magnitudes' bits exceed
+ * hi[i]; of those in [lo[i], hi[i]], the ones equal to one of the model's HEAVY values
+ * heavy[i][h] are counted per TIE_BLOCK of entries into heavy_counts[i][h][index / TIE_BLOCK]
+ * (added to; a bf16 checkpoint's deltas tie by the million at a few values), the others listed in
+ * index order as (bits, index) in row i of cand_bits and cand_index (`capacity` each; found[i]
+ * counts them all, so found[i] > capacity says the list overflowed). Returns whether an input
+ * holds NaN or inf. */
+int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+                 int64_t count, const uint32_t *lo, const uint32_t *hi, const uint32_t *heavy,
+                 int32_t *heavy_counts, int64_t n_tie_blocks, int64_t *above, uint32_t *cand_bits,
+                 uint32_t *cand_index, int64_t capacity, int64_t *found) {
+    uint32_t bits[BLOCK];
+    uint8_t inside[BLOCK];
+    uint32_t special = 0;
+    for (int64_t i = 0; i < n_models; i++) {
+        above[i] = 0;
+        found[i] = 0;
+    }
+    for (int64_t start = first, n; start < first + count; start += n) {
+        n = first + count - start < BLOCK ? first + count - start : BLOCK;
+        if (n > TIE_BLOCK - start % TIE_BLOCK) n = TIE_BLOCK - start % TIE_BLOCK;  /* one tie block */
+        memset(inside + n, 0, BLOCK - n);
+        for (int64_t i = 0; i < n_models; i++) {
+            task_vector_bits(inputs[i], bf16, base, start, n, bits, &special);
+            const int32_t l = (int32_t)lo[i], h = (int32_t)hi[i];  /* bits < 2^31 */
+            const uint32_t *v = heavy + i * HEAVY;
+            int32_t n_above = 0, n_inside = 0;
+            for (int64_t j = 0; j < n; j++) {
+                int32_t b = (int32_t)bits[j];
+                n_above += b > h;
+                n_inside += (b >= l) & (b <= h);
+            }
+            above[i] += n_above;
+            for (int q = 0; q < HEAVY && v[q] != NO_VALUE && n_inside > 0; q++) {  /* each a count of its own */
+                const int32_t value = (int32_t)v[q];
+                int32_t equal = 0;
+                for (int64_t j = 0; j < n; j++) equal += (int32_t)bits[j] == value;
+                heavy_counts[(i * HEAVY + q) * n_tie_blocks + start / TIE_BLOCK] += equal;
+                n_inside -= equal;
+            }
+            if (n_inside == 0) continue;  /* all of them heavy: nothing to list */
+            for (int64_t j = 0; j < n; j++) {
+                int32_t b = (int32_t)bits[j];
+                int32_t is_heavy = 0;
+                for (int q = 0; q < HEAVY; q++) is_heavy |= bits[j] == v[q];
+                inside[j] = (uint8_t)((b >= l) & (b <= h) & !is_heavy);
+            }
+            int64_t listed = found[i];
+            uint32_t *row_bits = cand_bits + i * capacity, *row_index = cand_index + i * capacity;
+            for (int64_t j = 0; j < BLOCK; j += 8) {  /* eight flags a word: most words are 0 */
+                uint64_t word;
+                memcpy(&word, inside + j, sizeof word);
+                if (word == 0) continue;
+                for (int64_t q = j; q < j + 8; q++) {
+                    if (!inside[q]) continue;
+                    if (listed < capacity) {
+                        row_bits[listed] = bits[q];
+                        row_index[listed] = (uint32_t)(start + q);
+                    }
+                    listed++;
+                }
+            }
+            found[i] = listed;
+        }
+    }
+    return special != 0;
+}
+
+/* TIES over entries [first, first + count) from the inputs as stored: each block's task vectors
+ * are computed and trimmed (kth, cut: see above) into a small buffer, then elected by
+ * elect_block, as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
+int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+                  int64_t count, const uint32_t *kth, const int64_t *cut, const float *signed_c,
+                  const float *absolute, const float *active, float lambda, int normalize, float *out) {
+    float *d = malloc((size_t)n_models * BLOCK * sizeof *d);
+    float sign[BLOCK];
+    if (d == NULL) return -1;
+    for (int64_t start = first; start < first + count; start += BLOCK) {
+        int64_t n = first + count - start < BLOCK ? first + count - start : BLOCK;
+        const float *b = base + start;
+        memset(sign, 0, sizeof sign);
+        for (int64_t i = 0; i < n_models; i++) {
+            float *di = d + i * BLOCK;
+            /* ties at kth are kept before cut[i] and dropped from it: only the block that holds
+             * cut[i] has two parts; a dropped entry becomes +0, as in keep_top */
+            const int32_t t = (int32_t)kth[i];
+            const int64_t split = cut[i] > start && cut[i] < start + n ? cut[i] - start : 0;
+            for (int part = 0; part < 2; part++) {
+                int64_t from = part ? split : 0, to = part ? n : split;
+                int32_t floor = part && cut[i] < start + n ? t + 1 : t;  /* kept: bits >= floor */
+                if (bf16) {
+                    const uint16_t *x = (const uint16_t *)inputs[i] + start;
+                    for (int64_t j = from; j < to; j++) {
+                        float v = bfloat16_value(x[j]) - b[j];
+                        di[j] = (int32_t)magnitude_bits(v) >= floor ? v : 0.0f;
+                    }
+                } else {
+                    const float *x = (const float *)inputs[i] + start;
+                    for (int64_t j = from; j < to; j++) {
+                        float v = x[j] - b[j];
+                        di[j] = (int32_t)magnitude_bits(v) >= floor ? v : 0.0f;
+                    }
+                }
+            }
+            add_signs(sign, di, signed_c[i], n);
+        }
+        average_agreeing(sign, d, BLOCK, n_models, n, signed_c, absolute, active, b, lambda, normalize,
+                         out + start);
+    }
+    free(d);
+    return 0;
 }

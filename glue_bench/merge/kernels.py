@@ -1,5 +1,7 @@
 """Fused CPU kernels (kernels.c) for TIES's trim and sign election, DARE's random drop and
-linear's weighted sum.
+linear's weighted sum; and TIES streamed from the inputs as stored, without the stack of task
+vectors (task_vector_sample, ties_bracket, ties_streamed: two passes over the inputs, see
+sparsify.top_magnitude_cuts).
 
 On the CPU these steps are a dozen torch and numpy calls each, on tensors small enough that
 per-call costs and temporaries outweigh the arithmetic; each kernel does its step in one or two
@@ -24,6 +26,7 @@ import subprocess
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +46,12 @@ _SIGNATURES = {
     "weighted_sum": [_P, ctypes.c_int, _P, _I64, _I64, _P],
     "kth_magnitudes": [_P, _I64, _P, _I64, _P, _P],
     "subtract": [_P, ctypes.c_int, _P, _I64, _P],
+    "task_vector_sample": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _I64, _P, _I64],
+    "ties_bracket": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P],
+    "ties_streamed": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int,
+                      _P],
 }
-_RETURNS = {"subtract": ctypes.c_int}
+_RETURNS = {"subtract": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int}
 _SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -86,6 +93,12 @@ def can_subtract(stored: torch.Tensor, base: torch.Tensor) -> bool:
     """Whether `subtract` takes this input (as the file holds it) and base."""
     return (stored.dtype in (torch.float32, torch.bfloat16) and stored.is_cpu and stored.is_contiguous()
             and usable(base) and stored.shape == base.shape)
+
+
+def can_stream_task_vectors(stored, base: torch.Tensor) -> bool:
+    """Whether the streamed TIES kernels (task_vector_sample, ties_bracket, ties_streamed) take
+    these inputs as the files hold them: `subtract`'s conditions, one dtype for all."""
+    return len({tensor.dtype for tensor in stored}) == 1 and all(can_subtract(tensor, base) for tensor in stored)
 
 
 def subtract(stored: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> bool:
@@ -154,6 +167,88 @@ def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Ten
                                coefficients[0].ctypes.data, coefficients[1].ctypes.data, coefficients[2].ctypes.data,
                                base.data_ptr() + 4 * start, lambda_, int(normalize), out.data_ptr() + 4 * start)
     _over_threads(numel, part)
+    return out
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def task_vector_sample(stored, base: torch.Tensor, run: int, every: int, per_model: int) -> np.ndarray:
+    """|stored[i] - base| as uint32 bits on runs of `run` entries every `every` entries: [N, per_model]."""
+    out = np.empty((len(stored), per_model), dtype=np.uint32)
+    library().task_vector_sample(_pointers(stored), int(stored[0].dtype == torch.bfloat16), base.data_ptr(),
+                                 len(stored), base.numel(), run, every, out.ctypes.data, per_model)
+    return out
+
+
+HEAVY, TIE_BLOCK = 4, 4096  # as kernels.c defines them
+NO_VALUE = np.uint32(0xFFFFFFFF)  # never a magnitude's bits: pads a model's heavy values
+
+
+@dataclass
+class Bracketed:
+    """One model's task vector seen through its bracket [lo, hi] (ties_bracket)."""
+    above: int                 # entries above hi
+    bits: np.ndarray           # uint32: the listed entries' magnitudes' bits (in the bracket, not heavy)
+    index: np.ndarray          # uint32: their indices, ascending
+    heavy: np.ndarray          # uint32 [HEAVY]: the values counted instead of listed
+    heavy_counts: np.ndarray   # int32 [HEAVY, blocks]: how many entries of each TIE_BLOCK equal each
+
+
+def ties_bracket(stored, base: torch.Tensor, lo: np.ndarray, hi: np.ndarray, heavy: np.ndarray,
+                 capacity_fraction: float) -> tuple[list[Bracketed | None], bool]:
+    """Per model i, over the task vector |stored[i] - base|'s bits: how many exceed hi[i], how many
+    equal each of heavy[i] (per TIE_BLOCK of entries), and the (bits, index) of the other entries
+    in [lo[i], hi[i]] in index order; None where more than about `capacity_fraction` of the
+    entries would be listed. Also whether an input holds NaN or inf. The entries are split over
+    torch's threads."""
+    n_models, numel = len(stored), base.numel()
+    pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
+    lo_, hi_ = np.ascontiguousarray(lo, dtype=np.uint32), np.ascontiguousarray(hi, dtype=np.uint32)
+    heavy_ = np.ascontiguousarray(heavy, dtype=np.uint32)
+    n_blocks = -(-numel // TIE_BLOCK)
+
+    def part(start: int, stop: int):
+        capacity = int((stop - start) * capacity_fraction) + 4096
+        bits = np.empty((n_models, capacity), dtype=np.uint32)
+        index = np.empty((n_models, capacity), dtype=np.uint32)
+        counts = np.zeros((n_models, HEAVY, n_blocks), dtype=np.int32)
+        above, found = np.empty(n_models, dtype=np.int64), np.empty(n_models, dtype=np.int64)
+        special = library().ties_bracket(pointers, bf16, base.data_ptr(), n_models, start, stop - start,
+                                         lo_.ctypes.data, hi_.ctypes.data, heavy_.ctypes.data, counts.ctypes.data,
+                                         n_blocks, above.ctypes.data, bits.ctypes.data, index.ctypes.data, capacity,
+                                         found.ctypes.data)
+        return above, bits, index, found, capacity, counts, special
+    shares = _over_threads(numel, part)
+    counts = shares[0][5] if len(shares) == 1 else sum(share[5] for share in shares)
+    per_model = []
+    for i in range(n_models):
+        if any(share[3][i] > share[4] for share in shares):
+            per_model.append(None)  # the list overflowed
+            continue
+        per_model.append(Bracketed(int(sum(share[0][i] for share in shares)),
+                                   np.concatenate([share[1][i, :share[3][i]] for share in shares]),
+                                   np.concatenate([share[2][i, :share[3][i]] for share in shares]),
+                                   heavy_[i], counts[i]))
+    return per_model, any(share[6] for share in shares)
+
+
+def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, signed, absolute, active,
+                  lambda_: float, normalize: bool, out: torch.Tensor) -> torch.Tensor:
+    """TIES from the inputs as the files hold them, trimmed at kth (bits) and cut (see kernels.c):
+    what `ties_combine` gives on the trimmed stack, bit for bit, without the stack."""
+    coefficients = np.array([signed, absolute, active], dtype=np.float32)
+    kth_, cut_ = np.ascontiguousarray(kth, dtype=np.uint32), np.ascontiguousarray(cut, dtype=np.int64)
+    pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
+
+    def part(start: int, stop: int) -> int:
+        return library().ties_streamed(pointers, bf16, base.data_ptr(), len(stored), start, stop - start,
+                                       kth_.ctypes.data, cut_.ctypes.data, coefficients[0].ctypes.data,
+                                       coefficients[1].ctypes.data, coefficients[2].ctypes.data, lambda_,
+                                       int(normalize), out.data_ptr())
+    if any(code != 0 for code in _over_threads(base.numel(), part)):
+        raise MemoryError("ties_streamed: no memory for its block buffer")
     return out
 
 

@@ -38,7 +38,8 @@ from glue_bench.merge import kernels
 from glue_bench.merge.params import MergeError, Param
 from glue_bench.merge.registry import register
 from glue_bench.merge.sparsify import (RESCALES, _kth_largest_magnitude_on_device, magnitude_band, random_keep,
-                                      random_keep_rows, rank_keep, top_magnitude_rows)
+                                      random_keep_rows, rank_keep, top_magnitude_cuts,
+                                      top_magnitude_rows)
 
 # parameters several methods share, declared once
 WEIGHTS = Param("weights", 1.0, "one per model (or one for all)", per_model=True)
@@ -213,10 +214,7 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
     on the CPU, one pass of the C kernel (kernels.c); else three matrix-vector products and three
     passes over the stack, in place unless it is shared, all float ops (torch's comparisons and
     boolean masks are about four times slower)."""
-    coefficients = [w * f for w, f in zip(weights, stack.factors)]
-    # the three weight vectors: c, |c| and the weights of nonzero terms
-    vectors = [coefficients, [abs(c) for c in coefficients],
-               [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]]
+    coefficients, vectors = _election_vectors(weights, stack.factors)
     if kernels.usable(stack.deltas, base, *([] if out is None else [out])):  # all of it in one pass
         return kernels.ties_combine(stack.deltas, *vectors, base, lambda_, normalize,
                                     torch.empty_like(base) if out is None else out)
@@ -235,6 +233,14 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
         merged.div_(_ones_for_zeros(divisor))  # no agreeing term (or weights that cancel)
     merged = merged.view_as(base) if out is None else out
     return torch.add(base, merged, alpha=lambda_, out=merged)
+
+
+def _election_vectors(weights, factors) -> tuple[list[float], list[list[float]]]:
+    """The election's coefficients c_i = w_i f_i, and its three weight vectors: c, |c| and the
+    weights of nonzero terms."""
+    coefficients = [w * f for w, f in zip(weights, factors)]
+    return coefficients, [coefficients, [abs(c) for c in coefficients],
+                          [w if c != 0 else 0.0 for w, c in zip(weights, coefficients)]]
 
 
 def _ones_for_zeros(divisor: torch.Tensor) -> torch.Tensor:
@@ -264,12 +270,39 @@ def task_arithmetic(tensors, base, weights, normalize, out=None, **params):
           writes_out=True, check=_check_normalized_signs)
 def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, out=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
+    if memo is None:
+        merged = _ties_streamed(tensors, base, weights, density, normalize, params["lambda"], out)
+        if merged is not None:
+            return merged
+
     def sparsify_rows(deltas):  # every model's top-k at once: much faster on small tensors
         top_magnitude_rows(deltas, density)
         return [1.0] * len(density)
 
     deltas = _sparsified(tensors, base, None, True, memo, ("top", tuple(density)), sparsify_rows, workspace)
     return _combine(deltas, base, weights, params["lambda"], normalize, True, out)
+
+
+# tensors from this size are merged by TIES without a stack of task vectors (on the CPU, with the
+# C kernels): two passes over the inputs as stored instead of a stack N x the tensor in float32,
+# written once and read five times. Below it, top_magnitude_rows's numpy selection costs less.
+_STREAMED_MIN = 1 << 16
+
+
+def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
+    """TIES from the engine's inputs as the files hold them, bit for bit what the stack gives
+    (kernels.c: ties_streamed); None where that path does not apply (off the CPU, small tensors,
+    inputs not one dtype of float32 or bfloat16, or no C kernels)."""
+    stored = tensors.stored() if hasattr(tensors, "stored") else None
+    if (stored is None or base.numel() < _STREAMED_MIN or not kernels.can_stream_task_vectors(stored, base)
+            or (out is not None and not kernels.usable(out))):
+        return None
+    kth, cut, special = top_magnitude_cuts(stored, base, density)
+    if special:
+        tensors.check()  # names the input that holds NaN or inf
+    _, vectors = _election_vectors(weights, [1.0] * len(weights))
+    return kernels.ties_streamed(stored, base, kth, cut, *vectors, lambda_, normalize,
+                                 torch.empty_like(base) if out is None else out)
 
 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,

@@ -23,7 +23,9 @@ Rescaling of what is kept (`rescale`):
 - "none": no rescaling.
 
 On the CPU the trim of `top_magnitude_rows` and the drops of `random_keep(_rows)` run as C kernels
-(kernels.py), with the same results as the numpy and torch code beside them.
+(kernels.py), with the same results as the numpy and torch code beside them. `top_magnitude_cuts`
+finds what `top_magnitude_rows` keeps without making the task vectors, for TIES streamed from the
+files (methods.py).
 """
 
 from __future__ import annotations
@@ -79,6 +81,136 @@ def top_magnitude_rows(rows: torch.Tensor, densities: list[float]) -> None:
         torch.hardshrink(row, lambda_, out=row)
         if above is not None:  # more than k entries reach the threshold: keep the first tied ones
             _drop_ties_after(row, threshold, ks[r] - above)
+
+
+# streamed TIES: a sample of runs of _SAMPLE_RUN entries, at most _SAMPLE_RUNS of them, brackets
+# each k-th magnitude within _BRACKET_SIGMAS standard deviations of the sample's rank error
+_SAMPLE_RUN, _SAMPLE_RUNS, _BRACKET_SIGMAS = 256, 512, 6.0
+
+
+def top_magnitude_cuts(stored, base: torch.Tensor, densities: list[float]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """What `top_magnitude_rows` keeps of each task vector stored[i] - base, without the task
+    vectors: per model, the k-th largest magnitude's bits `kth` and the index `cut` from which
+    entries tied at it are dropped (entry j survives where |d_j| > kth, or |d_j| == kth and
+    j < cut); also whether an input holds NaN or inf. A sample brackets each k-th magnitude; one
+    pass counts the entries above the bracket, counts those at its few heavily tied values, and
+    lists the others in it; the k-th is found among those. Where the bracket misses (a rare
+    sample) that model's task vector is made and counted whole: the result is exact either way.
+    Inputs as `kernels.can_stream_task_vectors` takes them."""
+    n_models, n = len(stored), base.numel()
+    ks = [max(1, int(density * n)) for density in densities]
+    kth, cut = np.zeros(n_models, dtype=np.uint32), np.full(n_models, n, dtype=np.int64)  # keep all
+    todo = [i for i, density in enumerate(densities) if density < 1 and ks[i] < n]
+    if not todo:
+        return kth, cut, False
+    runs = max(1, min(_SAMPLE_RUNS, n // _SAMPLE_RUN))
+    run = min(_SAMPLE_RUN, n)
+    sample = kernels.task_vector_sample(stored, base, run, n // runs, runs * run).view(np.int32)
+    lo, hi, heavy, listed_fraction = _brackets(sample, runs, [ks[i] / n for i in todo], todo)
+    bracketed, special = kernels.ties_bracket(stored, base, lo, hi, heavy, 2 * listed_fraction + 1e-3)
+    if special:
+        return kth, cut, True
+    for i in todo:
+        found = _kth_in_bracket(bracketed[i], ks[i], n, lambda start, stop: _magnitude_bits(stored[i], base, start, stop)) \
+            if bracketed[i] is not None else None
+        if found is None:  # the sample's bracket missed the k-th (or listed too much): count it all
+            found = _kth_counted(_magnitude_bits(stored[i], base, 0, n), ks[i], n)
+        kth[i], cut[i] = found
+    return kth, cut, False
+
+
+def _magnitude_bits(stored: torch.Tensor, base: torch.Tensor, start: int, stop: int) -> np.ndarray:
+    """|stored - base| on entries [start, stop) as int32 bits, computed as the kernels compute it."""
+    delta = stored.view(-1)[start:stop].to(torch.float32) - base.view(-1)[start:stop]
+    return delta.numpy().view(np.int32) & np.int32(0x7FFFFFFF)
+
+
+def _kth_counted(bits: np.ndarray, k: int, n: int) -> tuple[int, int]:
+    """(kth, cut) of a whole task vector's magnitudes' bits."""
+    value = int(kernels.kth_magnitudes(torch.from_numpy(bits.view(np.float32)).view(1, -1), [0], [k])[0])
+    return value, _first_dropped_tie(np.flatnonzero(bits == value), k - int(np.count_nonzero(bits > value)), n)
+
+
+def _kth_in_bracket(seen, k: int, n: int, magnitude_bits) -> tuple[int, int] | None:
+    """(kth, cut) from a model's `kernels.Bracketed` view; None when the k-th is not in its bracket.
+    magnitude_bits(start, stop): the task vector's bits there (to find a heavy value's tie)."""
+    rank = k - seen.above  # of the k-th among the bracket's entries, from the top
+    real = seen.heavy != kernels.NO_VALUE
+    heavy, totals = seen.heavy[real].astype(np.int64), seen.heavy_counts[real].sum(axis=1, dtype=np.int64)
+    order = np.argsort(-heavy)
+    heavy, totals = heavy[order], totals[order]
+    if rank < 1 or rank > len(seen.bits) + int(totals.sum()):
+        return None
+    listed_above = [int(np.count_nonzero(seen.bits > value)) for value in heavy.tolist()]
+    heavy_above = np.concatenate([[0], np.cumsum(totals)])
+    for q, value in enumerate(heavy.tolist()):  # is the k-th one of the heavy values?
+        above = listed_above[q] + int(heavy_above[q])
+        if above < rank <= above + totals[q]:
+            block_counts = seen.heavy_counts[real][order[q]]
+            return value, _heavy_tie_index(block_counts, rank - above, value, n, magnitude_bits)
+    # else it is listed, between two heavy values: its rank among the listed entries
+    q = sum(1 for j in range(len(heavy)) if listed_above[j] + heavy_above[j + 1] < rank)
+    listed_rank = rank - int(heavy_above[q])
+    if not 1 <= listed_rank <= len(seen.bits):
+        return None
+    value = int(kernels.kth_magnitudes(torch.from_numpy(seen.bits.view(np.float32)).view(1, -1), [0],
+                                       [listed_rank])[0])
+    keep = k - seen.above - int(np.count_nonzero(seen.bits > value)) - int(totals[heavy > value].sum())
+    return value, _first_dropped_tie(seen.index[seen.bits == value], keep, n)
+
+
+def _heavy_tie_index(block_counts: np.ndarray, kept: int, value: int, n: int, magnitude_bits) -> int:
+    """The index of the first dropped entry among those equal to a heavy `value`, the first `kept`
+    of them kept: found by the per-block counts, then within its block."""
+    reached = np.cumsum(block_counts, dtype=np.int64)
+    if kept >= reached[-1]:
+        return n
+    block = int(np.searchsorted(reached, kept + 1))  # the first block holding more than `kept` of them
+    before = int(reached[block - 1]) if block else 0
+    start = block * kernels.TIE_BLOCK
+    bits = magnitude_bits(start, min(n, start + kernels.TIE_BLOCK))
+    return start + int(np.flatnonzero(bits == value)[kept - before])
+
+
+def _first_dropped_tie(tie_indices: np.ndarray, keep: int, n: int) -> int:
+    """The index of the first tie dropped when the first `keep` of them (in index order) are kept."""
+    return int(tie_indices[keep]) if keep < len(tie_indices) else n
+
+
+def _brackets(sample: np.ndarray, runs: int, fractions_kept: list[float], todo: list[int]):
+    """From a sample of each model's magnitudes' bits [N, runs * run] (runs of entries side by
+    side), per model r in `todo`: bits lo[r] <= hi[r] that hold, but for a 6-sigma miss, the
+    magnitude of rank fractions_kept * n from the top; the values in between that the sample
+    holds often (a bf16 checkpoint's deltas tie by the million), at most kernels.HEAVY of them
+    (padded with kernels.NO_VALUE); and the largest fraction of a sample in between that is not
+    one of those. The rank's error is the sum of the runs' counts: its variance is `runs` times the
+    runs' (at least the binomial's, as if the entries were drawn one by one)."""
+    n_models, m = sample.shape
+    lo, hi = np.zeros(n_models, dtype=np.uint32), np.full(n_models, 0x7FFFFFFF, dtype=np.uint32)
+    heavy = np.full((n_models, kernels.HEAVY), kernels.NO_VALUE, dtype=np.uint32)
+    rows = torch.from_numpy(sample.view(np.float32))
+    ranks = [min(m, max(1, round(fraction * m))) for fraction in fractions_kept]  # from the top
+    estimates = kernels.kth_magnitudes(rows, todo, ranks).view(np.int32)
+    bounds_todo, bounds_ks, margins = [], [], []
+    for r, rank, fraction, estimate in zip(todo, ranks, fractions_kept, estimates.tolist()):
+        per_run = np.count_nonzero(sample[r].reshape(runs, -1) > estimate, axis=1)
+        sigma = max(np.sqrt(runs * per_run.var()), np.sqrt(m * fraction * (1 - fraction)))
+        margin = int(_BRACKET_SIGMAS * sigma) + 16
+        bounds_todo += [r, r]
+        bounds_ks += [min(m, rank + margin), max(1, rank - margin)]
+        margins.append((rank + margin < m, rank - margin >= 1))
+    bounds = kernels.kth_magnitudes(rows, bounds_todo, bounds_ks).tolist()
+    listed_fraction = 0.0
+    for t, (r, (has_lo, has_hi)) in enumerate(zip(todo, margins)):
+        lo[r] = bounds[2 * t] if has_lo else 0
+        hi[r] = bounds[2 * t + 1] if has_hi else 0x7FFFFFFF
+        between = sample[r][(sample[r] >= lo[r]) & (sample[r] <= hi[r])]
+        values, counts = np.unique(between, return_counts=True)
+        often = counts >= max(8, m // 1000)
+        values = values[often][np.argsort(-counts[often], kind="stable")][:kernels.HEAVY]
+        heavy[r, :len(values)] = values
+        listed_fraction = max(listed_fraction, (between.size - int(np.isin(between, values).sum())) / m)
+    return lo, hi, heavy, listed_fraction
 
 
 def _drop_ties_after(flat: torch.Tensor, threshold: float, keep: int) -> None:
