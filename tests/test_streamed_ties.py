@@ -129,3 +129,42 @@ def test_a_nan_in_a_streamed_input_is_named(tmp_path):
     save_file({KEY: bad}, str(sources[1].directory / "model.safetensors"))
     with pytest.raises(MergeError, match="model 'm2'.*holds NaN or inf"):
         dict(Merger([TensorSource(s.name, s.directory) for s in sources], "ties", base).tensors({}))
+
+
+def dare_ties(sources, base, params, monkeypatch, streamed):
+    with monkeypatch.context() as patch:
+        if not streamed:
+            patch.setattr(methods, "_STREAMED_MIN", 1 << 62)
+        calls = []
+        original = kernels.dare_ties_streamed
+        patch.setattr(kernels, "dare_ties_streamed", lambda *a, **k: calls.append(1) or original(*a, **k))
+        merged = dict(Merger(sources, "dare_ties", base).tensors(params))[KEY]
+    assert bool(calls) == streamed
+    return merged
+
+
+@pytest.mark.parametrize("dtype, params", [
+    (torch.bfloat16, {"density": 0.3, "seed": 4}),
+    (torch.bfloat16, {"density": [0.5, 0.05, 1.0, 0.9, 0.3], "seed": 1, "lambda": 0.7, "rescale": "none"}),
+    (torch.float32, {"density": 0.4, "weights": [1.0, -0.5, 0.0, 2.0, 0.3]}),
+    (torch.float32, {"density": [0.2, 0.6, 0.4, 0.8, 0.3], "weights": [0.5, 1.0, 0.7, 0.2, 0.9], "normalize": True}),
+])
+def test_streamed_dare_ties_is_the_stack_s_merge_bit_for_bit(tmp_path, monkeypatch, dtype, params):
+    """One pass, each model's random stream advanced to each thread's first entry: the same masks."""
+    sources, base = write_zoo(tmp_path, dtype)
+    stacked = dare_ties(sources, base, params, monkeypatch, streamed=False)
+    with monkeypatch.context() as patch:  # two threads, so the second share's streams start advanced
+        patch.setattr(kernels, "_SHARE_MIN", 1 << 12)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            assert torch.equal(dare_ties(sources, base, params, monkeypatch, streamed=True), stacked)
+        finally:
+            torch.set_num_threads(torch_threads)
+
+
+def test_dare_ties_with_the_l1_rescale_keeps_the_stack(tmp_path, monkeypatch):
+    sources, base = write_zoo(tmp_path, torch.bfloat16, n_models=3)
+    dare_ties(sources, base, {"density": 0.3, "rescale": "l1"}, monkeypatch, streamed=False)
+    monkeypatch.setattr(kernels, "dare_ties_streamed", lambda *a, **k: pytest.fail("streamed with rescale l1"))
+    dict(Merger(sources, "dare_ties", base).tensors({"density": 0.3, "rescale": "l1"}))

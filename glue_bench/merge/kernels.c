@@ -435,3 +435,53 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
     free(d);
     return 0;
 }
+
+/* DARE-TIES over entries [first, first + count) from the inputs as stored: each block's task
+ * vectors are computed and dropped as dare_keep drops them (model i's PCG64 stream, whose state
+ * and increment are states[2i..] and incs[2i..] as (high, low) words, already advanced to entry
+ * `first`, which is a multiple of 4; cuts[i] > 32767 keeps every entry, drawing nothing), then
+ * elected as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
+int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+                       int64_t count, const uint64_t *states, const uint64_t *incs, const int32_t *cuts,
+                       const float *signed_c, const float *absolute, const float *active, float lambda,
+                       int normalize, float *out) {
+    float *d = malloc((size_t)n_models * BLOCK * sizeof *d);
+    unsigned __int128 *state = malloc((size_t)n_models * sizeof *state);
+    float sign[BLOCK];
+    uint64_t draws[BLOCK / 4];
+    int16_t pieces[BLOCK];
+    if (d == NULL || state == NULL) {
+        free(d);
+        free(state);
+        return -1;
+    }
+    for (int64_t i = 0; i < n_models; i++) state[i] = ((unsigned __int128)states[2 * i] << 64) | states[2 * i + 1];
+    for (int64_t start = first; start < first + count; start += BLOCK) {
+        int64_t n = first + count - start < BLOCK ? first + count - start : BLOCK;
+        const float *b = base + start;
+        memset(sign, 0, sizeof sign);
+        for (int64_t i = 0; i < n_models; i++) {
+            float *di = d + i * BLOCK;
+            if (bf16) {
+                const uint16_t *x = (const uint16_t *)inputs[i] + start;
+                for (int64_t j = 0; j < n; j++) di[j] = bfloat16_value(x[j]) - b[j];
+            } else {
+                const float *x = (const float *)inputs[i] + start;
+                for (int64_t j = 0; j < n; j++) di[j] = x[j] - b[j];
+            }
+            if (cuts[i] <= 32767) {
+                unsigned __int128 inc = ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1];
+                const int32_t cut = cuts[i];
+                pcg64_fill(&state[i], inc, draws, (n + 3) / 4);
+                memcpy(pieces, draws, sizeof pieces);  /* little-endian: piece 4q + r is bits 16r.. of draw q */
+                for (int64_t j = 0; j < n; j++) di[j] *= (float)(pieces[j] < cut);
+            }
+            add_signs(sign, di, signed_c[i], n);
+        }
+        average_agreeing(sign, d, BLOCK, n_models, n, signed_c, absolute, active, b, lambda, normalize,
+                         out + start);
+    }
+    free(d);
+    free(state);
+    return 0;
+}

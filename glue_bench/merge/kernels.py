@@ -51,7 +51,10 @@ _SIGNATURES = {
     "ties_streamed": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int,
                       _P],
 }
-_RETURNS = {"subtract": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int}
+_SIGNATURES["dare_ties_streamed"] = [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_float,
+                                     ctypes.c_int, _P]
+_RETURNS = {"subtract": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
+            "dare_ties_streamed": ctypes.c_int}
 _SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -250,6 +253,41 @@ def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, 
     if any(code != 0 for code in _over_threads(base.numel(), part)):
         raise MemoryError("ties_streamed: no memory for its block buffer")
     return out
+
+
+def dare_ties_streamed(stored, base: torch.Tensor, states: list[dict | None], cuts: list[int], signed, absolute,
+                       active, lambda_: float, normalize: bool, out: torch.Tensor) -> torch.Tensor:
+    """DARE-TIES from the inputs as the files hold them: model i's task vector dropped as
+    `dare_keep` drops it from the PCG64 state states[i] (numpy's bit_generator.state["state"],
+    its {"state", "inc"}; None: nothing dropped) with cut cuts[i], then elected as `ties_combine`
+    elects the stack: the same merge bit for bit, without the stack (see kernels.c)."""
+    coefficients = np.array([signed, absolute, active], dtype=np.float32)
+    keep_all = 1 << 15
+    cuts_ = np.array([cut if state is not None else keep_all for state, cut in zip(states, cuts)], dtype=np.int32)
+    incs = np.array([half for state in states for half in _halves(state["inc"] if state else 0)], dtype=np.uint64)
+    pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
+
+    def part(start: int, stop: int) -> int:
+        # each stream advanced to this share's first entry: 4 entries a draw (start is a multiple of 64)
+        at_start = np.array([half for state in states for half in _halves(_advanced(state, start // 4))],
+                            dtype=np.uint64)
+        return library().dare_ties_streamed(pointers, bf16, base.data_ptr(), len(stored), start, stop - start,
+                                            at_start.ctypes.data, incs.ctypes.data, cuts_.ctypes.data,
+                                            coefficients[0].ctypes.data, coefficients[1].ctypes.data,
+                                            coefficients[2].ctypes.data, lambda_, int(normalize), out.data_ptr())
+    if any(code != 0 for code in _over_threads(base.numel(), part)):
+        raise MemoryError("dare_ties_streamed: no memory for its block buffer")
+    return out
+
+
+def _advanced(state: dict | None, draws: int) -> int:
+    """The 128-bit PCG64 state `draws` steps after `state` (numpy's {"state", "inc"}); 0 for None."""
+    if state is None:
+        return 0
+    generator = np.random.PCG64()
+    generator.state = {"bit_generator": "PCG64", "state": dict(state), "has_uint32": 0, "uinteger": 0}
+    generator.advance(draws)
+    return generator.state["state"]["state"]
 
 
 def kth_magnitudes(rows: torch.Tensor, todo: list[int], ks: list[int]) -> np.ndarray:

@@ -305,8 +305,39 @@ def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
                                  torch.empty_like(base) if out is None else out)
 
 
+def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, generator, lambda_, out):
+    """DARE-TIES from the engine's inputs as the files hold them, in one pass: bit for bit what the
+    stack gives (kernels.c: dare_ties_streamed); None where that path does not apply (as TIES's,
+    and the L1 rescale, which needs each task vector's norm before the drop)."""
+    stored = tensors.stored() if hasattr(tensors, "stored") else None
+    if (stored is None or base.numel() < _STREAMED_MIN or rescale == "l1"
+            or not kernels.can_stream_task_vectors(stored, base) or (out is not None and not kernels.usable(out))):
+        return None
+    states, cuts, factors = [], [], []
+    for i, share in enumerate(density):
+        if share >= 1:
+            states.append(None)
+            cuts.append(0)
+            factors.append(1.0)
+            continue
+        state = generator(i).bit_generator.state  # read now: the next model's call resets the generator
+        if state["bit_generator"] != "PCG64":
+            return None
+        levels = max(1, round(share * 65536))  # as random_keep draws them
+        states.append(state["state"])
+        cuts.append(levels - 32768)
+        factors.append(65536 / levels if rescale == "inverse_density" else 1.0)
+    _, vectors = _election_vectors(weights, factors)
+    return kernels.dare_ties_streamed(stored, base, states, cuts, *vectors, lambda_, normalize,
+                                      torch.empty_like(base) if out is None else out)
+
+
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
           workspace=None, out=None):
+    if consensus and memo is None:
+        merged = _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, generator, lambda_, out)
+        if merged is not None:
+            return merged
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
                          consensus, memo, ("random", tuple(density), rescale, seed),
                          lambda rows: random_keep_rows(rows, density, rescale, generator), workspace)
