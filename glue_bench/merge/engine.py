@@ -294,9 +294,10 @@ class Merger:
         self._cached: dict[str, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
         self._cached_bytes = 0
         self._memo: dict[str, dict] = {}
-        # buffers a stacking method reuses from tensor to tensor, and from merge to merge (a search's
-        # candidates): memory for N + 1 copies of the largest tensor, held while the Merger lives,
-        # where a fresh buffer per merge costs its page faults again (~0.1 s per 180 MB here)
+        # buffers reused from tensor to tensor, and from merge to merge (a search's candidates), where
+        # a fresh buffer per merge costs its page faults again (~0.1 s per 180 MB here): a stacking
+        # method's (N + 1 copies of the largest tensor) and the base's float32 copy ("base"), held
+        # while the Merger lives
         self._workspace: dict[str, torch.Tensor] = {}
         self._base_checked = False
         self.progress = progress
@@ -362,6 +363,8 @@ class Merger:
                 merged = self._merge_rows(key, inputs, kwargs)
             except MergeError as err:
                 raise MergeError(f"{err} (tensor {key!r})") from None
+            if "base" in workspace and merged.untyped_storage().data_ptr() == workspace["base"].data_ptr():
+                merged = merged.clone()  # the base itself: its buffer holds the next tensor's base
             if not is_finite(merged):
                 if isinstance(inputs, _Inputs):
                     inputs.check()  # inputs a method read as stored were not checked: name the one at fault
@@ -384,7 +387,7 @@ class Merger:
         if new_inputs:
             inputs = _Inputs(self.sources, key, self._load, self.device)
         if new_base:
-            base = self._load(self.base, key)
+            base = self._load(self.base, key, self._base_buffer(key) if self.device.type == "cpu" else None)
         size = (sum(math.prod(s.shape(key)) for s in self.sources) if new_inputs else 0) + \
             (base.numel() if new_base else 0)
         if self.cache and size and self._cached_bytes + 4 * size <= self.cache_budget:
@@ -404,10 +407,21 @@ class Merger:
             return None
         return self._memo.setdefault(key, {})
 
-    def _load(self, source: TensorSource, key: str) -> torch.Tensor:
+    def _base_buffer(self, key: str) -> torch.Tensor:
+        """Where the base's tensor `key` is widened to float32: the workspace's "base" buffer, grown
+        to the largest tensor yet."""
+        shape = self.base.shape(key)
+        numel = math.prod(shape)
+        if "base" not in self._workspace or self._workspace["base"].numel() < numel:
+            self._workspace["base"] = torch.empty(numel, dtype=torch.float32)
+        return self._workspace["base"][:numel].view(shape)
+
+    def _load(self, source: TensorSource, key: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor as float32 on the merge device (a bf16 one widened into `into` when given),
+        refused if it holds NaN or inf."""
         tensor = source.get(key)
         if tensor.dtype == torch.bfloat16 and self.device.type == "cpu" and kernels.can_sum([tensor]):
-            tensor = kernels.weighted_sum([tensor], [1.0])  # widened exactly in one pass: 5x torch's .to here
+            tensor = kernels.weighted_sum([tensor], [1.0], into)  # widened exactly in one pass: 5x torch's .to here
         else:
             tensor = tensor.to(self.device, torch.float32)
         if not is_finite(tensor):  # checked as read: a pass over memory the merge touches anyway
