@@ -45,6 +45,8 @@ _FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the
 _SMALL_PROXY = "++strategy.proxy.size=5"
 _SHORT_GRID = "++strategy.search.grid=[0.3,0.7]"  # the heuristics' shares tried: 2, not 9
 QUICK = {
+    # the study's six methods (the paper's table): the newer ones are each tested on their own
+    "merge_methods": [["method=linear,slerp,model_stock,task_arithmetic,ties,dare_ties"]],
     "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY,
                     _SHORT_GRID],
                    ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
@@ -153,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-replicate", type=int, default=0, metavar="K",
                         help="the first of them: replicates K..K+N-1 (default: %(default)s). A replicate is one build "
                              "on one machine: another machine's build of replicate K is another zoo, so add new ones")
-    parser.add_argument("--lanes", type=int, default=1, choices=(1, 2),
-                        help="sweeps run at a time (default: %(default)s); 2: the search presets beside the others, "
-                             "each job on its lane's share of the cores")
+    parser.add_argument("--lanes", type=int, choices=(1, 2),
+                        help="sweeps run at a time (default: 1; with --quick, 2 where there are 2 cores or more); 2: "
+                             "the search presets beside the others, each job on its lane's share of the cores")
     parser.add_argument("--plan", action="store_true",
                         help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
     args = parser.parse_args(argv)
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--replicates must be at least 1, got {args.replicates}")
     if args.first_replicate < 0:
         parser.error(f"--first-replicate must be at least 0, got {args.first_replicate}")
+    if args.lanes is None:
+        args.lanes = 2 if args.quick and usable_cores() >= 2 else 1
     results = args.results.resolve()
     chosen = range(args.first_replicate, args.first_replicate + args.replicates)
     replicates = [f"zoo.replicate={','.join(map(str, chosen))}"] if list(chosen) != [0] else []
