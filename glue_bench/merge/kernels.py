@@ -82,26 +82,29 @@ def usable(*tensors: torch.Tensor) -> bool:
     return library() is not None
 
 
-def can_sum(tensors) -> bool:
-    """Whether `weighted_sum` takes these inputs: float32 or bfloat16, contiguous, in CPU memory,
-    one dtype, and ATen's vector code fuses multiply-adds (else its add_ rounds twice, and the
-    kernel's sums would not be torch's)."""
+def _as_stored(tensors) -> bool:
+    """Whether the kernels read these tensors as the files hold them: float32 or bfloat16, one dtype,
+    contiguous, in CPU memory."""
     dtypes = {tensor.dtype for tensor in tensors}
     return (len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16}
-            and all(tensor.is_cpu and tensor.is_contiguous() for tensor in tensors)
-            and torch.backends.cpu.get_cpu_capability() != "DEFAULT" and library() is not None)
+            and all(tensor.is_cpu and tensor.is_contiguous() for tensor in tensors) and library() is not None)
+
+
+def can_sum(tensors) -> bool:
+    """Whether `weighted_sum` takes these inputs: `_as_stored`, and ATen's vector code fuses
+    multiply-adds (else its add_ rounds twice, and the kernel's sums would not be torch's)."""
+    return _as_stored(tensors) and torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
 def can_subtract(stored: torch.Tensor, base: torch.Tensor) -> bool:
     """Whether `subtract` takes this input (as the file holds it) and base."""
-    return (stored.dtype in (torch.float32, torch.bfloat16) and stored.is_cpu and stored.is_contiguous()
-            and usable(base) and stored.shape == base.shape)
+    return _as_stored([stored]) and usable(base) and stored.shape == base.shape
 
 
 def can_stream_task_vectors(stored, base: torch.Tensor) -> bool:
-    """Whether the streamed TIES kernels (task_vector_sample, ties_bracket, ties_streamed) take
-    these inputs as the files hold them: `subtract`'s conditions, one dtype for all."""
-    return len({tensor.dtype for tensor in stored}) == 1 and all(can_subtract(tensor, base) for tensor in stored)
+    """Whether the streamed TIES and DARE-TIES kernels take these inputs as the files hold them and
+    this base: `subtract`'s conditions, one dtype for all."""
+    return _as_stored(stored) and usable(base) and all(tensor.shape == base.shape for tensor in stored)
 
 
 def subtract(stored: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> bool:

@@ -87,11 +87,18 @@ def _check_weight_sum(resolved):
                          "normalise by")
 
 
+def _stored(tensors) -> list[torch.Tensor] | None:
+    """The engine's inputs as the files hold them (`_Inputs.stored`: zero-copy views, not checked
+    for NaN or inf, which `_Inputs.check` then names); None off the CPU, or for a plain list of
+    tensors (a caller outside the engine). Duck-typed: the engine imports this module."""
+    return tensors.stored() if hasattr(tensors, "stored") else None
+
+
 @register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero, writes_out=True)
 def linear(tensors, weights, normalize, out=None):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
-    stored = tensors.stored() if hasattr(tensors, "stored") else tensors  # the engine's inputs, as the files hold them
+    stored = tensors if isinstance(tensors, list) else _stored(tensors)
     if stored is not None and kernels.can_sum(stored):  # one pass over the inputs, the same sums as below
         return kernels.weighted_sum(stored, [weight / total for weight in weights], out)
     for i, (tensor, weight) in enumerate(zip(tensors, weights)):  # one model at a time: the engine streams them
@@ -293,7 +300,7 @@ def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
     """TIES from the engine's inputs as the files hold them, bit for bit what the stack gives
     (kernels.c: ties_streamed); None where that path does not apply (off the CPU, small tensors,
     inputs not one dtype of float32 or bfloat16, or no C kernels)."""
-    stored = tensors.stored() if hasattr(tensors, "stored") else None
+    stored = _stored(tensors)
     if (stored is None or base.numel() < _STREAMED_MIN or not kernels.can_stream_task_vectors(stored, base)
             or (out is not None and not kernels.usable(out))):
         return None
@@ -309,7 +316,7 @@ def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, gen
     """DARE-TIES from the engine's inputs as the files hold them, in one pass: bit for bit what the
     stack gives (kernels.c: dare_ties_streamed); None where that path does not apply (as TIES's,
     and the L1 rescale, which needs each task vector's norm before the drop)."""
-    stored = tensors.stored() if hasattr(tensors, "stored") else None
+    stored = _stored(tensors)
     if (stored is None or base.numel() < _STREAMED_MIN or rescale == "l1"
             or not kernels.can_stream_task_vectors(stored, base) or (out is not None and not kernels.usable(out))):
         return None
