@@ -101,10 +101,11 @@ def can_subtract(stored: torch.Tensor, base: torch.Tensor) -> bool:
     return _as_stored([stored]) and usable(base) and stored.shape == base.shape
 
 
-def can_stream_task_vectors(stored, base: torch.Tensor) -> bool:
-    """Whether the streamed TIES and DARE-TIES kernels take these inputs as the files hold them and
-    this base: `subtract`'s conditions, one dtype for all."""
-    return _as_stored(stored) and usable(base) and all(tensor.shape == base.shape for tensor in stored)
+def can_stream_task_vectors(stored, base: torch.Tensor, *outputs: torch.Tensor) -> bool:
+    """Whether the streamed TIES and DARE-TIES kernels take these inputs as the files hold them,
+    this base and these outputs: `subtract`'s conditions, one dtype for all."""
+    return (_as_stored(stored) and usable(base, *outputs)
+            and all(tensor.shape == base.shape for tensor in [*stored, *outputs]))
 
 
 def subtract(stored: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> bool:

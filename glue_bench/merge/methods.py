@@ -300,9 +300,8 @@ def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
     """TIES from the engine's inputs as the files hold them, bit for bit what the stack gives
     (kernels.c: ties_streamed); None where that path does not apply (off the CPU, small tensors,
     inputs not one dtype of float32 or bfloat16, or no C kernels)."""
-    stored = _stored(tensors)
-    if (stored is None or base.numel() < _STREAMED_MIN or not kernels.can_stream_task_vectors(stored, base)
-            or (out is not None and not kernels.usable(out))):
+    stored = _stored(tensors) if base.numel() >= _STREAMED_MIN else None
+    if stored is None or not kernels.can_stream_task_vectors(stored, base, *([] if out is None else [out])):
         return None
     kth, cut, special = top_magnitude_cuts(stored, base, density)
     if special:
@@ -316,9 +315,8 @@ def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, gen
     """DARE-TIES from the engine's inputs as the files hold them, in one pass: bit for bit what the
     stack gives (kernels.c: dare_ties_streamed); None where that path does not apply (as TIES's,
     and the L1 rescale, which needs each task vector's norm before the drop)."""
-    stored = _stored(tensors)
-    if (stored is None or base.numel() < _STREAMED_MIN or rescale == "l1"
-            or not kernels.can_stream_task_vectors(stored, base) or (out is not None and not kernels.usable(out))):
+    stored = _stored(tensors) if base.numel() >= _STREAMED_MIN and rescale != "l1" else None
+    if stored is None or not kernels.can_stream_task_vectors(stored, base, *([] if out is None else [out])):
         return None
     states, cuts, factors = [], [], []
     for i, share in enumerate(density):

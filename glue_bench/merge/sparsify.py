@@ -111,10 +111,11 @@ def top_magnitude_cuts(stored, base: torch.Tensor, densities: list[float]) -> tu
     if special:
         return kth, cut, True
     for i in todo:
-        found = _kth_in_bracket(bracketed[i], ks[i], n, lambda start, stop: _magnitude_bits(stored[i], base, start, stop)) \
-            if bracketed[i] is not None else None
+        def magnitude_bits(start: int, stop: int, model: int = i) -> np.ndarray:
+            return _magnitude_bits(stored[model], base, start, stop)
+        found = _kth_in_bracket(bracketed[i], ks[i], n, magnitude_bits) if bracketed[i] is not None else None
         if found is None:  # the sample's bracket missed the k-th (or listed too much): count it all
-            found = _kth_counted(_magnitude_bits(stored[i], base, 0, n), ks[i], n)
+            found = _kth_counted(magnitude_bits(0, n), ks[i], n)
         kth[i], cut[i] = found
     return kth, cut, False
 
