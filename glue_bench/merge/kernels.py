@@ -1,7 +1,7 @@
 """Fused CPU kernels (kernels.c) for TIES's trim and sign election, DARE's random drop and
-linear's weighted sum; and TIES streamed from the inputs as stored, without the stack of task
-vectors (task_vector_sample, ties_bracket, ties_streamed: two passes over the inputs, see
-sparsify.top_magnitude_cuts).
+linear's weighted sum; and TIES and DARE-TIES streamed from the inputs as stored, without the
+stack of task vectors (task_vector_sample, ties_bracket and ties_streamed: two passes over the
+inputs, see sparsify.top_magnitude_cuts; dare_ties_streamed: one pass).
 
 On the CPU these steps are a dozen torch and numpy calls each, on tensors small enough that
 per-call costs and temporaries outweigh the arithmetic; each kernel does its step in one or two
