@@ -279,8 +279,9 @@ void dare_keep_rows(float *rows, int64_t n, const int64_t *todo, int64_t n_todo,
  * k_i largest magnitudes, ties at the k-th kept up to index cut_i: entry j survives where
  * |d_i[j]| > kth_i, or |d_i[j]| == kth_i and j < cut_i, the entries keep_top keeps. kth_i and
  * cut_i come from a sample (task_vector_sample), which brackets each kth_i, and one pass
- * (ties_bracket) that counts the entries above the bracket and lists those inside it; the
- * election (ties_streamed) then computes every d_i again, block by block, and trims it there. */
+ * (ties_bracket) that counts the entries above the bracket and those at its few heavily tied
+ * values, and lists the others inside it; the election (ties_streamed) then computes every d_i
+ * again, block by block, and trims it there. */
 
 static inline void task_vector_bits(const void *input, int bf16, const float *base, int64_t start, int64_t n,
                                     uint32_t *bits, uint32_t *special) {
