@@ -283,6 +283,19 @@ void dare_keep_rows(float *rows, int64_t n, const int64_t *todo, int64_t n_todo,
  * values, and lists the others inside it; the election (ties_streamed) then computes every d_i
  * again, block by block, and trims it there. */
 
+/* out = x - base on entries [start, start + n) of one input read as stored: subtract's arithmetic,
+ * for a block of the streamed merges. */
+static inline void task_vector(const void *input, int bf16, const float *base, int64_t start, int64_t n,
+                               float *out) {
+    if (bf16) {
+        const uint16_t *x = (const uint16_t *)input + start;
+        for (int64_t j = 0; j < n; j++) out[j] = bfloat16_value(x[j]) - base[start + j];
+    } else {
+        const float *x = (const float *)input + start;
+        for (int64_t j = 0; j < n; j++) out[j] = x[j] - base[start + j];
+    }
+}
+
 static inline void task_vector_bits(const void *input, int bf16, const float *base, int64_t start, int64_t n,
                                     uint32_t *bits, uint32_t *special) {
     uint32_t found = 0;
@@ -393,8 +406,8 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
 }
 
 /* TIES over entries [first, first + count) from the inputs as stored: each block's task vectors
- * are computed and trimmed (kth, cut: see above) into a small buffer, then elected by
- * elect_block, as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
+ * are computed and trimmed (kth, cut: see above) into a small buffer, then elected by add_signs
+ * and average_agreeing, as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
 int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                   int64_t count, const uint32_t *kth, const int64_t *cut, const float *signed_c,
                   const float *absolute, const float *active, float lambda, int normalize, float *out) {
@@ -407,27 +420,14 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
         memset(sign, 0, sizeof sign);
         for (int64_t i = 0; i < n_models; i++) {
             float *di = d + i * BLOCK;
+            task_vector(inputs[i], bf16, base, start, n, di);
             /* ties at kth are kept before cut[i] and dropped from it: only the block that holds
              * cut[i] has two parts; a dropped entry becomes +0, as in keep_top */
             const int32_t t = (int32_t)kth[i];
+            const int32_t floor = cut[i] < start + n ? t + 1 : t;  /* kept after the split: bits >= floor */
             const int64_t split = cut[i] > start && cut[i] < start + n ? cut[i] - start : 0;
-            for (int part = 0; part < 2; part++) {
-                int64_t from = part ? split : 0, to = part ? n : split;
-                int32_t floor = part && cut[i] < start + n ? t + 1 : t;  /* kept: bits >= floor */
-                if (bf16) {
-                    const uint16_t *x = (const uint16_t *)inputs[i] + start;
-                    for (int64_t j = from; j < to; j++) {
-                        float v = bfloat16_value(x[j]) - b[j];
-                        di[j] = (int32_t)magnitude_bits(v) >= floor ? v : 0.0f;
-                    }
-                } else {
-                    const float *x = (const float *)inputs[i] + start;
-                    for (int64_t j = from; j < to; j++) {
-                        float v = x[j] - b[j];
-                        di[j] = (int32_t)magnitude_bits(v) >= floor ? v : 0.0f;
-                    }
-                }
-            }
+            for (int64_t j = 0; j < split; j++) di[j] = (int32_t)magnitude_bits(di[j]) >= t ? di[j] : 0.0f;
+            for (int64_t j = split; j < n; j++) di[j] = (int32_t)magnitude_bits(di[j]) >= floor ? di[j] : 0.0f;
             add_signs(sign, di, signed_c[i], n);
         }
         average_agreeing(sign, d, BLOCK, n_models, n, signed_c, absolute, active, b, lambda, normalize,
@@ -463,13 +463,7 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
         memset(sign, 0, sizeof sign);
         for (int64_t i = 0; i < n_models; i++) {
             float *di = d + i * BLOCK;
-            if (bf16) {
-                const uint16_t *x = (const uint16_t *)inputs[i] + start;
-                for (int64_t j = 0; j < n; j++) di[j] = bfloat16_value(x[j]) - b[j];
-            } else {
-                const float *x = (const float *)inputs[i] + start;
-                for (int64_t j = 0; j < n; j++) di[j] = x[j] - b[j];
-            }
+            task_vector(inputs[i], bf16, base, start, n, di);
             if (cuts[i] <= 32767) {
                 unsigned __int128 inc = ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1];
                 const int32_t cut = cuts[i];
