@@ -41,16 +41,26 @@ def write_zoo(root, dtype, n_models=5, steps=None, seed=0):
     return [TensorSource(d.name, d) for d in dirs[1:]], TensorSource("base", dirs[0])
 
 
-def ties(sources, base, params, monkeypatch, streamed):
+def merge_of(method, sources, base, params, monkeypatch, streamed):
+    """`method`'s merge of KEY, streamed (kernels.<method>_streamed) or from the stack."""
+    kernel = f"{method}_streamed"
     with monkeypatch.context() as patch:
         if not streamed:
             patch.setattr(methods, "_STREAMED_MIN", 1 << 62)
         calls = []
-        original = kernels.ties_streamed
-        patch.setattr(kernels, "ties_streamed", lambda *a, **k: calls.append(1) or original(*a, **k))
-        merged = dict(Merger(sources, "ties", base).tensors(params))[KEY]
+        original = getattr(kernels, kernel)
+        patch.setattr(kernels, kernel, lambda *a, **k: calls.append(1) or original(*a, **k))
+        result = dict(Merger(sources, method, base).tensors(params))[KEY]
     assert bool(calls) == streamed  # the path asked for is the path taken
-    return merged
+    return result
+
+
+def ties(sources, base, params, monkeypatch, streamed):
+    return merge_of("ties", sources, base, params, monkeypatch, streamed)
+
+
+def dare_ties(sources, base, params, monkeypatch, streamed):
+    return merge_of("dare_ties", sources, base, params, monkeypatch, streamed)
 
 
 CASES = [
@@ -129,18 +139,6 @@ def test_a_nan_in_a_streamed_input_is_named(tmp_path):
     save_file({KEY: bad}, str(sources[1].directory / "model.safetensors"))
     with pytest.raises(MergeError, match="model 'm2'.*holds NaN or inf"):
         dict(Merger([TensorSource(s.name, s.directory) for s in sources], "ties", base).tensors({}))
-
-
-def dare_ties(sources, base, params, monkeypatch, streamed):
-    with monkeypatch.context() as patch:
-        if not streamed:
-            patch.setattr(methods, "_STREAMED_MIN", 1 << 62)
-        calls = []
-        original = kernels.dare_ties_streamed
-        patch.setattr(kernels, "dare_ties_streamed", lambda *a, **k: calls.append(1) or original(*a, **k))
-        merged = dict(Merger(sources, "dare_ties", base).tensors(params))[KEY]
-    assert bool(calls) == streamed
-    return merged
 
 
 @pytest.mark.parametrize("dtype, params", [
