@@ -34,13 +34,13 @@ def _compose(overrides, tmp_path):
         return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
 
 
-# computed when zoo v5 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
-# keys unchanged by the replicates; v3, v4 and v5 are other zoos: v3 new recipes' data, v4 built
-# reproducibly, v5 its fine-tunes trained longer, so new keys)
+# computed when zoo v6 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
+# keys unchanged by the replicates; v3 to v6 are other zoos: v3 new recipes' data, v4 built
+# reproducibly, v5 its fine-tunes trained longer, v6 three experts' recipes, so new keys)
 @pytest.mark.parametrize("name, size, key", [
-    ("base", "micro", "mini-v5/micro/base-b2ffd287"), ("base", "mini", "mini-v5/mini/base-25591041"),
-    ("chat_a", "micro", "mini-v5/micro/chat_a-a7f02121"), ("math_altinit", "mini", "mini-v5/mini/math_altinit-63a1815b"),
-    ("foreign_chat", "micro", "mini-v5/micro/foreign_chat-f1eac71e"),
+    ("base", "micro", "mini-v6/micro/base-b3c0aa41"), ("base", "mini", "mini-v6/mini/base-bbfdaaae"),
+    ("chat_a", "micro", "mini-v6/micro/chat_a-6b2ca848"), ("math_altinit", "mini", "mini-v6/mini/math_altinit-043dc9e4"),
+    ("foreign_chat", "micro", "mini-v6/micro/foreign_chat-78ea1af4"),
 ])
 def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
