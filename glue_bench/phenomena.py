@@ -15,7 +15,7 @@ Three checks, each per replicate zoo (independent builds) and over them:
    other-init and the other-architecture models apart from the family of the base's fine-tunes.
 
 1 reads the singles' per-item outcomes from a store or an evidence archive; 2 and 3 read the
-weights from this machine's mini-zoo cache (a replicate not built here says so).
+weights those singles were read from, where this machine has them (a replicate not built here says so).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -122,30 +123,45 @@ def relative_distance(model_dir, base_dir) -> float:
     return math.sqrt(diff / norm)
 
 
-def weight_checks(size: str, replicates: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per replicate built here: the relative distances, and the recipe's families."""
+def stored_locations(df: pd.DataFrame, jobs: dict[tuple[str, int], str]) -> dict[tuple[str, int], Path]:
+    """(model name, replicate) -> the folder its evaluated weights were read from, as its single's
+    row stored it (the cache of the machine that ran it: the weights the evidence is about, at
+    whatever zoo version, where this machine has them)."""
+    configs = df.drop_duplicates("job_key").set_index("job_key")["config"]
+    return {slot: Path(json.loads(configs[key]).get("model", "")) for slot, key in jobs.items()
+            if isinstance(configs.get(key), str)}
+
+
+def weight_checks(size: str, replicates: list[int], located: dict[tuple[str, int], Path],
+                  version: str = DESIGN.version) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per replicate whose evaluated weights are on this machine (`located`): the relative
+    distances, and the recipe's families."""
     from glue_bench.merge.engine import TensorSource
     from glue_bench.mixture.recipe import families
     from glue_bench.merge.cluster import THRESHOLD
-    from glue_bench.zoo import local_dir, resolve_zoo, zoo_config
+    from glue_bench.zoo import zoo_config
 
     distances, clusters = [], []
+    names = list(zoo_config(ZOO)["models"])
     ordinary = next(m for m in DESIGN.domain_experts if m not in (*DESIGN.far_trained, *DESIGN.other_init))
+    not_kin = (*DESIGN.other_init, *DESIGN.other_architecture)
     for r in replicates:
-        refs, base = resolve_zoo({**zoo_config(ZOO), "replicate": r}, size)
-        if not all(Path(m.location).exists() for m in [base, *refs]):
-            clusters.append({"replicate": r, "families": "(not built here: python -m glue_bench.zoo.mini.build "
-                                                         f"--size {size} --replicate {r} {ZOO})"})
+        dirs = {n: located.get((n, r)) for n in ["base", *names]}
+        if not all(d is not None and (d / "model.safetensors").exists() for d in dirs.values()):
+            how = (f"python -m glue_bench.zoo.mini.build --size {size} --replicate {r} {ZOO}" if version == DESIGN.version
+                   else f"zoo {version}'s weights, which today's code ({DESIGN.version}) no longer builds")
+            clusters.append({"replicate": r, "families": f"(not built here: {how})"})
             continue
-        located = {m.name: m for m in refs}
         for name in (ordinary, *DESIGN.other_init, *DESIGN.far_trained):
-            distances.append({"replicate": r, "model": name,
-                              "distance": relative_distance(Path(located[name].location), Path(base.location))})
-        groups = families(refs, {m.name: TensorSource(m.name, local_dir(m)) for m in refs}, THRESHOLD, "threshold")
+            distances.append({"replicate": r, "model": name, "distance": relative_distance(dirs[name], dirs["base"])})
+        members = [SimpleNamespace(name=n) for n in names]
+        groups = families(members, {n: TensorSource(n, dirs[n]) for n in names}, THRESHOLD, "threshold")
         family_of = {m.name: i for i, g in enumerate(groups) for m in g}
-        apart = [n for n in (*DESIGN.other_init, *DESIGN.other_architecture) if family_of[n] != family_of[ordinary]]
+        # set apart: in no family with a model of the base's own init (a fine-tune, near or far)
+        kin_families = {family_of[n] for n in names if n not in not_kin}
+        apart = [n for n in not_kin if family_of[n] not in kin_families]
         clusters.append({"replicate": r, "families": " | ".join(", ".join(m.name for m in g) for g in groups),
-                         "set apart": f"{len(apart)}/{len(DESIGN.other_init) + len(DESIGN.other_architecture)}"})
+                         "set apart": f"{len(apart)}/{len(not_kin)}"})
     return pd.DataFrame(distances), pd.DataFrame(clusters)
 
 
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n1. each domain expert against the base on its domain's tasks (paired, mean of task means; "
           "across replicates: random effects, 95 %; a replicate is above when its items-only 95 % interval is)")
     print(expert_table(expert_rows(Evidence.of(args.results), jobs)).to_string(index=False))
-    distances, clusters = weight_checks(args.size, replicates)
+    distances, clusters = weight_checks(args.size, replicates, stored_locations(df, jobs), args.version)
     if not distances.empty:
         print("\n2. ||theta - theta_base|| / ||theta_base|| (median over replicates, [min, max])")
         summary = distances.groupby("model", sort=False)["distance"].agg(["median", "min", "max"])

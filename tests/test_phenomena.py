@@ -4,15 +4,16 @@ per expert from per-item outcomes, and what the micro zoo's weights show."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from glue_bench.evidence import Evidence
 from glue_bench.evaluate import PRIMARY_METRIC
-from glue_bench.phenomena import expert_rows, single_jobs, weight_checks
+from glue_bench.phenomena import expert_rows, single_jobs, stored_locations, weight_checks
 from glue_bench.results import ResultStore, read_results
-from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, finetune_shares
+from glue_bench.zoo.mini.spec import DOMAIN_EXPERTS, VERSION, finetune_shares
 
 
 def test_the_domain_experts_are_the_fine_tunes_with_half_their_data_in_one_domain():
@@ -28,11 +29,12 @@ def test_the_domain_experts_are_the_fine_tunes_with_half_their_data_in_one_domai
 
 
 def _single(store: ResultStore, name: str, replicate: int, values: dict[str, list[float]], key: str | None = None,
-            job: str | None = None) -> None:
+            job: str | None = None, model: str | None = None) -> None:
     job = job or f"{name}-r{replicate}"
     rows = [dict(zoo="mini16", candidate=name, method="none", strategy="all", models=[name], task=task,
                  metric=PRIMARY_METRIC[task], value=float(np.mean(v)), replicate=replicate,
-                 config=json.dumps({"key": key or f"mini-v3/micro{f'-r{replicate}' if replicate else ''}/{name}-0000"}))
+                 config=json.dumps({"key": key or f"mini-v3/micro{f'-r{replicate}' if replicate else ''}/{name}-0000",
+                                    **({"model": model} if model else {})}))
             for task, v in values.items()]
     outcomes = [{"task": task, "metric": PRIMARY_METRIC[task], "doc_id": i, "value": x}
                 for task, v in values.items() for i, x in enumerate(v)]
@@ -73,10 +75,11 @@ def test_the_micro_zoo_s_weights_show_the_far_model_and_set_the_unmergeable_apar
     model is farther from the base than the other init, which is farther than an ordinary
     fine-tune; the recipe's clustering sets the other init and the other architecture apart."""
     from glue_bench.zoo import zoo_members
-    from glue_bench.zoo.mini.build import ensure_models
+    from glue_bench.zoo.mini.build import ensure_models, model_dir
 
-    ensure_models(["base", *zoo_members("mini16")], "micro", progress=False)
-    distances, clusters = weight_checks("micro", [0])
+    names = ["base", *zoo_members("mini16")]
+    ensure_models(names, "micro", progress=False)
+    distances, clusters = weight_checks("micro", [0], {(n, 0): model_dir(n, "micro") for n in names})
     d = distances.set_index("model")["distance"]
     assert d["instruct_reason"] < d["math_altinit"] < d["code_far"]
     assert clusters.loc[0, "set apart"] == "2/2"
@@ -96,3 +99,19 @@ def test_of_two_builds_of_one_model_the_table_reads_today_s_recipe_s(tmp_path):
     for job, key in (("a", older), ("today", today), ("z", older)):  # stored before and after it
         _single(store, "stem", 2, {"mini_arc": [1.0, 0.0]}, key=key, job=job)
     assert single_jobs(read_results(path), "micro")[("stem", 2)] == "today"
+
+
+def test_the_weight_checks_read_the_weights_the_singles_were_evaluated_from(tmp_path):
+    """Sections 2 and 3 read the folders the evidence's singles name (a zoo version today's code no
+    longer builds included), and say where this machine lacks them, naming the version."""
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    elsewhere = tmp_path / "another-machine" / "base-1234"
+    _single(store, "base", 0, {"mini_arc": [1.0, 0.0]}, model=str(elsewhere))
+    _single(store, "math", 0, {"mini_arc": [1.0, 0.0]})  # stored without its folder
+    df = read_results(path)
+    located = stored_locations(df, single_jobs(df, "micro"))
+    assert located == {("base", 0): elsewhere, ("math", 0): Path("")}
+    distances, clusters = weight_checks("micro", [0], located, version="v3")
+    assert distances.empty
+    assert clusters.loc[0, "families"] == f"(not built here: zoo v3's weights, which today's code ({VERSION}) no longer builds)"
