@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from glue_bench.merge import METHODS, MergeError, get_method
 from glue_bench.merge import methods as _registers_the_methods  # noqa: F401
 from glue_bench.merge.engine import Merger, TensorSource, check_compatible, merge_models
+from glue_bench.merge.params import validate_params as _validate_params
 
 MODELS = ("chat_a", "chat_b")
 
@@ -195,3 +197,31 @@ def test_methods_that_write_into_the_model_s_tensors_give_the_same_merge(dirs, m
         assert torch.equal(merged, fresh[key]), key
     model = merger.to_model(params)  # the same through the model's own parameters
     assert all(torch.equal(p, fresh[k]) for k, p in model.named_parameters())
+
+
+def test_checked_parameters_are_taken_as_checked_only_by_their_method_and_number_of_models():
+    linear = get_method("linear")
+    checked = linear.validate({"weights": 2.0}, 3)
+    assert dict(checked) == {"weights": [2.0, 2.0, 2.0], "normalize": True}
+    assert linear.validate(checked, 3) is checked
+    with pytest.raises(MergeError, match=r"linear.weights: 3 values given for 4 models"):
+        linear.validate(checked, 4)  # another number of models: checked again
+    with pytest.raises(MergeError, match=r"slerp: unknown parameter\(s\) normalize, weights"):
+        get_method("slerp").validate(checked, 2)  # another method's: checked again
+    with pytest.raises(MergeError, match=r"linear.weights\[1\]"):
+        linear.validate({**checked, "weights": [2.0, "x", 2.0]}, 3)  # a plain dict, however it was made
+
+
+def test_a_merge_job_looks_its_method_up_and_checks_its_parameters_once(micro_cache, tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from glue_bench.merge import registry
+    from glue_bench.run import run_job
+
+    calls = []
+    monkeypatch.setattr(registry, "validate_params", lambda *a: calls.append(a[0]) or _validate_params(*a))
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["zoo=mini2", "mini_size=micro", "method=ties", "method.params.density=0.5",
+                                           "eval.tasks=[mini_arc]", "eval.limit=4", f"results_path={tmp_path}/r.sqlite"])
+    assert run_job(cfg)["status"] == "done"
+    assert calls == ["ties"]

@@ -25,12 +25,14 @@ class Merge(Kind):
         return cfg.method.name == "none"  # method=none: the zoo's single models only
 
     def check(self, job: Job) -> None:
+        """The method looked up and its parameters checked once, before any model is read: `build`
+        merges with them as checked."""
         from glue_bench.merge import get_method
 
         if not self.nothing_to_build(job.cfg):
-            method = get_method(job.method)
-            method.validate_early(job.method_params, len(job.members))  # before any model is read
-            if method.needs:
+            self.method = get_method(job.method)
+            self.params = self.method.validate_early(job.method_params, len(job.members))
+            if self.method.needs:
                 from glue_bench.merge.statistics import check_calibration
 
                 check_calibration(job.members, _calibration(job), job.method)
@@ -48,11 +50,11 @@ class Merge(Kind):
         log(f"merging {', '.join(names)} with {job.method}")
         sources = [TensorSource(m.name, local_dir(m)) for m in job.members]
         start = time.perf_counter()
-        statistics = _statistics(job)
+        statistics = _statistics(job, self.method.needs)
         statistics_s = time.perf_counter() - start  # part of the build: a data-dependent merge's own cost
-        merger = Merger(sources, job.method, TensorSource(job.base.name, local_dir(job.base)),
+        merger = Merger(sources, self.method, TensorSource(job.base.name, local_dir(job.base)),
                         device=job.eval_cfg.device, statistics=statistics)
-        model = merger.to_model(job.method_params)
+        model = merger.to_model(self.params)
         load_s = merger.timings["load_s"]  # the output model's allocation; reading the inputs is part of the merge
         build_s = time.perf_counter() - start - load_s
         # the tokenizer goes with the model whose architecture the merge took (the largest vocabulary)
@@ -69,13 +71,11 @@ def _calibration(job: Job):
     return Calibration.from_settings(job.section("method").get("calibration"))
 
 
-def _statistics(job: Job) -> dict:
-    """The statistics a data-dependent method takes (fisher, regmean), from the cache or computed
-    model by model; none for the others."""
-    from glue_bench.merge import get_method
+def _statistics(job: Job, needs: tuple[str, ...]) -> dict:
+    """The statistics a data-dependent method takes (`needs`: fisher, regmean), from the cache or
+    computed model by model; none for the others."""
     from glue_bench.merge.statistics import ensure_statistics
 
-    needs = get_method(job.method).needs
     if not needs:
         return {}
     log(f"statistics ({', '.join(needs)}) of {len(job.members)} models on their calibration data")

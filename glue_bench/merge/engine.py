@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from glue_bench.merge import MergeError, get_method, kernels
+from glue_bench.merge import MergeError, MergeMethod, get_method, kernels
 from glue_bench.merge.params import resolve
 from glue_bench.zoo.files import atomic_dir, is_finite, read_header, weight_files
 
@@ -274,13 +274,13 @@ def _pcg64_state(seed: int, key: str, model_index: int) -> dict:
 class Merger:
     """Merge `sources` (and `base`, for methods that use it) with one registered method."""
 
-    def __init__(self, sources: list[TensorSource], method_name: str, base: TensorSource | None = None,
+    def __init__(self, sources: list[TensorSource], method: str | MergeMethod, base: TensorSource | None = None,
                  *, device: str | torch.device = "cpu", cache: bool = False,
                  cache_budget_bytes: int | None = None, progress: bool = False,
                  statistics: dict[str, list[TensorSource]] | None = None):
         if not sources:
             raise MergeError("no models to merge")
-        self.method = get_method(method_name)
+        self.method = method if isinstance(method, MergeMethod) else get_method(method)
         self.sources, self.base = sources, base
         self.statistics = _needed_statistics(self.method, sources, statistics or {})
         self.device = torch.device(device)

@@ -11,6 +11,16 @@ import torch
 from glue_bench.merge.params import MergeError, Param, resolve, validate_params
 
 
+class CheckedParams(dict):
+    """A method's parameters as `MergeMethod.validate` returned them (every one, defaults filled in),
+    for that method and number of models: validating them again returns them as they are, so that a
+    job checks its parameters once, before any model is read, and the engine takes them as checked."""
+
+    def __init__(self, values: dict, method: str, n_models: int):
+        super().__init__(values)
+        self.checked_for = (method, n_models)
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
@@ -27,13 +37,15 @@ class MergeMethod:
     needs: tuple[str, ...] = ()  # statistics of the models it takes, by name (see statistics.py)
     doc: str = ""
 
-    def validate(self, params: dict, n_models: int) -> dict:
+    def validate(self, params: dict, n_models: int) -> CheckedParams:
         """Check the parameters and the number of models; defaults filled in."""
+        if isinstance(params, CheckedParams) and params.checked_for == (self.name, n_models):
+            return params
         if n_models < self.min_models:
             raise MergeError(f"{self.name}: needs at least {self.min_models} model(s), got {n_models}")
         if self.max_models is not None and n_models > self.max_models:
             raise MergeError(f"{self.name}: takes at most {self.max_models} model(s), got {n_models}")
-        return validate_params(self.name, self.params, dict(params or {}), n_models)
+        return CheckedParams(validate_params(self.name, self.params, dict(params or {}), n_models), self.name, n_models)
 
     def check_at(self, checked: dict, depths) -> None:
         """The cross-parameter checks on the values resolved at each depth position in [0, 1]."""
@@ -45,7 +57,7 @@ class MergeMethod:
             except MergeError as err:
                 raise MergeError(f"{self.name}: {err}") from None
 
-    def validate_early(self, params: dict, n_models: int) -> dict:
+    def validate_early(self, params: dict, n_models: int) -> CheckedParams:
         """`validate`, and the cross-parameter checks before the models are read: at depth 0, 1 and
         every anchor of a depth list. Values between anchors are interpolated, so these bound them."""
         checked = self.validate(params, n_models)
