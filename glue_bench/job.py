@@ -104,7 +104,7 @@ class Job:
     def sub_key(self, what: dict, items: ItemSet | None = None) -> str:
         """The key of another job this one stores (a single model, the merge of all candidates...):
         `what` identifies it; the eval settings and the item set complete it."""
-        return job_key({**what, "eval": eval_payload(self.cfg), **({"items": items.key} if items else {})})
+        return job_key({**what, "eval": self.payload["eval"], **({"items": items.key} if items else {})})
 
     def evaluate_singles(self, items: ItemSet | None = None) -> None:
         """The base's and each single model's scores, each once per eval settings and item set."""
