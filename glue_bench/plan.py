@@ -192,10 +192,21 @@ def seconds(plans: list[PresetPlan], size: str) -> tuple[dict[str, float], set[s
     return out, unmeasured
 
 
-def print_plan(lanes: list[list[PresetPlan]], size: str) -> float:
-    """The plan as a table, lane after lane (the presets run side by side with `reproduce --lanes`);
-    returns the estimated wall time in seconds: the longest lane's."""
-    plans = [p for lane in lanes for p in lane]
+def lane_schedule(minutes: list[float], lanes: int) -> list[list[int]]:
+    """Which lane runs each of the queue's sweeps (by index) when `lanes` run side by side, each
+    taking the next when its last ends: list scheduling, as `reproduce` runs them."""
+    ends, taken = [0.0] * lanes, [[] for _ in range(lanes)]
+    for i, m in enumerate(minutes):
+        free = min(range(lanes), key=lambda lane: ends[lane])  # the first free; the first lane on a tie
+        ends[free] += m
+        taken[free].append(i)
+    return taken
+
+
+def print_plan(plans: list[PresetPlan], size: str, lanes: int = 1) -> float:
+    """The plan as a table, in the queue's order (`reproduce --lanes 2` runs two at a time, each lane
+    taking the next when its last ends); returns the estimated wall time in seconds: the sum for one
+    lane, the last lane's end for two."""
     # each plan on its own: --quick runs a preset in two sweeps, two plans of one name
     priced = {id(p): seconds([p], size) for p in plans}
     unmeasured = set().union(*(u for _, u in priced.values()))
@@ -210,11 +221,17 @@ def print_plan(lanes: list[list[PresetPlan]], size: str) -> float:
     total = sum(minutes(p) for p in plans) * 60
     print(f"{'total':<22}{sum(p.jobs for p in plans):>6}{sum(len(p.evaluations) for p in plans):>13}"
           f"{sum(p.items() for p in plans):>10}{'':>8}{total / 60:>9.1f}")
-    if len(lanes) > 1:
-        walls = [sum(minutes(p) for p in lane) * 60 for lane in lanes]
-        print(f"lanes side by side: {' | '.join(f'{w / 60:.1f} min' for w in walls)}; wall time {max(walls) / 60:.1f} min, "
-              "from costs measured one job at a time (two jobs at once on shared cores and memory run slower)")
-        total = max(walls)
+    if lanes > 1:  # the zoos' builds first, on every core (the other lane's jobs need them too: they wait)
+        built = sum(b or 0.0 for p in plans for b in p.builds.values()) / 60
+        work = [minutes(p) - sum(b or 0.0 for b in p.builds.values()) / 60 for p in plans]
+        taken = lane_schedule(work, lanes)
+        walls = [sum(work[i] for i in lane) for lane in taken]
+        print((f"the zoo's build first ({built:.1f} min on every core), then " if built else "")
+              + f"{lanes} lanes, each taking the next sweep when its last ends: "
+              + " | ".join(f"{', '.join(plans[i].preset for i in lane)}: {w:.1f} min" for lane, w in zip(taken, walls))
+              + f"; wall time {built + max(walls):.1f} min, from costs measured one job at a time (two jobs at once "
+              "on shared cores and memory run slower)")
+        total = (built + max(walls)) * 60
     unbuilt = sorted({r for p in plans for r, b in p.builds.items() if b is None})
     if unbuilt:
         print(f"not counted: building {', '.join(unbuilt)} (no build of this size was timed here)")

@@ -22,10 +22,12 @@ ETA from the jobs' pace so far), and keeps each preset's measured time beside th
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,19 +69,24 @@ QUICK = {
 _TWO_LAYERS = {"mixture_hybrid": ["mixture.dense_layers=0,1"]}
 SIZE_OVERRIDES = {"micro": _TWO_LAYERS, "micro_full": _TWO_LAYERS}
 
-# The presets whose work overlaps (CMA-ES on mini8 with linear is in three; the four share a zoo's
-# final-item singles and merge of all) run in one lane, so that two lanes never do the same work at
-# once; the others in the second lane. Lanes share only the zoo's build (under a lock) and the
-# whole-split singles of the models both lanes' zoos hold (a job that finds one stored skips it).
+# The presets whose work overlaps: CMA-ES on mini8 with linear is in three, and the four share a
+# zoo's final-item singles and merge of all. With two lanes, each lane takes the next sweep when its
+# last ends (`queue_of`): the first search preset first (the longest), the presets that share no work
+# next, the other search presets last, so that by the time a lane reaches them the first has done
+# most of what they share. A job two lanes reach at once is computed by both and stored once (the
+# first to end; a job's scores do not depend on its lane). Lanes also share the zoo's build (under a
+# lock) and the whole-split singles (a job that finds one stored skips it).
 SEARCH_PRESETS = ("strategies", "method_evolution", "heuristic_evolution", "recipe")
 
 
-def lanes_of(sweeps: list[tuple[str, list[str]]], lanes: int) -> list[list[tuple[str, list[str]]]]:
-    """The sweeps split into `lanes` (1 or 2) lists run side by side, each in the presets' order."""
-    if lanes == 1:
-        return [sweeps]
-    split = [[s for s in sweeps if s[0] in SEARCH_PRESETS], [s for s in sweeps if s[0] not in SEARCH_PRESETS]]
-    return [lane for lane in split if lane]
+def queue_of(sweeps: list[tuple[str, list[str]]], lanes: int) -> list[tuple[str, list[str]]]:
+    """The order the lanes take the sweeps in: the presets' order for one lane; for two, the first
+    search preset's sweeps, then the other presets', then the other search presets'."""
+    searches = [s for s in sweeps if s[0] in SEARCH_PRESETS]
+    if lanes == 1 or not searches:
+        return sweeps
+    first = [s for s in searches if s[0] == searches[0][0]]
+    return first + [s for s in sweeps if s[0] not in SEARCH_PRESETS] + [s for s in searches if s[0] != searches[0][0]]
 
 
 def lane_threads(lanes: int) -> int:
@@ -122,9 +129,26 @@ def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path
     record_preset(preset, overrides, elapsed)
 
 
-def _run_lane(sweeps: list[tuple[str, list[str]]], results: Path, hydra_dir: Path | None, bar: tqdm) -> None:
-    for preset, overrides in sweeps:
-        run_preset(preset, overrides, results, hydra_dir, bar)
+def _run_lanes(queue: list[tuple[str, list[str]]], lanes: int, results: Path, hydra_dir: Path | None, bar: tqdm) -> None:
+    """`lanes` sweeps at a time: each lane takes the queue's next sweep when its last one ends; after a
+    failure no lane starts another, and the failure is raised once the running ones end."""
+    waiting, lock, failed = collections.deque(queue), threading.Lock(), threading.Event()
+
+    def lane() -> None:
+        while not failed.is_set():
+            with lock:
+                if not waiting:
+                    return
+                preset, overrides = waiting.popleft()
+            try:
+                run_preset(preset, overrides, results, hydra_dir, bar)
+            except BaseException:
+                failed.set()
+                raise
+
+    with ThreadPoolExecutor(lanes) as pool:
+        for done in [pool.submit(lane) for _ in range(lanes)]:
+            done.result()
 
 
 def run_notebook(results: Path, figures: Path) -> None:
@@ -157,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                              "on one machine: another machine's build of replicate K is another zoo, so add new ones")
     parser.add_argument("--lanes", type=int, choices=(1, 2),
                         help="sweeps run at a time (default: 1; with --quick, 2 where there are 2 cores or more); 2: "
-                             "the search presets beside the others, each job on its lane's share of the cores")
+                             "each lane takes the next sweep when its last ends, each job on its lane's share of the cores")
     parser.add_argument("--plan", action="store_true",
                         help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
     args = parser.parse_args(argv)
@@ -174,20 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     size = os.environ.get("GLUE_BENCH_MINI_SIZE", "mini")
     sweeps = [(preset, overrides + (QUICK_EVAL if args.quick else []) + replicates + threads) for preset in args.presets
               for overrides in (QUICK.get(preset, [[]]) if args.quick else [SIZE_OVERRIDES.get(size, {}).get(preset, [])])]
-    lanes = lanes_of(sweeps, args.lanes)
+    queue = queue_of(sweeps, args.lanes)
     from glue_bench.plan import plan, print_plan
 
     print(f"plan: mini size {size}, replicate(s) {chosen.start}..{chosen.stop - 1}, store {results}")
     seen: set = set()  # a job or evaluation two presets share is run (and counted) once
-    plans = [[p for preset, overrides in lane for p in plan([preset], overrides, results, seen)] for lane in lanes]
-    planned = print_plan(plans, size)
+    plans = [p for preset, overrides in queue for p in plan([preset], overrides, results, seen)]
+    planned = print_plan(plans, size, args.lanes)
     if args.plan:
         return
-    with tqdm(total=sum(p.swept for lane in plans for p in lane), desc=f"reproduce (planned {planned / 60:.0f} min)",
-              unit="job") as bar:
-        with ThreadPoolExecutor(len(lanes)) as pool:  # each lane's sweeps one after another, the lanes side by side
-            for done in [pool.submit(_run_lane, lane, results, args.hydra_dir, bar) for lane in lanes]:
-                done.result()
+    with tqdm(total=sum(p.swept for p in plans), desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
+        _run_lanes(queue, args.lanes, results, args.hydra_dir, bar)
 
     from glue_bench.tables import main as tables
 

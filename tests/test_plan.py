@@ -62,18 +62,32 @@ def test_minutes_are_items_times_the_measured_median_cost(tmp_path, monkeypatch)
     assert seconds([p], "micro")[0]["x"] == pytest.approx(10 * 0.06 + 2 * 1.0 + 30.0)
 
 
-def test_two_lanes_take_the_longer_lane_s_time_and_keep_the_search_presets_together(tmp_path, monkeypatch, capsys):
-    from glue_bench.reproduce import lanes_of
+def test_two_lanes_take_the_next_sweep_when_free_and_the_search_presets_after_the_first_go_last(tmp_path, monkeypatch,
+                                                                                                   capsys):
+    from glue_bench.reproduce import queue_of
 
-    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))  # no costs: only the builds count
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
     sweeps = [(name, []) for name in ("merge_methods", "strategies", "mixture_levels", "recipe")]
-    assert lanes_of(sweeps, 1) == [sweeps]
-    assert lanes_of(sweeps, 2) == [[("strategies", []), ("recipe", [])], [("merge_methods", []), ("mixture_levels", [])]]
-    lanes = [[PresetPlan("strategies", builds={"r": 600.0}), PresetPlan("recipe", builds={"r": 300.0})],
-             [PresetPlan("merge_methods", builds={"r": 120.0})]]
-    assert print_plan(lanes, "micro") == pytest.approx(900.0)        # the longer lane, not the 1,020 s sum
-    assert "wall time 15.0 min" in capsys.readouterr().out
-    assert print_plan([[p for lane in lanes for p in lane]], "micro") == pytest.approx(1020.0)  # one lane: the sum
+    assert queue_of(sweeps, 1) == sweeps
+    assert [name for name, _ in queue_of(sweeps, 2)] == ["strategies", "merge_methods", "mixture_levels", "recipe"]
+    quick = [("merge_methods", ["a"]), ("strategies", ["h"]), ("strategies", ["e"]), ("method_evolution", [])]
+    assert queue_of(quick, 2) == [("strategies", ["h"]), ("strategies", ["e"]), ("merge_methods", ["a"]),
+                                  ("method_evolution", [])]
+    (tmp_path / "costs.jsonl").write_text(json.dumps({"size": "micro", "kind": "merge", "per_item": {"mini_arc": 1.0}}))
+
+    def preset(name, seconds, build=0.0):  # `seconds` of evaluation at 1 s an item, and its build
+        return PresetPlan(name, 1, [Evaluation("merge", {"mini_arc": seconds})], {"micro r1": build} if build else {})
+
+    plans = [preset("strategies", 600, build=180), preset("merge_methods", 120), preset("mixture_levels", 200),
+             preset("recipe", 300)]
+    # by hand: the build first (180 s); then strategies on lane 1 until 600 s; lane 2 runs merge_methods
+    # (0-120), mixture_levels (120-320), then recipe (320-620), being free first: the wall is
+    # 180 + 620 = 800 s, not the 1,400 s sum
+    assert print_plan(plans, "micro", lanes=2) == pytest.approx(800.0)
+    shown = capsys.readouterr().out
+    assert ("the zoo's build first (3.0 min on every core), then 2 lanes, each taking the next sweep when its last "
+            "ends: strategies: 10.0 min | merge_methods, mixture_levels, recipe: 10.3 min; wall time 13.3 min") in shown
+    assert print_plan(plans, "micro") == pytest.approx(1400.0)  # one lane: the sum
 
 
 def test_a_request_call_s_time_is_shared_by_characters_and_the_rest_goes_to_the_code_tasks():

@@ -54,3 +54,25 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     for bad in (["--replicates", "0"], ["--first-replicate", "-1"]):
         with pytest.raises(SystemExit):
             reproduce.main(bad)
+
+
+def test_lanes_take_the_queue_in_order_and_start_nothing_after_a_failure(monkeypatch, tmp_path):
+    import time
+
+    from glue_bench import reproduce
+
+    started = []
+
+    def run_preset(preset, overrides, results, hydra_dir, bar=None):
+        started.append(preset)
+        if preset == "b":
+            raise SystemExit("reproduce: preset b failed")
+        time.sleep(0.3)  # a: still running when b fails
+
+    monkeypatch.setattr(reproduce, "run_preset", run_preset)
+    reproduce._run_lanes([(p, []) for p in "acd"], 2, tmp_path, None, None)
+    assert sorted(started) == ["a", "c", "d"] and started[:2] in (["a", "c"], ["c", "a"])
+    started.clear()
+    with pytest.raises(SystemExit, match="preset b failed"):
+        reproduce._run_lanes([(p, []) for p in "abcd"], 2, tmp_path, None, None)
+    assert started == ["a", "b"]  # a's lane, once a ends, finds the failure and takes no more
