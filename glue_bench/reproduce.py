@@ -5,7 +5,7 @@
     python -m glue_bench.reproduce --replicates 3      # every sweep on replicate zoos 0, 1, 2
     python -m glue_bench.reproduce --plan --replicates 5   # what that would cost here; runs nothing
     python -m glue_bench.reproduce --replicates 1 --first-replicate 5   # one more replicate zoo, built here
-    python -m glue_bench.reproduce --lanes 2           # two sweeps at a time, one per half of the cores
+    python -m glue_bench.reproduce --lanes 1           # one sweep at a time (default: two where there are two cores)
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
 (jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the first of them: replicates K..K+N-1 (default: %(default)s). A replicate is one build "
                              "on one machine: another machine's build of replicate K is another zoo, so add new ones")
     parser.add_argument("--lanes", type=int, choices=(1, 2),
-                        help="sweeps run at a time (default: 1; with --quick, 2 where there are 2 cores or more); 2: "
+                        help="sweeps run at a time (default: 2 where there are 2 cores or more, else 1); 2: "
                              "each lane takes the next sweep when its last ends, each job on its lane's share of the cores")
     parser.add_argument("--plan", action="store_true",
                         help="print each preset's jobs, evaluations, items and estimated minutes here; run nothing")
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.first_replicate < 0:
         parser.error(f"--first-replicate must be at least 0, got {args.first_replicate}")
     if args.lanes is None:
-        args.lanes = 2 if args.quick and usable_cores() >= 2 else 1
+        args.lanes = 2 if usable_cores() >= 2 else 1
     results = args.results.resolve()
     chosen = range(args.first_replicate, args.first_replicate + args.replicates)
     replicates = [f"zoo.replicate={','.join(map(str, chosen))}"] if list(chosen) != [0] else []

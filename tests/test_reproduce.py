@@ -41,16 +41,21 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir, bar=None: calls.append(
         (preset, overrides)))
     monkeypatch.setattr("glue_bench.tables.main", lambda argv: None)
-    reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures",
+    reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures", "--lanes", "1",
                     "--results", str(tmp_path / "s.sqlite")])
     assert calls == [("mixture_levels", ["zoo.replicate=0,1,2"]), ("recipe", ["zoo.replicate=0,1,2"])]
     calls.clear()
+    monkeypatch.setattr(reproduce, "usable_cores", lambda: 1)  # the default: one lane on one core, two on two or more
     reproduce.main(["--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
     assert calls == [("mixture_levels", [])]  # replicate 0 alone: the sweep as it always was
     for argv, swept in ((["--first-replicate", "5"], "5"), (["--replicates", "2", "--first-replicate", "5"], "5,6")):
         calls.clear()  # replicates added later, elsewhere: numbered after the ones that exist
         reproduce.main([*argv, "--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
         assert calls == [("mixture_levels", [f"zoo.replicate={swept}"])]
+    monkeypatch.setattr(reproduce, "usable_cores", lambda: 2)
+    calls.clear()
+    reproduce.main(["--presets", "mixture_levels", "--no-figures", "--results", str(tmp_path / "s.sqlite")])
+    assert calls == [("mixture_levels", ["eval.threads=1"])]  # two lanes, a core each less the sandbox's: 1
     for bad in (["--replicates", "0"], ["--first-replicate", "-1"]):
         with pytest.raises(SystemExit):
             reproduce.main(bad)
