@@ -128,8 +128,8 @@ def stored_locations(df: pd.DataFrame, jobs: dict[tuple[str, int], str]) -> dict
     row stored it (the cache of the machine that ran it: the weights the evidence is about, at
     whatever zoo version, where this machine has them)."""
     configs = df.drop_duplicates("job_key").set_index("job_key")["config"]
-    return {slot: Path(json.loads(configs[key]).get("model", "")) for slot, key in jobs.items()
-            if isinstance(configs.get(key), str)}
+    named = {slot: json.loads(configs[key]).get("model") for slot, key in jobs.items() if isinstance(configs.get(key), str)}
+    return {slot: Path(folder) for slot, folder in named.items() if folder}  # a row without its folder: not located
 
 
 def weight_checks(size: str, replicates: list[int], located: dict[tuple[str, int], Path],
