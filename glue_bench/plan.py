@@ -197,7 +197,8 @@ def lane_schedule(minutes: list[float], lanes: int) -> list[list[int]]:
     taking the next when its last ends: list scheduling, as `reproduce` runs them."""
     ends, taken = [0.0] * lanes, [[] for _ in range(lanes)]
     for i, m in enumerate(minutes):
-        free = min(range(lanes), key=lambda lane: ends[lane])  # the first free; the first lane on a tie
+        # the first free; on a tie the one that has taken fewer (at the start both lanes take one)
+        free = min(range(lanes), key=lambda lane: (ends[lane], len(taken[lane])))
         ends[free] += m
         taken[free].append(i)
     return taken

@@ -88,6 +88,9 @@ def test_two_lanes_take_the_next_sweep_when_free_and_the_search_presets_after_th
     assert ("the zoo's build first (3.0 min on every core), then 2 lanes, each taking the next sweep when its last "
             "ends: strategies: 10.0 min | merge_methods, mixture_levels, recipe: 10.3 min; wall time 13.3 min") in shown
     assert print_plan(plans, "micro") == pytest.approx(1400.0)  # one lane: the sum
+    from glue_bench.plan import lane_schedule
+
+    assert lane_schedule([0.0, 0.0, 0.0], 2) == [[0, 2], [1]]  # nothing priced yet: both lanes still start one
 
 
 def test_a_request_call_s_time_is_shared_by_characters_and_the_rest_goes_to_the_code_tasks():
