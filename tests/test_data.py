@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from glue_bench.evaluate.tasks import TASKS, TEST_ITEMS
 from glue_bench.zoo.mini import data
 
@@ -59,6 +61,18 @@ def test_gsm8k_answers_are_the_arithmetic_of_the_question():
         assert final == expected, item
         for a, op, b, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", item["answer"]):
             assert eval(f"{a}{op}{b}") == int(c)
+
+
+def test_validation_problems_are_fresh_and_read_as_training_documents():
+    pairs = data.validation_pairs("mini_gsm8k", SPLITS, n=50)
+    seen = {d["question"] for split in SPLITS["mini_gsm8k"].values() for d in split}
+    questions = [prompt.removeprefix("Question: ").removesuffix("\nAnswer:") for prompt, _ in pairs]
+    assert len(set(questions)) == 50 and not set(questions) & seen
+    assert pairs == data.validation_pairs("mini_gsm8k", data.build_splits(), n=50)
+    item = {"question": questions[0], "answer": pairs[0][1].removeprefix(" ")}
+    assert pairs[0][0] + pairs[0][1] == data.task_document("mini_gsm8k", item)
+    with pytest.raises(KeyError, match="mini_arc: no validation items"):
+        data.validation_pairs("mini_arc", SPLITS)
 
 
 def test_mmlu_answers_are_the_creature_facts():

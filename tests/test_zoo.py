@@ -1,6 +1,8 @@
 """The zoo configs, the cached atomic builds, determinism and loading errors."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,3 +141,58 @@ def test_a_local_or_gguf_directory_without_its_model_file_is_refused_in_one_line
     missing = ModelRef("gone", "gguf", str(tmp_path / "nope"), "q4.gguf", key="x")
     with pytest.raises(ZooError, match="model 'gone': directory .*nope does not exist"):
         ensure_available([missing])
+
+
+class _CharTokenizer:
+    """One token per character, after a BOS of 0."""
+
+    def __call__(self, text):
+        return {"input_ids": [0] + [ord(c) for c in text]}
+
+
+class _NextCharModel(torch.nn.Module):
+    """Always most likely next token: the current one plus 1 ("a" -> "b")."""
+
+    def forward(self, ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(ids + 1, 256).float())
+
+
+def test_answers_exact_counts_the_answers_predicted_token_by_token():
+    from glue_bench.zoo.mini.train import answers_exact
+
+    pairs = [("xa", "bcd"), ("a", "bce"), ("mn", "o"), ("k", "m")]  # the rule predicts the 1st and 3rd answers whole
+    assert answers_exact(_NextCharModel(), _CharTokenizer(), pairs) == 0.5
+
+
+def test_a_recipe_with_restarts_keeps_the_run_best_on_validation(micro_cache, tmp_path, monkeypatch):
+    """math trains `restarts` times from its parent, each with its own data order; the card lists
+    each run's validation score and the model saved is the best's (the earlier one on a tie):
+    checked by training that run's order again here."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from glue_bench.provenance import state_fingerprint
+    from glue_bench.training import PackedStream, train
+    from glue_bench.zoo.mini import build, train as mini_train
+    from glue_bench.zoo.mini.spec import RESTART_STRIDE, recipe
+
+    micro = micro_cache / f"mini-{VERSION}" / "micro"
+    monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
+    for part in ("tokenizer", f"models/{model_dir('base', 'micro').name}"):
+        shutil.copytree(micro / part, tmp_path / f"mini-{VERSION}" / "micro" / part)
+    scores = iter([0.2, 0.5, 0.5])
+    monkeypatch.setattr(mini_train, "answers_exact", lambda model, tok, pairs: next(scores))
+    math = replace(recipe("math"), steps=100)  # 10 steps at micro's step_scale
+    builder = build._Builder("micro")
+    builder.build(math)
+    card = json.loads((model_dir("math", "micro") / "glue_bench_recipe.json").read_text())
+    seeds = [math.seed + RESTART_STRIDE * k for k in range(3)]
+    assert [(r["seed"], r["validation_exact"]) for r in card["restarts"]] == list(zip(seeds, [0.2, 0.5, 0.5]))
+    assert card["kept_seed"] == seeds[1]
+    again = AutoModelForCausalLM.from_pretrained(model_dir("base", "micro"))
+    stream = PackedStream(builder.corpora, math.weights, builder.tokenizer(False), builder.cfg.seq_len, seed=seeds[1])
+    train(again, stream, 10, math.lr, builder.cfg.batch_size, seeds[1], desc="again")
+    assert card["weights"] == state_fingerprint(again)

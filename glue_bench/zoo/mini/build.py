@@ -33,10 +33,11 @@ from pathlib import Path
 
 from glue_bench.cores import usable_cores
 from glue_bench.cache import cache_root
-from glue_bench.evaluate.tasks import SPLITS_VERSION
+from glue_bench.evaluate.tasks import SPLITS_VERSION, TASK_DOMAIN
 from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import RECIPES, SIZES, VERSION, Recipe, fingerprint, finetune_shares, lineage, recipe, replicated
+from glue_bench.zoo.mini.spec import (DOMAIN_EXPERTS, RECIPES, RESTART_STRIDE, SIZES, VERSION, Recipe, fingerprint,
+                                      finetune_shares, lineage, recipe, replicated)
 from glue_bench.zoo.refs import ZooError, check_replicate
 
 
@@ -90,7 +91,8 @@ class _Builder:
 
     def __init__(self, size: str, replicate: int = 0):
         self.size, self.replicate, self.cfg, self.root = size, replicate, SIZES[size], size_dir(size, replicate)
-        self.corpora = _corpora_of(replicate)
+        self.splits = _splits(replicate)
+        self.corpora = data.domain_corpora(self.splits, replicated(data.SEED, replicate))
         self._tokenizers: dict[bool, object] = {}
 
     def tokenizer(self, foreign: bool):
@@ -114,27 +116,49 @@ class _Builder:
         with atomic_dir(path) as scratch:
             tok.save_pretrained(scratch)
 
+    def validation(self, name: str) -> list[tuple[str, str]]:
+        """The validation pairs `name`'s restarts are chosen by: fresh items of its domains' tasks."""
+        tasks = [t for t, d in TASK_DOMAIN.items() if d in DOMAIN_EXPERTS.get(name, ())]
+        if not tasks:
+            raise ZooError(f"mini-zoo recipe {name!r} has restarts but no benchmark domain to choose among them by")
+        try:
+            return [pair for t in tasks for pair in data.validation_pairs(t, self.splits, replicated(data.SEED, self.replicate))]
+        except KeyError as e:
+            raise ZooError(f"mini-zoo recipe {name!r} has restarts, but {e.args[0]}") from None
+
     def build(self, recipe: Recipe) -> None:
         from transformers import AutoModelForCausalLM
 
         from glue_bench.provenance import state_fingerprint
         from glue_bench.training import PackedStream, train
-        from glue_bench.zoo.mini.train import new_model, save_model
+        from glue_bench.zoo.mini.train import answers_exact, new_model, save_model
 
         tok = self.tokenizer(recipe.foreign)
-        if recipe.parent is None:
-            arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
-            model = new_model(arch, tok, seed=recipe.seed)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size, self.replicate))
         steps = max(10, round(recipe.steps * self.cfg.step_scale))
-        stream = PackedStream(self.corpora, recipe.weights, tok, self.cfg.seq_len, seed=recipe.seed)
         start = time.perf_counter()
-        losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, recipe.seed,
-                       desc=f"{self.size}/{recipe.name}")
+        best, tried = None, []
+        for k in range(recipe.restarts):
+            if recipe.parent is None:
+                arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
+                model = new_model(arch, tok, seed=recipe.seed)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size, self.replicate))
+            seed = recipe.seed + RESTART_STRIDE * k
+            stream = PackedStream(self.corpora, recipe.weights, tok, self.cfg.seq_len, seed=seed)
+            losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, seed,
+                           desc=f"{self.size}/{recipe.name}" + (f" ({k + 1}/{recipe.restarts})" if recipe.restarts > 1 else ""))
+            run = {"seed": seed, "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+            if recipe.restarts > 1:
+                run["validation_exact"] = answers_exact(model, tok, self.validation(recipe.name))
+            tried.append(run)
+            if best is None or run.get("validation_exact", 0) > best[1].get("validation_exact", 0):
+                best = (model, run)  # a tie keeps the earlier run
+        model, kept = best
         card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
                 "replicate": self.replicate, "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
-                "final_loss": sum(losses[-10:]) / len(losses[-10:]), "weights": state_fingerprint(model)}
+                "final_loss": kept["final_loss"], "weights": state_fingerprint(model)}
+        if recipe.restarts > 1:
+            card["restarts"], card["kept_seed"] = tried, kept["seed"]
         with atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
             save_model(model, tok, scratch)
             (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))

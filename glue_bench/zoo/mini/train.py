@@ -44,3 +44,20 @@ def new_model(arch: dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> Llam
 def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def answers_exact(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> float:
+    """The share of (prompt, answer) pairs whose every answer token is the model's most likely next
+    token, given the prompt and the answer's tokens before it (teacher-forced: one forward pass each)."""
+    hits = 0
+    model.eval()
+    with torch.no_grad():
+        for prompt, answer in pairs:
+            context, whole = tokenizer(prompt)["input_ids"], tokenizer(prompt + answer)["input_ids"]
+            if whole[:len(context)] != context or len(whole) == len(context):
+                raise ValueError(f"the answer {answer!r} does not tokenize apart from its prompt")
+            ids = torch.tensor([whole])
+            predicted = model(ids).logits[0, len(context) - 1:-1].argmax(-1)
+            hits += bool((predicted == ids[0, len(context):]).all())
+    return hits / len(pairs)
+
