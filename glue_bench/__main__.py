@@ -15,10 +15,12 @@ from glue_bench.errors import INTERRUPTED, USER_ERRORS, fail, one_line
 # absolute: a relative path would resolve against the package when `cli` is imported, not run
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
     from glue_bench.run import run_job
 
     try:
-        return run_job(cfg)
+        return run_job(cfg, preset=HydraConfig.get().runtime.choices.get("experiment"))
     except USER_ERRORS as exc:
         # bad input is reported as one line, not a traceback; nothing in the store was touched.
         # Caught here too, not only in `cli`: a launcher's worker process runs this function alone.

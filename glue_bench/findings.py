@@ -280,8 +280,8 @@ def findings(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     not_run = {finding: table for finding, table, _ in CHECKS}
     for replicate in study.replicates(df):
         rows = study.at_replicate(df, replicate)
-        for finding, _, check in CHECKS:
-            for claim in check(rows):
+        for finding, preset, check in CHECKS:
+            for claim in check(study.made_by(rows, preset)):
                 claims.setdefault((finding, claim.where), []).append(claim)
                 not_run.pop(finding, None)
     records = []
@@ -307,4 +307,4 @@ def verdict_counts(table: pd.DataFrame) -> pd.Series:
     return table["verdict"][table["verdict"] != "-"].value_counts()
 
 
-FINDINGS_TABLE = study.StudyTable("findings", findings, "every preset")
+FINDINGS_TABLE = study.StudyTable("findings", findings, "every preset", by_preset=False)  # each check its table's preset

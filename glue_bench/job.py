@@ -59,6 +59,7 @@ class Job:
     common: dict                  # what every row of the job carries: zoo, axes, provenance
     tasks_dir: Path | None = None  # rendered task YAMLs (`prepare`)
     replicate: int = 0            # which independent build of the mini zoo
+    preset: str | None = None     # the experiment preset running it: every job it stores or reuses is linked to it
 
     @classmethod
     def from_config(cls, cfg: DictConfig, unused: tuple[str, ...] = (), eval_cfg: EvalConfig | None = None) -> "Job":
@@ -114,7 +115,7 @@ class Job:
             # setting; the key says so only then, so that the keys of every other single hold
             key = self.sub_key({"single": ref.key, **({} if bos == self.eval_cfg.add_bos_token else
                                                       {"add_bos_token": bos})}, items)
-            if self.store.has_job(key):
+            if self.stored(key):
                 continue
             log(f"evaluating single model {ref.name}" + (f" on the {items.label}" if items else ""))
             start = time.perf_counter()
@@ -128,6 +129,14 @@ class Job:
                                   weights=weights_fingerprint(ref),
                                   config=json.dumps({"model": ref.location, "key": ref.key}))
 
+    def stored(self, key: str) -> bool:
+        """Whether job `key` is in the store already (then linked to this job's preset, which reuses it)."""
+        if not self.store.has_job(key):
+            return False
+        if self.preset:
+            self.store.link(key, self.preset)
+        return True
+
     def store_evaluation(self, key: str, rows: list[dict], stats: dict, items: ItemSet | None, *,
                          replace: bool = False, **fields) -> None:
         """One evaluation's rows (one per task and metric) and per-item outcomes, in one transaction:
@@ -135,7 +144,7 @@ class Job:
         set it was judged on, and `fields` (candidate, method, models, weights...), which win."""
         self.store.append_job(key, [{**self.common, **r, "items": items.label if items else None,
                                      "eval_s": stats["eval_s"], **fields} for r in rows],
-                              outcomes=stats["outcomes"], replace=replace)
+                              outcomes=stats["outcomes"], replace=replace, preset=self.preset)
 
     @property
     def output_dir(self) -> Path | None:

@@ -68,6 +68,12 @@ _ITEMS_SCHEMA = ("CREATE TABLE IF NOT EXISTS items (job_key TEXT NOT NULL, task 
                  "doc_id INTEGER NOT NULL, value REAL NOT NULL, PRIMARY KEY (job_key, task, metric, doc_id)) "
                  "WITHOUT ROWID")
 
+# Which experiment presets (conf/experiment/) made or reused each job, added later as items was: a
+# job two presets share (a single model, CMA-ES on mini8 with linear...) is linked to both, and the
+# study's tables select their jobs by it (glue_bench.study.made_by).
+_PRESETS_SCHEMA = ("CREATE TABLE IF NOT EXISTS presets (job_key TEXT NOT NULL, preset TEXT NOT NULL, "
+                   "PRIMARY KEY (job_key, preset)) WITHOUT ROWID")
+
 # Test hook, called with the row index after each insert inside the append transaction.
 _after_row_insert = None
 
@@ -160,7 +166,7 @@ class ResultStore:
         if empty and create:
             with self._transaction(create=True) as conn:  # re-check under the lock: racing creators
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                    for stmt in (*_SCHEMA, _ITEMS_SCHEMA):
+                    for stmt in (*_SCHEMA, _ITEMS_SCHEMA, _PRESETS_SCHEMA):
                         conn.execute(stmt)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._connect() as conn:
@@ -183,23 +189,28 @@ class ResultStore:
             have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
 
-        def no_items(conn) -> bool:
-            return not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
+        def lacks(conn, table: str) -> bool:
+            return not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
 
         with self._connect() as conn:  # a read first: opening an up-to-date store never writes
-            stamp_only = not missing(conn) and not no_items(conn)
-        if stamp_only and version == SCHEMA_VERSION:
+            stamp_only = not missing(conn) and not lacks(conn, "items")
+            unlinked = lacks(conn, "presets")
+        if stamp_only and version == SCHEMA_VERSION and not unlinked:
             return
-        if stamp_only:  # today's schema, from before the version was written: stamped where writable
-            with contextlib.suppress(ResultsError):
+        if stamp_only:  # today's rows, from before the version or the links were written: added where
+            with contextlib.suppress(ResultsError):  # writable (a read-only store reads without links)
                 with self._transaction() as conn:
+                    if lacks(conn, "presets"):
+                        conn.execute(_PRESETS_SCHEMA)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         with self._transaction() as conn:  # re-checked under the lock: racing openers
             for column in missing(conn):
                 conn.execute(f"ALTER TABLE results ADD COLUMN {column} {_sql_type(column)}")
-            if no_items(conn):
+            if lacks(conn, "items"):
                 conn.execute(_ITEMS_SCHEMA)
+            if lacks(conn, "presets"):
+                conn.execute(_PRESETS_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _clean(self, job_key: str, i: int, row: dict) -> tuple:
@@ -250,6 +261,20 @@ class ResultStore:
         with self._connect() as conn:
             return conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone() is not None
 
+    def link(self, job_key: str, preset: str) -> None:
+        """Record that experiment preset `preset` reused the stored job `job_key` (a job not stored is
+        not linked: what a preset made is linked when it is appended)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO presets SELECT job_key, ? FROM jobs WHERE job_key = ?", (preset, job_key))
+
+    def presets(self) -> dict[str, str]:
+        """Each linked job's presets, sorted and comma-joined."""
+        with self._connect() as conn:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'presets'").fetchone():
+                return {}  # a read-only store from before the links
+            return {key: ",".join(sorted(names.split("\x1f"))) for key, names in
+                    conn.execute("SELECT job_key, group_concat(preset, char(31)) FROM presets GROUP BY job_key")}
+
     def job_keys(self) -> set[str]:
         with self._connect() as conn:
             return {r[0] for r in conn.execute("SELECT job_key FROM jobs")}
@@ -283,6 +308,8 @@ class ResultStore:
                                      "ORDER BY r.rowid", conn)
             outcomes = pd.read_sql_query("SELECT job_key, task, metric, doc_id, value FROM items "
                                          f"WHERE job_key NOT IN ({searched})", conn)
+        if links := self.presets():
+            rows["presets"] = rows["job_key"].map(links)
         try:
             write_archive(rows, outcomes, path)
         except ArchiveError as e:
@@ -312,19 +339,27 @@ class ResultStore:
                              [(k, t, m, int(d), float(v)) for k, t, m, d, v in outcomes.itertuples(index=False)])
             conn.executemany("INSERT INTO jobs VALUES (?, ?)",
                              rows[["job_key", "finished_at"]].drop_duplicates("job_key").itertuples(index=False))
+            if "presets" in rows:
+                linked = rows[["job_key", "presets"]].drop_duplicates("job_key").dropna()
+                conn.executemany("INSERT INTO presets VALUES (?, ?)",
+                                 [(key, name) for key, names in linked.itertuples(index=False) for name in names.split(",")])
         return store
 
-    def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = (), *, replace: bool = False) -> bool:
+    def append_job(self, job_key: str, rows: list[dict], outcomes: list[dict] = (), *, replace: bool = False,
+                   preset: str | None = None) -> bool:
         """Insert all rows of one job, and its per-item outcomes ({task, metric, doc_id, value}),
         atomically and mark it done; False if it already was. `replace`: a job already stored is
         replaced in the same transaction (force=true), so a kill or a lock at any moment leaves
-        either the old job or the new one, never neither."""
+        either the old job or the new one, never neither. `preset`: the experiment preset that
+        made it, linked in the same transaction (also when another process stored it first)."""
         values = [self._clean(job_key, i, r) for i, r in enumerate(rows)]  # validate before writing
         outcomes = [self._clean_outcome(job_key, i, outcome) for i, outcome in enumerate(outcomes)]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         columns = ("job_key", *ROW_COLUMNS, "created_at")
         sql = f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._transaction() as conn:
+            if preset is not None:
+                conn.execute("INSERT OR IGNORE INTO presets VALUES (?, ?)", (job_key, preset))
             if conn.execute("SELECT 1 FROM jobs WHERE job_key = ?", (job_key,)).fetchone():
                 if not replace:
                     return False
@@ -361,6 +396,8 @@ class ResultStore:
         df = df.astype({c: "float64" for c in _NUMERIC})  # all-NULL columns come back as object
         df["replicate"] = df["replicate"].fillna(0).astype("int64")  # rows from before replicates: the one there was
         df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+        if links := self.presets():  # a store without links (written before they were kept) has no column
+            df["presets"] = df["job_key"].map(links)
         return df
 
 

@@ -20,11 +20,13 @@ from glue_bench.kinds import AlsoJudged, Candidate, Kind, kind_for
 from glue_bench.validate import check_config
 
 
-def run_job(cfg: DictConfig) -> dict:
-    """Run one job; returns a summary {"job_key", "status", ...}."""
+def run_job(cfg: DictConfig, preset: str | None = None) -> dict:
+    """Run one job; returns a summary {"job_key", "status", ...}. `preset`: the experiment preset
+    running it (conf/experiment/), linked to every job it stores or finds stored."""
     eval_cfg = check_config(cfg)               # the settings of the config itself, each in one line
     kind = kind_for(cfg)                       # an unsupported combination fails here, in one line
     job = Job.from_config(cfg, unused=kind.unused(cfg), eval_cfg=eval_cfg)
+    job.preset = preset
     job.store.check_writable()                 # a read-only store fails now, not after the work
     kind.check(job)                            # bad parameters fail before any model is read
     job.prepare()
@@ -39,7 +41,7 @@ def _run(cfg: DictConfig, kind, job: Job) -> dict:
     job.evaluate_singles()
     if kind.nothing_to_build(cfg):
         return {"status": "singles", "job_key": None}
-    if job.store.has_job(job.key) and not cfg.force:  # force=true: the stored job stays until its replacement lands
+    if not cfg.force and job.stored(job.key):  # force=true: the stored job stays until its replacement lands
         log(f"job {job.key} already in the store; skipping (force=true re-runs it)")
         return {"status": "skipped", "job_key": job.key}
     return evaluate_and_store(job, kind, kind.build(job))
@@ -68,7 +70,7 @@ def evaluate_and_store(job: Job, kind: Kind, candidate: Candidate) -> dict:
 
 
 def _judge(job: Job, kind: Kind, other: AlsoJudged, items) -> None:
-    if job.store.has_job(other.key):
+    if job.stored(other.key):
         return
     log(f"evaluating {other.label}" + (f" on the {items.label}" if items else ""))
     lm = other.make_lm()

@@ -553,15 +553,30 @@ def single_models_reference(df: pd.DataFrame, ev: Evidence | None = None) -> pd.
 single_models_reference.__doc__ = release_and_leaderboard.__doc__
 
 
+def made_by(df: pd.DataFrame, preset: str) -> pd.DataFrame:
+    """The rows of the jobs experiment preset `preset` stored or reused (the store's links,
+    glue_bench.results), so that a job another preset or a plain run stored never enters its table
+    by looking like its jobs. A store without links (written before they were kept: zoo v5's
+    evidence) is taken whole: each table's own selection by kind, strategy and mixture decides."""
+    if "presets" not in df:
+        return df
+    return df[df["presets"].map(lambda names: isinstance(names, str) and preset in names.split(","))]
+
+
 @dataclass(frozen=True)
 class StudyTable:
     name: str
     build: Callable[..., pd.DataFrame]   # (df, ev: Evidence | None) -> table
     made_by: str = ""             # what fills it, when not the conf/experiment preset of the same name
+    by_preset: bool = True        # its rows are its preset's jobs (`made_by`); else the whole store's
 
     @property
     def preset(self) -> str:
         return self.made_by or self.name
+
+    def table(self, df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
+        """The table, from its preset's jobs in `df`."""
+        return self.build(made_by(df, self.preset) if self.by_preset else df, ev)
 
     @property
     def title(self) -> str:
@@ -580,5 +595,5 @@ TABLES = [
     StudyTable("mixture_hybrid", mixture_hybrid),
     StudyTable("merge_vs_mixture", merge_vs_mixture),
     StudyTable("recipe", recipe),
-    StudyTable("single_models_reference", single_models_reference, "singles (any preset on a which zoo)"),
+    StudyTable("single_models_reference", single_models_reference, "singles (any preset on a which zoo)", by_preset=False),
 ]

@@ -194,7 +194,7 @@ def write_study_tables(results_path: str, out_dir: str | os.PathLike) -> list[Pa
     reps = replicates(df)
     for study in [*TABLES, FINDINGS_TABLE]:
         if study is FINDINGS_TABLE:
-            table, where = study.build(df, ev), f"replicate zoos {', '.join(map(str, reps))}"
+            table, where = study.table(df, ev), f"replicate zoos {', '.join(map(str, reps))}"
         else:
             table, replicate = _first_shown(study, df, ev, reps)
             where = f"replicate {replicate}"
@@ -220,7 +220,7 @@ def _first_shown(study, df: pd.DataFrame, ev, reps: list[int]):
     """The study's table at the first replicate zoo holding its rows (presets may have run on
     different replicates), and that replicate."""
     for replicate in reps:
-        table = study.build(at_replicate(df, replicate), ev)
+        table = study.table(at_replicate(df, replicate), ev)
         if not table.empty:
             break
     return table, replicate

@@ -106,6 +106,21 @@ def test_blas_is_read_from_torch_s_build_settings():
     assert _blas("nothing here") is None
 
 
+def test_a_preset_links_the_jobs_it_stores_and_those_it_finds_stored(micro_cache, tmp_path):
+    from glue_bench.results import ResultStore
+    from glue_bench.run import run_job
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["zoo=mini2", "mini_size=micro", "method=linear", "eval.tasks=[mini_arc]",
+                                           "eval.limit=4", f"results_path={tmp_path}/r.sqlite"])
+    assert run_job(cfg, preset="merge_methods")["status"] == "done"
+    assert run_job(cfg, preset="merge_vs_mixture")["status"] == "skipped"
+    assert run_job(cfg)["status"] == "skipped"  # a plain run links nothing
+    store = ResultStore(tmp_path / "r.sqlite")
+    assert len(store.job_keys()) == 4  # the merge, the base and mini2's two models
+    assert store.presets() == {key: "merge_methods,merge_vs_mixture" for key in store.job_keys()}
+
+
 def test_stored_rows_carry_weights_and_machine(micro_cache, tmp_path):
     from glue_bench.run import run_job
     from glue_bench.zoo import local_dir

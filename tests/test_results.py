@@ -47,6 +47,32 @@ def test_append_and_read_back(tmp_path):
     assert df.equals(ResultStore(path).to_dataframe())
 
 
+def test_presets_are_linked_when_they_store_or_reuse_a_job_and_travel_in_the_archive(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    assert store.append_job("j1", make_rows("j1"), preset="strategies")
+    assert not store.append_job("j1", make_rows("j1"), preset="recipe")  # stored already: linked all the same
+    store.link("j1", "method_evolution")
+    store.link("j1", "strategies")          # once is enough
+    store.link("absent", "recipe")          # a job not stored is not linked
+    assert store.append_job("j2", make_rows("j2"))  # a plain run: no preset
+    assert store.presets() == {"j1": "method_evolution,recipe,strategies"}
+    store.archive(tmp_path / "e.parquet")
+    for df in (store.to_dataframe(), read_results(tmp_path / "e.parquet")):
+        linked = df.drop_duplicates("job_key").set_index("job_key")["presets"]
+        assert linked["j1"] == "method_evolution,recipe,strategies" and pd.isna(linked["j2"])
+
+
+def test_a_store_from_before_the_links_gains_them_when_opened_and_reads_without_a_column(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).append_job("j", make_rows("j"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE presets")
+    store = ResultStore(path)
+    assert "presets" not in store.to_dataframe() and store.presets() == {}
+    store.link("j", "recipe")
+    assert store.presets() == {"j": "recipe"}
+
+
 def test_append_same_job_twice_is_noop(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     assert store.append_job("j", make_rows("j", 4)) is True

@@ -14,6 +14,8 @@ from glue_bench.reference import STUDY_RECIPE_GAIN
 from glue_bench.stats import wilson
 from glue_bench.results import ResultStore, read_results
 from glue_bench.study import (
+    TABLES,
+    made_by,
     merge_methods,
     merge_vs_mixture,
     mixture_levels,
@@ -36,7 +38,7 @@ class Store:
         self.store, self.path, self.n = ResultStore(path), path, 0
 
     def add(self, candidate, arc, mmlu, *, zoo="mini2", method="none", strategy="none", mixture="none",
-            router="none", items=None, config=None, stderr=(None, None), replicate=0):
+            router="none", items=None, config=None, stderr=(None, None), replicate=0, preset=None):
         """`arc`, `mmlu`: a score, or the per-item outcomes (0/1 lists) it is the mean of."""
         self.n += 1
         if config is None and method == "none" and mixture == "none":  # a single model: rows name its key
@@ -49,7 +51,7 @@ class Store:
         arc, mmlu = (sum(v) / len(v) if isinstance(v, list) else v for v in (arc, mmlu))
         self.store.append_job(f"job{self.n}", [
             dict(common, task="mini_arc", metric="acc_norm", value=arc, stderr=stderr[0]),
-            dict(common, task="mini_mmlu", metric="acc", value=mmlu, stderr=stderr[1])], outcomes=outcomes)
+            dict(common, task="mini_mmlu", metric="acc", value=mmlu, stderr=stderr[1])], outcomes=outcomes, preset=preset)
 
     def df(self):
         return read_results(self.path)
@@ -72,6 +74,22 @@ def test_merge_methods_rows_and_delta_to_best_single(store):
     assert list(table.index) == [("mini2", "linear(mini2)"), ("mini2", "best single: chat_a")]
     assert table.loc[("mini2", "linear(mini2)"), "avg"] == pytest.approx(0.6)
     assert table.loc[("mini2", "linear(mini2)"), "Δ best single"] == pytest.approx(0.6 - 0.5)
+
+
+def test_a_table_holds_its_preset_s_jobs_not_those_that_only_look_like_them(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    whole_zoo = {"strategy": {"models": None}}
+    for name, arc, mmlu in (("base", 0.2, 0.2), ("chat_a", 0.4, 0.6), ("chat_b", 0.3, 0.5)):
+        s.add(name, arc, mmlu, preset="merge_methods")
+    s.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config=whole_zoo, preset="merge_methods")
+    s.add("ties(mini2)", 0.9, 0.9, method="ties", strategy="all", config=whole_zoo)  # a plain run
+    s.add("slerp(mini2)", 0.8, 0.8, method="slerp", strategy="all", config=whole_zoo, preset="recipe")
+    table = next(t for t in TABLES if t.name == "merge_methods").table(s.df())
+    assert list(table.index) == [("mini2", "linear(mini2)"), ("mini2", "best single: chat_a")]
+    unlinked = s.df().drop(columns="presets")  # a store from before the links: the table's own selection
+    assert made_by(unlinked, "merge_methods") is unlinked
+    assert {c for _, c in merge_methods(unlinked).index} == {"ties(mini2)", "slerp(mini2)", "linear(mini2)",
+                                                              "best single: chat_a"}
 
 
 def test_strategies_on_final_items_with_trials(store):
