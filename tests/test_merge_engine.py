@@ -225,3 +225,37 @@ def test_a_merge_job_looks_its_method_up_and_checks_its_parameters_once(micro_ca
                                            "eval.tasks=[mini_arc]", "eval.limit=4", f"results_path={tmp_path}/r.sqlite"])
     assert run_job(cfg)["status"] == "done"
     assert calls == ["ties"]
+
+
+def test_a_new_method_and_a_new_zoo_are_one_function_and_two_yamls(micro_cache, tmp_path):
+    """docs/extending.md's worked examples: a merge method registered by one function with its
+    parameters declared once, its conf/method YAML, and a zoo YAML, found on Hydra's search path. The
+    method keeps the first model whole, so the merge must score exactly what that model scores."""
+    from hydra import compose, initialize_config_dir
+
+    from glue_bench.merge import METHODS, Param, register
+    from glue_bench.results import read_results
+    from glue_bench.run import run_job
+
+    @register("_first", (Param("unused", 1.0, "a parameter declared once, with its default"),))
+    def first(tensors, unused):
+        """The first model's tensor, as it is."""
+        return tensors[0].clone()
+
+    conf = tmp_path / "conf"
+    (conf / "method").mkdir(parents=True)
+    (conf / "zoo").mkdir()
+    (conf / "method" / "_first.yaml").write_text("name: _first\nparams:\n  unused: 1.0\n")
+    (conf / "zoo" / "pair.yaml").write_text("name: pair\nsource: mini\nbase: base\nmodels:\n  - chat_b\n  - chat_a\n")
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["zoo=pair", "mini_size=micro", "method=_first", "eval.tasks=[mini_arc]",
+                                               "eval.limit=8", f"results_path={tmp_path}/r.sqlite",
+                                               f"hydra.searchpath=[file://{conf}]"])
+        assert run_job(cfg)["status"] == "done"
+    finally:
+        del METHODS["_first"]
+    rows = read_results(tmp_path / "r.sqlite")
+    merged, first_model = (rows[rows["candidate"] == c].set_index(["task", "metric"]) for c in ("_first(pair)", "chat_b"))
+    assert set(merged["zoo"]) == {"pair"} and set(merged["method"]) == {"_first"}
+    assert len(merged) > 0 and merged["value"].sort_index().equals(first_model["value"].sort_index())
