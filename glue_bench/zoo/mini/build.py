@@ -206,8 +206,8 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True, r
 
 def build_shares(names: list[str], size: str, replicate: int, workers: int) -> list[list[str]]:
     """`names` (parents first) dealt to `workers` build processes, each share in build order
-    (`schedule` on the recipes' step counts)."""
-    return schedule(names, size, replicate, workers, lambda name: RECIPES[name].steps)[0]
+    (`schedule` on the steps each recipe trains, restarts included)."""
+    return schedule(names, size, replicate, workers, lambda name: RECIPES[name].steps_trained)[0]
 
 
 def schedule(names: list[str], size: str, replicate: int, workers: int, cost) -> tuple[list[list[str]], float]:

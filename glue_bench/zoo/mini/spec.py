@@ -61,6 +61,11 @@ class Recipe:
     restarts: int = 1
     notes: str = field(default="", compare=False)
 
+    @property
+    def steps_trained(self) -> int:
+        """Every restart's steps (at step_scale 1): what building it costs."""
+        return self.steps * self.restarts
+
 
 RESTART_STRIDE = 100  # above every recipe's seed, below the replicates' stride (`replicated`): no seed shared
 
