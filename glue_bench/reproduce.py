@@ -55,6 +55,9 @@ QUICK = {
     "method_evolution": [["zoo=mini4", "method=linear,ties", _FEW_TRIALS, _SMALL_PROXY]],
     "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "++strategy.search.evolutionary.n_trials=3",
                              _SMALL_PROXY]],
+    # the three models its pairs need, not mini16: its other 15 (built and evaluated alone) were most of
+    # a --quick run's longest sweep (84 of 217 s)
+    "failure_case": [["zoo=mini3_far"]],
     "mixture_levels": [["zoo=mini2"]],
     "mixture_routers": [["zoo=mini2", "router=mlp", "router.steps=10", "router.documents=32"]],
     "mixture_routing": [["zoo=mini2"]],
@@ -151,7 +154,10 @@ def _run_lanes(queue: list[tuple[str, list[str]]], lanes: int, results: Path, hy
             done.result()
 
 
-def run_notebook(results: Path, figures: Path) -> None:
+QUICK_HEATMAP_ZOO = "mini4"  # the figures' similarity heatmap: a zoo --quick has built (the study's: mini16)
+
+
+def run_notebook(results: Path, figures: Path, heatmap_zoo: str | None = None) -> None:
     try:
         import nbformat
         from nbclient import NotebookClient
@@ -159,7 +165,8 @@ def run_notebook(results: Path, figures: Path) -> None:
         raise SystemExit("reproduce: the figures need the notebook extra: pip install -e '.[notebooks]'") from None
     path = REPO / "notebooks" / "study_figures.ipynb"
     # the kernel inherits this process's environment
-    os.environ.update({"GLUE_BENCH_RESULTS": str(results), "GLUE_BENCH_FIGURES": str(figures)})
+    os.environ.update({"GLUE_BENCH_RESULTS": str(results), "GLUE_BENCH_FIGURES": str(figures),
+                       **({"GLUE_BENCH_HEATMAP_ZOO": heatmap_zoo} if heatmap_zoo else {})})
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     print(f"[reproduce] figures in {figures}: {', '.join(sorted(p.name for p in figures.glob('*.png')))}")
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tables(["--results", str(results), "--out", str(args.out / "tables")])
     if not args.no_figures:
-        run_notebook(results, (args.out / "figures").resolve())
+        run_notebook(results, (args.out / "figures").resolve(), QUICK_HEATMAP_ZOO if args.quick else None)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 
 from glue_bench.figures import TABLE_FIGURES
 from glue_bench.findings import FINDINGS_TABLE
+from glue_bench.reproduce import QUICK_HEATMAP_ZOO
 from glue_bench.study import TABLES
 from glue_bench.tables import FORMATS
 
@@ -30,7 +31,7 @@ def test_reproduce_quick_builds_every_table_and_figure(micro_cache, tmp_path):
     assert "glue_recipe(linear, prompt)" in recipe and "| 5.61 |" in recipe
     assert "not run" not in (out / "tables" / "findings.md").read_text()  # every finding's preset ran
     figures = {p.name for p in (out / "figures").glob("*.png")}
-    expected = {f"{name}.png" for name in TABLE_FIGURES} | {"convergence.png", "similarity_mini16.png"}
+    expected = {f"{name}.png" for name in TABLE_FIGURES} | {"convergence.png", f"similarity_{QUICK_HEATMAP_ZOO}.png"}
     assert expected <= figures, f"figures not drawn: {sorted(expected - figures)}"
 
 
