@@ -554,13 +554,19 @@ single_models_reference.__doc__ = release_and_leaderboard.__doc__
 
 
 def made_by(df: pd.DataFrame, preset: str) -> pd.DataFrame:
-    """The rows of the jobs experiment preset `preset` stored or reused (the store's links,
+    """The candidates experiment preset `preset` stored or reused (the store's links,
     glue_bench.results), so that a job another preset or a plain run stored never enters its table
-    by looking like its jobs. A store without links (written before they were kept: zoo v5's
-    evidence) is taken whole: each table's own selection by kind, strategy and mixture decides."""
+    by looking like its jobs, and the references they are judged against, whichever preset stored
+    them: the single models, and on a selective search's final items the merge of all candidates
+    (a preset that finds a search stored reuses it whole, these evaluations with it). A store
+    without links (written before they were kept: zoo v5's evidence) is taken whole: each table's
+    own selection by kind, strategy and mixture decides."""
     if "presets" not in df:
         return df
-    return df[df["presets"].map(lambda names: isinstance(names, str) and preset in names.split(","))]
+    linked = df["presets"].map(lambda names: isinstance(names, str) and preset in names.split(","))
+    single = (df["method"] == "none") & (df["mixture"].fillna("none") == "none")
+    merge_of_all = (df["strategy"] == "all") & df["items"].fillna("").str.startswith("final")
+    return df[linked | single | merge_of_all]
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class _Store:
     def has_job(self, key):
         return False
 
-    def append_job(self, key, rows, outcomes=(), *, replace=False):
+    def append_job(self, key, rows, outcomes=(), *, replace=False, preset=None):
         self.keys.append(key)
 
 

@@ -84,8 +84,10 @@ def test_a_table_holds_its_preset_s_jobs_not_those_that_only_look_like_them(tmp_
     s.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config=whole_zoo, preset="merge_methods")
     s.add("ties(mini2)", 0.9, 0.9, method="ties", strategy="all", config=whole_zoo)  # a plain run
     s.add("slerp(mini2)", 0.8, 0.8, method="slerp", strategy="all", config=whole_zoo, preset="recipe")
+    s.add("chat_b", 0.9, 0.9, items=FINAL)  # a reference, whichever preset stored it: kept, and not on the whole split
     table = next(t for t in TABLES if t.name == "merge_methods").table(s.df())
     assert list(table.index) == [("mini2", "linear(mini2)"), ("mini2", "best single: chat_a")]
+    assert len(made_by(s.df(), "merge_methods")) == 2 * 5  # the three singles, the linear merge and chat_b on final items
     unlinked = s.df().drop(columns="presets")  # a store from before the links: the table's own selection
     assert made_by(unlinked, "merge_methods") is unlinked
     assert {c for _, c in merge_methods(unlinked).index} == {"ties(mini2)", "slerp(mini2)", "linear(mini2)",
