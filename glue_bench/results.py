@@ -78,6 +78,10 @@ _PRESETS_SCHEMA = ("CREATE TABLE IF NOT EXISTS presets (job_key TEXT NOT NULL, p
 _after_row_insert = None
 
 
+def _has_table(conn, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
+
+
 class ResultsError(UserError):
     """A results-store fault, as one line naming the file."""
 
@@ -189,27 +193,24 @@ class ResultStore:
             have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
 
-        def lacks(conn, table: str) -> bool:
-            return not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-
         with self._connect() as conn:  # a read first: opening an up-to-date store never writes
-            stamp_only = not missing(conn) and not lacks(conn, "items")
-            unlinked = lacks(conn, "presets")
+            stamp_only = not missing(conn) and _has_table(conn, "items")
+            unlinked = not _has_table(conn, "presets")
         if stamp_only and version == SCHEMA_VERSION and not unlinked:
             return
         if stamp_only:  # today's rows, from before the version or the links were written: added where
             with contextlib.suppress(ResultsError):  # writable (a read-only store reads without links)
                 with self._transaction() as conn:
-                    if lacks(conn, "presets"):
+                    if not _has_table(conn, "presets"):
                         conn.execute(_PRESETS_SCHEMA)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         with self._transaction() as conn:  # re-checked under the lock: racing openers
             for column in missing(conn):
                 conn.execute(f"ALTER TABLE results ADD COLUMN {column} {_sql_type(column)}")
-            if lacks(conn, "items"):
+            if not _has_table(conn, "items"):
                 conn.execute(_ITEMS_SCHEMA)
-            if lacks(conn, "presets"):
+            if not _has_table(conn, "presets"):
                 conn.execute(_PRESETS_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -270,7 +271,7 @@ class ResultStore:
     def presets(self) -> dict[str, str]:
         """Each linked job's presets, sorted and comma-joined."""
         with self._connect() as conn:
-            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'presets'").fetchone():
+            if not _has_table(conn, "presets"):
                 return {}  # a read-only store from before the links
             return {key: ",".join(sorted(names.split("\x1f"))) for key, names in
                     conn.execute("SELECT job_key, group_concat(preset, char(31)) FROM presets GROUP BY job_key")}
