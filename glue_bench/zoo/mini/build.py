@@ -137,6 +137,7 @@ class _Builder:
         steps = max(10, round(recipe.steps * self.cfg.step_scale))
         start = time.perf_counter()
         best, tried = None, []
+        validation = self.validation(recipe.name) if recipe.restarts > 1 else None
         for k in range(recipe.restarts):
             if recipe.parent is None:
                 arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
@@ -148,8 +149,8 @@ class _Builder:
             losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, seed,
                            desc=f"{self.size}/{recipe.name}" + (f" ({k + 1}/{recipe.restarts})" if recipe.restarts > 1 else ""))
             run = {"seed": seed, "final_loss": sum(losses[-10:]) / len(losses[-10:])}
-            if recipe.restarts > 1:
-                run["validation_exact"] = answers_exact(model, tok, self.validation(recipe.name))
+            if validation:
+                run["validation_exact"] = answers_exact(model, tok, validation)
             tried.append(run)
             if best is None or run.get("validation_exact", 0) > best[1].get("validation_exact", 0):
                 best = (model, run)  # a tie keeps the earlier run
