@@ -220,7 +220,7 @@ def _report(name: str, path: Path | None, why: str) -> Path | None:
 def draw_table(name: str, df: pd.DataFrame, figures_dir) -> Path | None:
     """The figure of one study table (a TABLE_FIGURES name) from the store's DataFrame: its first
     replicate zoo's, as the written tables."""
-    table = next(t for t in study.TABLES if t.name == name)
+    table = study.study_table(name)
     built = table.table(study.at_replicate(df, study.replicates(df)[0]))
     path = TABLE_FIGURES[name](built, Path(figures_dir) / f"{name}.png", textwrap.fill(table.title, 80))
     return _report(name, path, f"no rows for it in the store: run the {table.preset} preset")

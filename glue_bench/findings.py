@@ -281,7 +281,7 @@ def findings(df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
     for replicate in study.replicates(df):
         rows = study.at_replicate(df, replicate)
         for finding, preset, check in CHECKS:
-            for claim in check(study.made_by(rows, preset)):
+            for claim in check(study.study_table(preset).rows(rows)):
                 claims.setdefault((finding, claim.where), []).append(claim)
                 not_run.pop(finding, None)
     records = []

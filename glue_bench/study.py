@@ -553,20 +553,37 @@ def single_models_reference(df: pd.DataFrame, ev: Evidence | None = None) -> pd.
 single_models_reference.__doc__ = release_and_leaderboard.__doc__
 
 
-def made_by(df: pd.DataFrame, preset: str) -> pd.DataFrame:
+def single_models(df: pd.DataFrame) -> pd.Series:
+    """The zoo's models alone: what every table judges its candidates against."""
+    return (df["method"] == "none") & (df["mixture"].fillna("none") == "none")
+
+
+def merges_of_all_on_final_items(df: pd.DataFrame) -> pd.Series:
+    """The merge of all candidates on a selective search's final items (its reference there)."""
+    return (df["strategy"] == "all") & df["items"].fillna("").str.startswith("final")
+
+
+def linear_merges_of_all(df: pd.DataFrame) -> pd.Series:
+    """The zoo's linear merge of all its models: the merge a mixture of the same experts is judged against."""
+    return (df["method"] == "linear") & (df["strategy"] == "all") & (df["mixture"].fillna("none") == "none")
+
+
+JUDGED_AGAINST = (single_models, merges_of_all_on_final_items)
+
+
+def made_by(df: pd.DataFrame, preset: str, references=JUDGED_AGAINST) -> pd.DataFrame:
     """The candidates experiment preset `preset` stored or reused (the store's links,
     glue_bench.results), so that a job another preset or a plain run stored never enters its table
-    by looking like its jobs, and the references they are judged against, whichever preset stored
-    them: the single models, and on a selective search's final items the merge of all candidates
-    (a preset that finds a search stored reuses it whole, these evaluations with it). A store
-    without links (written before they were kept: zoo v5's evidence) is taken whole: each table's
-    own selection by kind, strategy and mixture decides."""
+    by looking like its jobs, and the rows each of `references` selects (the candidates they are
+    judged against, whichever preset stored them: a preset that finds a search stored reuses it
+    whole, these evaluations with it). A store without links (written before they were kept: zoo
+    v5's evidence) is taken whole: each table's own selection by kind, strategy and mixture decides."""
     if "presets" not in df:
         return df
-    linked = df["presets"].map(lambda names: isinstance(names, str) and preset in names.split(","))
-    single = (df["method"] == "none") & (df["mixture"].fillna("none") == "none")
-    merge_of_all = (df["strategy"] == "all") & df["items"].fillna("").str.startswith("final")
-    return df[linked | single | merge_of_all]
+    keep = df["presets"].map(lambda names: isinstance(names, str) and preset in names.split(","))
+    for selects in references:
+        keep |= selects(df)
+    return df[keep]
 
 
 @dataclass(frozen=True)
@@ -575,19 +592,26 @@ class StudyTable:
     build: Callable[..., pd.DataFrame]   # (df, ev: Evidence | None) -> table
     made_by: str = ""             # what fills it, when not the conf/experiment preset of the same name
     by_preset: bool = True        # its rows are its preset's jobs (`made_by`); else the whole store's
+    references: tuple = JUDGED_AGAINST  # row selectors: what its candidates are judged against, whoever stored it
 
     @property
     def preset(self) -> str:
         return self.made_by or self.name
 
+    def rows(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of `df` it is built from: its preset's jobs and its references."""
+        return made_by(df, self.preset, self.references) if self.by_preset else df
+
     def table(self, df: pd.DataFrame, ev: Evidence | None = None) -> pd.DataFrame:
         """The table, from its preset's jobs in `df`."""
-        return self.build(made_by(df, self.preset) if self.by_preset else df, ev)
+        return self.build(self.rows(df), ev)
 
     @property
     def title(self) -> str:
         return " ".join((self.build.__doc__ or self.name).split("\n\n")[0].split())
 
+
+MIXTURE_REFERENCES = (*JUDGED_AGAINST, linear_merges_of_all)  # mixture_cells' rows: the best single and the linear merge
 
 TABLES = [
     StudyTable("merge_methods", merge_methods),
@@ -595,11 +619,16 @@ TABLES = [
     StudyTable("strategies", strategies),
     StudyTable("method_evolution", method_evolution),
     StudyTable("heuristic_evolution", heuristic_evolution),
-    StudyTable("mixture_levels", mixture_levels),
-    StudyTable("mixture_routers", mixture_routers),
-    StudyTable("mixture_routing", mixture_routing),
-    StudyTable("mixture_hybrid", mixture_hybrid),
+    StudyTable("mixture_levels", mixture_levels, references=MIXTURE_REFERENCES),
+    StudyTable("mixture_routers", mixture_routers, references=MIXTURE_REFERENCES),
+    StudyTable("mixture_routing", mixture_routing, references=MIXTURE_REFERENCES),
+    StudyTable("mixture_hybrid", mixture_hybrid, references=MIXTURE_REFERENCES),
     StudyTable("merge_vs_mixture", merge_vs_mixture),
     StudyTable("recipe", recipe),
     StudyTable("single_models_reference", single_models_reference, "singles (any preset on a which zoo)", by_preset=False),
 ]
+
+
+def study_table(name: str) -> StudyTable:
+    """The study table called `name` (a conf/experiment preset's table)."""
+    return next(t for t in TABLES if t.name == name)

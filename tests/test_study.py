@@ -94,6 +94,22 @@ def test_a_table_holds_its_preset_s_jobs_not_those_that_only_look_like_them(tmp_
                                                               "best single: chat_a"}
 
 
+def test_a_mixture_table_keeps_the_linear_merge_it_is_judged_against_whichever_preset_stored_it(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    for name, arc, mmlu in (("base", 0.2, 0.2), ("chat_a", 0.4, 0.6), ("chat_b", 0.3, 0.5)):
+        s.add(name, arc, mmlu, preset="merge_methods")
+    s.add("linear(mini2)", 0.6, 0.6, method="linear", strategy="all", config={"strategy": {"models": None}},
+          preset="merge_methods")
+    s.add("mixture(ffn, prompt, token)", 0.5, 0.7, method="linear", strategy="all", mixture="ffn", router="prompt",
+          config=mixture("ffn"), preset="mixture_levels")
+    s.add("mixture(model, prompt)", 0.6, 0.6, strategy="all", mixture="model", router="prompt",
+          config=mixture("model"), preset="merge_vs_mixture")  # another preset's mixture: not this table's
+    column = next(t for t in TABLES if t.name == "mixture_levels").table(s.df())["mini2"].dropna()
+    assert column.to_dict() == pytest.approx({"best single": 0.5, "linear merge": 0.6, "ffn": 0.6})
+    routers = next(t for t in TABLES if t.name == "mixture_routers").table(s.df())  # it made no mixture
+    assert routers.empty
+
+
 def test_strategies_on_final_items_with_trials(store):
     store.add("chat_a", 0.3, 0.3, items=FINAL)
     store.add("chat_b", 0.5, 0.3, items=FINAL)          # on the final items chat_b is the best single: .4
