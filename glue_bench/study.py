@@ -27,6 +27,7 @@ import pandas as pd
 
 from glue_bench.evaluate import PRIMARY_METRIC
 from glue_bench.evidence import Evidence
+from glue_bench.mixture.settings import MixtureSettings
 from glue_bench.reference import STUDY_RECIPE_GAIN, primary_rows, release_and_leaderboard
 from glue_bench.stats import wilson
 from glue_bench.zoo import ZooError, mini_key_parts, resolve_zoo, zoo_config
@@ -387,16 +388,17 @@ def heuristic_evolution(df: pd.DataFrame, ev: Evidence | None = None) -> pd.Data
     return cells_table(selective_cells(df, in_heuristic_evolution))
 
 
-MIXTURE_DEFAULTS = {"router": "prompt", "routing": "token", "dense_layers": 0}
+# the settings a mixture table holds fixed where they are not its axis
+MIXTURE_DEFAULTS = {"router": "prompt", "routing": MixtureSettings.routing, "dense_layers": MixtureSettings.dense_layers}
 
 
 def _mixture_settings(row) -> dict:
     mixture = row["config"].get("mixture") or {}
     level = mixture.get("level")
-    layered = level in ("ffn", "block")
+    settings = MixtureSettings.of(mixture) if level in ("ffn", "block") else None
     return {"level": level, "router": row["router"],
-            "routing": mixture.get("routing", "token") if layered else "-",
-            "dense_layers": mixture.get("dense_layers", 0) if layered else "-"}
+            "routing": settings.routing if settings else "-",
+            "dense_layers": settings.dense_layers if settings else "-"}
 
 
 def mixture_cells(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "block", "model")) -> dict[str, dict[str, Cell]]:

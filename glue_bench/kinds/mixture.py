@@ -10,6 +10,7 @@ from glue_bench.console import log
 from glue_bench.errors import JobError
 from glue_bench.job import Job
 from glue_bench.kinds import Candidate, Kind, register
+from glue_bench.mixture.settings import MixtureSettings
 from glue_bench.provenance import combined_fingerprint, router_fingerprint
 from glue_bench.zoo import declared_depth, load_tokenizer
 
@@ -24,7 +25,7 @@ class Mixture(Kind):
         return cfg.strategy.name == "all" and cfg.mixture.name != "none"
 
     def refusal(self, cfg) -> str | None:
-        from glue_bench.mixture.build import LEVELS
+        from glue_bench.mixture.settings import LEVELS
 
         if cfg.mixture.get("level") not in LEVELS:
             return (f"mixture={cfg.mixture.name}: level {cfg.mixture.get('level')!r} is not implemented "
@@ -37,8 +38,9 @@ class Mixture(Kind):
         return ("method",) if cfg.mixture.level == "model" else ()  # model level: experts are not merged
 
     def check(self, job: Job) -> None:
-        """Every mixture setting, before any model is read or merged (`mixture.build.check_mixture`)."""
-        from glue_bench.mixture.build import MixtureError, check_mixture
+        """Every mixture setting, before any model is read or merged (`mixture.settings.check_mixture`)."""
+        from glue_bench.mixture import MixtureError
+        from glue_bench.mixture.settings import check_mixture
 
         try:
             check_mixture(job.section("mixture"), job.cfg.router.name, job.method, len(job.members),
@@ -75,8 +77,9 @@ class Mixture(Kind):
         except MixtureError as err:
             raise JobError(str(err)) from None
         build_s = time.perf_counter() - start
-        details = "" if level == "model" else f", {mixture_cfg.get('routing', 'token')}" + (
-            f", dense {mixture_cfg['dense_layers']}" if mixture_cfg.get("dense_layers") else "")
+        settings = MixtureSettings.of(mixture_cfg)
+        details = "" if level == "model" else f", {settings.routing}" + (
+            f", dense {settings.dense_layers}" if settings.dense_layers else "")
         label = f"mixture({job.cfg.mixture.name}, {job.cfg.router.name}{details})"
 
         def routed() -> dict:
@@ -103,7 +106,7 @@ def _save_mixture(model, job: Job, mixture_cfg: dict, out) -> None:
     why = None
     if mixture_cfg["level"] != "ffn":
         why = f"a {mixture_cfg['level']}-level mixture has no standard format"
-    elif mixture_cfg.get("routing", "token") != "token":
+    elif MixtureSettings.of(mixture_cfg).routing != "token":
         why = "Mixtral routes each token: a sample-routed mixture has no standard format"
     if why is None:
         try:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass
 
 import torch
 
 from glue_bench.evaluate import EvalConfig, hf_lm
 from glue_bench.mixture import MixtureError
+from glue_bench.mixture.settings import ROUTERS, check_dense_layers, check_mixture
 from glue_bench.mixture.model_level import ModelMixtureLM
 from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate, PromptRouter, TrainedRouter,
                                         gate_vectors, parallel_gates)
 from glue_bench.zoo import own_documents
 
-LEVELS = ("model", "ffn", "block")
-ROUTERS = ("prompt", "mlp")
 
 
 def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -58,52 +56,6 @@ def _mean_token_loss(model, tokenizer, texts: list[str], max_length: int = 256) 
         ids = ids.to(next(model.parameters()).device)
         losses.append(model(input_ids=ids, labels=ids).loss.float().cpu() if ids.shape[1] > 1 else torch.tensor(0.0))
     return torch.stack(losses)
-
-
-@dataclass(frozen=True)
-class MixtureSettings:
-    level: str          # model, ffn or block
-    routing: str        # token or sample (a layered mixture's)
-    shared: str         # merge or base: where a layered mixture's shared parts come from
-    top_k: int
-    dense_layers: int
-
-
-def check_mixture(mixture_cfg: dict, router_name: str, method: str, n_experts: int,
-                  depth: int | None) -> MixtureSettings:
-    """Every mixture setting checked before anything is built (one line naming the first at fault):
-    `depth` is the experts' number of layers where it is known before loading (`zoo.declared_depth`),
-    else None and `dense_layers` is checked once the shared model is built."""
-    level = mixture_cfg.get("level")
-    if level not in LEVELS:
-        raise MixtureError(f"mixture.level={level!r}: not implemented (available: {', '.join(LEVELS)})")
-    if router_name not in ROUTERS:
-        raise MixtureError(f"router={router_name}: not available for a {level}-level mixture "
-                           f"(available: {', '.join(ROUTERS)})")
-    routing, shared = mixture_cfg.get("routing", "token"), mixture_cfg.get("shared", "merge")
-    top_k, dense = mixture_cfg.get("top_k", 1), mixture_cfg.get("dense_layers", 0)
-    for name, value in (("top_k", top_k), ("dense_layers", dense)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MixtureError(f"mixture.{name}={value!r}: expected a whole number")
-    if level == "model":
-        if top_k != 1:
-            raise MixtureError(f"mixture.top_k={top_k}: a model-level mixture answers with one expert (top_k=1)")
-        return MixtureSettings(level, routing, shared, top_k, dense)
-    if routing not in ("token", "sample"):
-        raise MixtureError(f"mixture.routing={routing!r}: token or sample")
-    if shared not in ("merge", "base"):
-        raise MixtureError(f"mixture.shared={shared!r}: merge or base")
-    if shared == "merge" and method == "none":
-        raise MixtureError("mixture.shared=merge: needs a merge method (method=linear, ...)")
-    if not 1 <= top_k <= n_experts:
-        raise MixtureError(f"mixture.top_k={top_k}: must be between 1 and the number of experts ({n_experts})")
-    check_dense_layers(dense, depth)
-    return MixtureSettings(level, routing, shared, top_k, dense)
-
-
-def check_dense_layers(dense: int, depth: int | None) -> None:
-    if depth is not None and not 0 <= dense < depth:
-        raise MixtureError(f"mixture.dense_layers={dense}: must be in [0, {depth - 1}]")
 
 
 def model_mixture(refs, base_ref, mixture_cfg: dict, router_cfg: dict, eval_cfg: EvalConfig) -> ModelMixtureLM:
