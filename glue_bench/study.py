@@ -566,7 +566,8 @@ def merges_of_all_on_final_items(df: pd.DataFrame) -> pd.Series:
 
 
 def linear_merges_of_all(df: pd.DataFrame) -> pd.Series:
-    """The zoo's linear merge of all its models: the merge a mixture of the same experts is judged against."""
+    """Linear merges of the models a job took (`mixture_cells` keeps the whole zoo's): what a mixture of
+    the same experts is judged against."""
     return (df["method"] == "linear") & (df["strategy"] == "all") & (df["mixture"].fillna("none") == "none")
 
 

@@ -16,7 +16,6 @@ from glue_bench.mixture.routers import (HiddenStateEncoder, LinearGate, MLPGate,
 from glue_bench.zoo import own_documents
 
 
-
 def expert_prompts(refs, router_cfg: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Positive and negative prompts per expert: from `router.prompts`, else (mini-zoo models) a
     sample of the data each was fine-tuned on."""
