@@ -49,7 +49,7 @@ def candidate_scores(df: pd.DataFrame, zoo: str, items: str | None = None, *, zo
     `replicate`: which build of a mini zoo (its built rows, and its models' singles)."""
     df = df[df["items"].isna()] if items is None else df[df["items"] == items]
     primary = primary_rows(df)
-    single_rows = (primary["method"] == "none") & (primary["mixture"].fillna("none") == "none")
+    single_rows = single_models(primary)
     of_replicate = primary["replicate"].fillna(0) == replicate if "replicate" in primary else replicate == 0
     built = primary[~single_rows & (primary["zoo"] == zoo) & of_replicate]
     refs, base = resolve_zoo({**(zoo_cfg or zoo_config(zoo)), "replicate": replicate},
@@ -418,8 +418,7 @@ def mixture_cells(df: pd.DataFrame, axes: tuple[str, ...], levels=("ffn", "block
                                 for a in shown)] = _cell(s, label)
         if not cells:
             continue
-        merges = s[(s["kind"] == "built") & (s["strategy"] == "all") & (s["mixture"] == "none")
-                   & (s["method"] == "linear") & s.apply(_whole_zoo, axis=1)]
+        merges = s[(s["kind"] == "built") & linear_merges_of_all(s) & s.apply(_whole_zoo, axis=1)]
         columns[zoo] = {"best single": _best_single_cell(s),
                         **({"linear merge": _cell(s, merges.index[0])} if len(merges) else {}), **cells}
     return columns
