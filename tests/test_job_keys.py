@@ -13,21 +13,21 @@ from glue_bench.kinds import kind_for
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg)), and
-# computed again when zoo v3, v4, v5, v6, v7 and then v8 changed every model's key (the models, not the key's computation,
+# computed again when zoo v3, v4, v5, v6, v7, v8 and then v9 changed every model's key (the models, not the key's computation,
 # changed; the selective job's key also with the CMA-ES budget, 200 -> 50 trials)
 PINNED = {
-    ("merge", "mini"): (["zoo=mini4", "method=ties"], "bfbd5798a6c4a6f6"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "4de79c81f44a1f7b"),
-    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "08150c0f617a9e55"),
-    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "670de45a8571affa"),
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "3e16d024547318ff"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "61272ae3f46afb5c"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "6db2331adda8da7c"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "1946d402085b026b"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                         "ab4c26a86553f0eb"),
+                         "bee9562105da2eeb"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "0d1f43fd0fcc46b2"),
-    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "4a1f3d07fcd9b406"),
-    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "0ebd43eafd4f6585"),
-    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "4d1277e0bd929140"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "9af0b657d26c18e3"),
+                          "1effdf84033e143d"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "bbb180e8dda00a00"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "c270804251ea7ef5"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "f48f7407bae70a01"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "1fb4a0194d18caab"),
 }
 
 
@@ -59,11 +59,11 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
-    assert job.base.key == "mini-v8/mini/base-07ee139c"  # the test splits grew, the model did not change
-    assert job.sub_key({"single": job.base.key}) != "8376a082c2b43283"  # judged on other items: another job
+    assert job.base.key == "mini-v9/mini/base-1d0f8363"  # the test splits grew, the model did not change
+    assert job.sub_key({"single": job.base.key}) != "f9482b79ca941afd"  # judged on other items: another job
     monkeypatch.setattr(tasks, "SPLITS_VERSION", 1)
     job = Job.from_config(cfg)  # its eval settings resolved once, when it is made
-    assert job.sub_key({"single": job.base.key}) == "8376a082c2b43283"  # recomputed at zoo v8 (a new base key)
+    assert job.sub_key({"single": job.base.key}) == "f9482b79ca941afd"  # recomputed at zoo v9 (a new base key)
 
 
 def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s_or_an_ensemble_s(tmp_path):

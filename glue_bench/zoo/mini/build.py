@@ -36,7 +36,7 @@ from glue_bench.cache import cache_root
 from glue_bench.evaluate.tasks import SPLITS_VERSION, TASK_DOMAIN
 from glue_bench.zoo.files import atomic_dir
 from glue_bench.zoo.mini import data
-from glue_bench.zoo.mini.spec import (DOMAIN_EXPERTS, RECIPES, RESTART_STRIDE, SIZES, VERSION, Recipe, fingerprint,
+from glue_bench.zoo.mini.spec import (DOMAIN_EXPERTS, LEARNT_MARGIN, RECIPES, RESTART_STRIDE, SIZES, VERSION, Recipe, fingerprint,
                                       finetune_shares, lineage, recipe, replicated)
 from glue_bench.zoo.refs import ZooError, check_replicate
 
@@ -126,9 +126,12 @@ class _Builder:
         except KeyError as e:
             raise ZooError(f"mini-zoo recipe {name!r} has restarts, but {e.args[0]}") from None
 
-    def build(self, recipe: Recipe) -> None:
+    def _parent(self, recipe: Recipe):
         from transformers import AutoModelForCausalLM
 
+        return AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size, self.replicate))
+
+    def build(self, recipe: Recipe) -> None:
         from glue_bench.provenance import state_fingerprint
         from glue_bench.training import PackedStream, train
         from glue_bench.zoo.mini.train import answers_exact, new_model, save_model
@@ -137,29 +140,34 @@ class _Builder:
         steps = max(10, round(recipe.steps * self.cfg.step_scale))
         start = time.perf_counter()
         best, tried = None, []
-        validation = self.validation(recipe.name) if recipe.restarts > 1 else None
-        for k in range(recipe.restarts):
+        validation = self.validation(recipe.name) if recipe.restarts > 1 and self.cfg.retries else None
+        if validation:  # a run has learnt when it beats where it started from
+            parent_exact = answers_exact(self._parent(recipe), tok, validation)
+        for k in range(recipe.restarts if validation else 1):
             if recipe.parent is None:
                 arch = self.cfg.foreign_arch if recipe.foreign else self.cfg.arch
                 model = new_model(arch, tok, seed=recipe.seed)
             else:
-                model = AutoModelForCausalLM.from_pretrained(model_dir(recipe.parent, self.size, self.replicate))
+                model = self._parent(recipe)
             seed = recipe.seed + RESTART_STRIDE * k
             stream = PackedStream(self.corpora, recipe.weights, tok, self.cfg.seq_len, seed=seed)
             losses = train(model, stream, steps, recipe.lr, self.cfg.batch_size, seed,
-                           desc=f"{self.size}/{recipe.name}" + (f" ({k + 1}/{recipe.restarts})" if recipe.restarts > 1 else ""))
+                           desc=f"{self.size}/{recipe.name}" + (f" ({k + 1}/{recipe.restarts})" if validation else ""))
             run = {"seed": seed, "final_loss": sum(losses[-10:]) / len(losses[-10:])}
             if validation:
                 run["validation_exact"] = answers_exact(model, tok, validation)
             tried.append(run)
             if best is None or run.get("validation_exact", 0) > best[1].get("validation_exact", 0):
                 best = (model, run)  # a tie keeps the earlier run
+            if validation and round(run["validation_exact"] - parent_exact, 9) >= LEARNT_MARGIN:  # shares of 200: exact to 1e-9
+                break
         model, kept = best
         card = {"recipe": {k: v for k, v in vars(recipe).items() if k != "notes"}, "size": self.size,
                 "replicate": self.replicate, "version": VERSION, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": kept["final_loss"], "weights": state_fingerprint(model)}
-        if recipe.restarts > 1:
+        if validation:
             card["restarts"], card["kept_seed"] = tried, kept["seed"]
+            card["parent_validation_exact"] = parent_exact
         with atomic_dir(model_dir(recipe.name, self.size, self.replicate)) as scratch:
             save_model(model, tok, scratch)
             (scratch / "glue_bench_recipe.json").write_text(json.dumps(card, indent=2))
@@ -207,8 +215,8 @@ def ensure_models(names: list[str], size: str = "mini", progress: bool = True, r
 
 def build_shares(names: list[str], size: str, replicate: int, workers: int) -> list[list[str]]:
     """`names` (parents first) dealt to `workers` build processes, each share in build order
-    (`schedule` on the steps each recipe trains, restarts included)."""
-    return schedule(names, size, replicate, workers, lambda name: RECIPES[name].steps_trained)[0]
+    (`schedule` on the steps each recipe trains once: a retry, when a run learnt nothing, is not foreseen)."""
+    return schedule(names, size, replicate, workers, lambda name: RECIPES[name].steps)[0]
 
 
 def schedule(names: list[str], size: str, replicate: int, workers: int, cost) -> tuple[list[list[str]], float]:
