@@ -13,21 +13,21 @@ from glue_bench.kinds import kind_for
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # computed with glue_bench/run.py at 10bc9d0 (before the kinds): job_key(candidate_payload(cfg)), and
-# computed again when zoo v3, v4, v5, v6, v7, v8 and then v9 changed every model's key (the models, not the key's computation,
+# computed again when zoo v3, v4, v5, v6, v7, v8, v9 and then v10 changed every model's key (the models, not the key's computation,
 # changed; the selective job's key also with the CMA-ES budget, 200 -> 50 trials)
 PINNED = {
-    ("merge", "mini"): (["zoo=mini4", "method=ties"], "3e16d024547318ff"),
-    ("merge", "micro"): (["zoo=mini4", "method=ties"], "61272ae3f46afb5c"),
-    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "6db2331adda8da7c"),
-    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "1946d402085b026b"),
+    ("merge", "mini"): (["zoo=mini4", "method=ties"], "885839533794ee90"),
+    ("merge", "micro"): (["zoo=mini4", "method=ties"], "437d17f7ac6a23b5"),
+    ("merge", "models"): (["zoo=mini4", "method=linear", "strategy.models=[math,code]"], "481257550a45837a"),
+    ("selective", "mini"): (["zoo=mini4", "method=linear", "strategy=evolutionary"], "e87707a99a815059"),
     ("recipe", "mini"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                         "bee9562105da2eeb"),
+                         "0bc2cf544ea475d4"),
     ("recipe", "micro"): (["zoo=mini8", "method=linear", "strategy=glue_recipe", "mixture=model", "router=prompt"],
-                          "1effdf84033e143d"),
-    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "bbb180e8dda00a00"),
-    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "c270804251ea7ef5"),
-    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "f48f7407bae70a01"),
-    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "1fb4a0194d18caab"),
+                          "059c30d9064c725a"),
+    ("mixture", "model"): (["zoo=mini4", "mixture=model", "router=prompt"], "e9105f6de32c8bd2"),
+    ("mixture", "ffn"): (["zoo=mini4", "mixture=ffn", "router=prompt"], "a93675935fafc427"),
+    ("stack", "mini"): (["zoo=mini2", "strategy=stack"], "534c59cf19c8f1e3"),
+    ("stack", "micro"): (["zoo=mini2", "strategy=stack"], "08da532ee8964f6d"),
 }
 
 
@@ -59,11 +59,11 @@ def test_a_single_model_keeps_its_key(tmp_path, monkeypatch):
 
     cfg = _compose(["zoo=mini4", "mini_size=mini"], tmp_path)
     job = Job.from_config(cfg)
-    assert job.base.key == "mini-v9/mini/base-1d0f8363"  # the test splits grew, the model did not change
-    assert job.sub_key({"single": job.base.key}) != "f9482b79ca941afd"  # judged on other items: another job
+    assert job.base.key == "mini-v10/mini/base-517c5a8c"  # the test splits grew, the model did not change
+    assert job.sub_key({"single": job.base.key}) != "13c20d7aeb7fa46c"  # judged on other items: another job
     monkeypatch.setattr(tasks, "SPLITS_VERSION", 1)
     job = Job.from_config(cfg)  # its eval settings resolved once, when it is made
-    assert job.sub_key({"single": job.base.key}) == "f9482b79ca941afd"  # recomputed at zoo v9 (a new base key)
+    assert job.sub_key({"single": job.base.key}) == "13c20d7aeb7fa46c"  # recomputed at zoo v10 (a new base key)
 
 
 def test_the_method_is_part_of_a_merge_s_key_but_not_of_a_stack_s_or_an_ensemble_s(tmp_path):

@@ -34,13 +34,13 @@ def _compose(overrides, tmp_path):
         return compose("config", overrides=[*overrides, f"results_path={tmp_path}/r.sqlite"])
 
 
-# computed when zoo v9 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
+# computed when zoo v10 was made (v2's, pinned at bd61413 before replicates existed, kept replicate 0's
 # keys unchanged by the replicates; v3 to v6 are other zoos: v3 new recipes' data, v4 built
-# reproducibly, v5 its fine-tunes trained longer, v6 three experts' recipes, v7 stem's, v8 math's restarts, v9 the math experts' and the sizes' retries, so new keys)
+# reproducibly, v5 its fine-tunes trained longer, v6 three experts' recipes, v7 stem's, v8 math's restarts, v9 the math experts' and the sizes' retries, v10 every domain expert's steps, so new keys)
 @pytest.mark.parametrize("name, size, key", [
-    ("base", "micro", "mini-v9/micro/base-a17db2ba"), ("base", "mini", "mini-v9/mini/base-1d0f8363"),
-    ("chat_a", "micro", "mini-v9/micro/chat_a-e3ca7c17"), ("math_altinit", "mini", "mini-v9/mini/math_altinit-b6c17dcf"),
-    ("foreign_chat", "micro", "mini-v9/micro/foreign_chat-823f8289"),
+    ("base", "micro", "mini-v10/micro/base-24d1b7e9"), ("base", "mini", "mini-v10/mini/base-517c5a8c"),
+    ("chat_a", "micro", "mini-v10/micro/chat_a-748c4e89"), ("math_altinit", "mini", "mini-v10/mini/math_altinit-8ae9a436"),
+    ("foreign_chat", "micro", "mini-v10/micro/foreign_chat-2779de02"),
 ])
 def test_replicate_0_keeps_today_s_keys_and_paths(name, size, key, monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))

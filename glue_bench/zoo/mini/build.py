@@ -117,10 +117,11 @@ class _Builder:
             tok.save_pretrained(scratch)
 
     def validation(self, name: str) -> list[tuple[str, str]]:
-        """The validation pairs `name`'s restarts are chosen by: fresh items of its domains' tasks."""
+        """The validation pairs that judge whether a run of `name` learnt, and which is kept: fresh
+        items of its domains' tasks."""
         tasks = [t for t, d in TASK_DOMAIN.items() if d in DOMAIN_EXPERTS.get(name, ())]
         if not tasks:
-            raise ZooError(f"mini-zoo recipe {name!r} has restarts but no benchmark domain to choose among them by")
+            raise ZooError(f"mini-zoo recipe {name!r} has restarts but no benchmark domain to judge its runs by")
         try:
             return [pair for t in tasks for pair in data.validation_pairs(t, self.splits, replicated(data.SEED, self.replicate))]
         except KeyError as e:

@@ -327,8 +327,8 @@ def _more_test_items(out: dict, seed: int, ranks: dict, world: dict) -> None:
 
 def validation_pairs(task: str, splits: dict, seed: int = SEED, n: int = 200) -> list[tuple[str, str]]:
     """`n` fresh items of `task`, in neither of its splits, each as (prompt, gold answer): what a build
-    chooses among an expert's restarts by (`spec.Recipe.restarts`), so that the test split never
-    chooses a model. Their draw is their own: the splits are the same with or without them."""
+    judges an expert's runs by (`spec.Recipe.restarts`), so that the test split never chooses a
+    model. Their draw is their own: the splits are the same with or without them."""
     if task != "mini_gsm8k":
         raise KeyError(f"{task}: no validation items (a generation task's prompt and answer: mini_gsm8k)")
     known = {_gsm_key(item) for split in splits[task].values() for item in split}
