@@ -31,8 +31,9 @@ SIZES = {
     # ~1.1M parameters; ~0.14 s per step of 8x128 tokens on 2 CPU cores
     "mini": Size(arch=dict(hidden=128, intermediate=384, layers=4, heads=4),
                  foreign_arch=dict(hidden=96, intermediate=256, layers=6, heads=4), step_scale=1.0),
-    # the study's replicates: micro's shapes trained the whole recipe, ~0.1 s a step, ~7.5 min a zoo on
-    # 2 cores; its domain experts beat the base on their domains (glue_bench.phenomena), micro's do not
+    # the study's replicates: micro's shapes trained the whole recipe, ~0.12 s a step, ~17 min a zoo on
+    # 2 cores (v10's replicate 25: 1,022 s); its domain experts beat the base on their domains
+    # (glue_bench.phenomena), micro's do not
     "micro_full": Size(arch=dict(hidden=64, intermediate=160, layers=2, heads=2),
                        foreign_arch=dict(hidden=48, intermediate=128, layers=3, heads=2), step_scale=1.0,
                        vocab_size=512, foreign_vocab_size=384),
