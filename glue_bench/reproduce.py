@@ -8,9 +8,10 @@
     python -m glue_bench.reproduce --lanes 1           # one sweep at a time (default: two where there are two cores)
 
 Each preset runs as its own `python -m glue_bench experiment=<preset>` sweep into one results store
-(jobs already in it are skipped, so an interrupted run resumes). Then `glue_bench.tables` writes
-the study tables to <out>/tables and notebooks/study_figures.ipynb draws the figures into
-<out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
+(jobs already in it are skipped, so an interrupted run resumes), each sweep a process forked from
+one that has imported torch, transformers and lm-eval already (`glue_bench.preloaded`). Then
+`glue_bench.tables` writes the study tables to <out>/tables while notebooks/study_figures.ipynb
+draws the figures into <out>/figures. --quick trades the study's settings for speed (smaller zoos, 4 CMA-ES trials, short
 router training): it checks that everything builds, not what the study found. --replicates N
 sweeps every preset over the mini zoo's replicates 0..N-1, or K..K+N-1 with --first-replicate K
 (independent builds: the findings are then pooled over them and say on how many they hold). Every run first prints its plan (the
@@ -23,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from glue_bench.cores import usable_cores
 from glue_bench.costs import record_preset
+from glue_bench.preloaded import Sweeper
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("merge_methods", "failure_case", "strategies", "method_evolution", "heuristic_evolution",
@@ -46,26 +47,29 @@ QUICK_EVAL = ["eval.limit=20"]
 _FEW_TRIALS = "++strategy.search.n_trials=4"  # ++: the key exists only once the swept strategy is chosen
 _SMALL_PROXY = "++strategy.proxy.size=5"
 _SHORT_GRID = "++strategy.search.grid=[0.3,0.7]"  # the heuristics' shares tried: 2, not 9
+# Every sweep on the zoos of failure_case and the mixtures (mini3_far, mini2), which share all but
+# code_far: mini4's and mini8's other models were 67 of the 105 s the micro zoo's training took here,
+# and scoring them most of the searches' time (docs/results.md, "--quick").
+_QUICK_ZOO = "zoo=mini3_far"
 QUICK = {
     # the study's six methods (the paper's table): the newer ones are each tested on their own
     "merge_methods": [["method=linear,slerp,model_stock,task_arithmetic,ties,dare_ties"]],
-    "strategies": [["zoo=mini4", "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY,
+    "strategies": [[_QUICK_ZOO, "strategy=heuristic_average,heuristic_coefficient,heuristic_similarity", _SMALL_PROXY,
                     _SHORT_GRID],
-                   ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
-    "method_evolution": [["zoo=mini4", "method=linear,ties", _FEW_TRIALS, _SMALL_PROXY]],
+                   [_QUICK_ZOO, "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
+    "method_evolution": [[_QUICK_ZOO, "method=linear,ties", _FEW_TRIALS, _SMALL_PROXY]],
     # CMA-ES alone as strategies runs it (the same job: found stored, and linked to this preset too), for
     # the heuristic-then-CMA-ES finding to compare with
-    "heuristic_evolution": [["zoo=mini4", "strategy=heuristic_evolutionary", "++strategy.search.evolutionary.n_trials=3",
-                             _SMALL_PROXY], ["zoo=mini4", "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
-    # the three models its pairs need, and the recipe on mini8, not mini16: building and scoring mini16's
-    # other models was most of the longest sweep (failure_case, 84 of 217 s; moved to recipe, 89 of 292 s)
+    "heuristic_evolution": [[_QUICK_ZOO, "strategy=heuristic_evolutionary", "++strategy.search.evolutionary.n_trials=3",
+                             _SMALL_PROXY], [_QUICK_ZOO, "strategy=evolutionary", _FEW_TRIALS, _SMALL_PROXY]],
     "failure_case": [["zoo=mini3_far"]],
     "mixture_levels": [["zoo=mini2"]],
     "mixture_routers": [["zoo=mini2", "router=mlp", "router.steps=10", "router.documents=32"]],
     "mixture_routing": [["zoo=mini2"]],
     "mixture_hybrid": [["zoo=mini2", "mixture.dense_layers=0,1"]],   # the micro models have 2 layers
     "merge_vs_mixture": [["zoo=mini2"]],
-    "recipe": [["zoo=mini8", "++strategy.search.kind=average", _SMALL_PROXY]],
+    # its families: code_far, far from the chat models, is one apart
+    "recipe": [[_QUICK_ZOO, "++strategy.search.kind=average", _SMALL_PROXY]],
 }
 
 
@@ -104,59 +108,60 @@ _LAUNCHED = re.compile(r"\[HYDRA\]\s+#(\d+) : ")  # Hydra's basic launcher, as i
 
 
 def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None,
-               bar: tqdm | None = None) -> None:
-    """One preset's sweep in a process of its own; `bar` advances as each of its jobs ends (the next
-    one starting, or the sweep ending)."""
+               bar: tqdm | None = None, sweeper: Sweeper | None = None) -> None:
+    """One preset's sweep in a process of its own, forked by `sweeper` (by a new one if None); `bar`
+    advances as each of its jobs ends (the next one starting, or the sweep ending)."""
     # --multirun: a preset's hydra.mode alone is not enough once an override reaches into a swept group
-    command = [sys.executable, "-m", "glue_bench", "--multirun", f"experiment={preset}", *overrides,
-               f"results_path={results}", "print_table=false"]
+    args = ["--multirun", f"experiment={preset}", *overrides, f"results_path={results}", "print_table=false"]
     if hydra_dir is not None:  # else Hydra's own outputs/ and multirun/ folders
-        command += [f"hydra.sweep.dir={hydra_dir}/{preset}/${{now:%H%M%S}}",
-                    f"hydra.run.dir={hydra_dir}/{preset}/${{now:%H%M%S}}"]
+        args += [f"hydra.sweep.dir={hydra_dir}/{preset}/${{now:%H%M%S}}",
+                 f"hydra.run.dir={hydra_dir}/{preset}/${{now:%H%M%S}}"]
     say = bar.write if bar is not None else print
-    say(f"[reproduce] {' '.join(command[2:])}")
+    say(f"[reproduce] glue_bench {' '.join(args)}")
     start = time.perf_counter()
     launched = 0
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            say(line.rstrip("\n"))
+    with contextlib.ExitStack() as stack:
+        sweeper = sweeper or stack.enter_context(Sweeper(REPO))
+        for line in sweeper.sweep(args):
+            say(line)
             if _LAUNCHED.search(line):
                 if launched and bar is not None:
                     bar.update(1)  # the job before this one has ended
                 launched += 1
     if launched and bar is not None:
         bar.update(1)  # and the last one, with the sweep
-    if proc.returncode != 0:
-        raise SystemExit(f"reproduce: preset {preset} failed (exit {proc.returncode}); its finished jobs are kept "
+    if sweeper.returncode != 0:
+        raise SystemExit(f"reproduce: preset {preset} failed (exit {sweeper.returncode}); its finished jobs are kept "
                          "in the store, rerun to resume")
     elapsed = time.perf_counter() - start
     say(f"[reproduce] {preset}: {elapsed:.0f} s")
     record_preset(preset, overrides, elapsed)
 
 
-def _run_lanes(queue: list[tuple[str, list[str]]], lanes: int, results: Path, hydra_dir: Path | None, bar: tqdm) -> None:
-    """`lanes` sweeps at a time: each lane takes the queue's next sweep when its last one ends; after a
-    failure no lane starts another, and the failure is raised once the running ones end."""
+def _run_lanes(queue: list[tuple[str, list[str]]], sweepers: list, results: Path, hydra_dir: Path | None,
+               bar: tqdm) -> None:
+    """A lane per sweeper, each taking the queue's next sweep when its last one ends; after a failure
+    no lane starts another, and the failure is raised once the running ones end."""
     waiting, lock, failed = collections.deque(queue), threading.Lock(), threading.Event()
 
-    def lane() -> None:
+    def lane(sweeper) -> None:
         while not failed.is_set():
             with lock:
                 if not waiting:
                     return
                 preset, overrides = waiting.popleft()
             try:
-                run_preset(preset, overrides, results, hydra_dir, bar)
+                run_preset(preset, overrides, results, hydra_dir, bar, sweeper)
             except BaseException:
                 failed.set()
                 raise
 
-    with ThreadPoolExecutor(lanes) as pool:
-        for done in [pool.submit(lane) for _ in range(lanes)]:
+    with ThreadPoolExecutor(len(sweepers)) as pool:
+        for done in [pool.submit(lane, sweeper) for sweeper in sweepers]:
             done.result()
 
 
-QUICK_HEATMAP_ZOO = "mini4"  # the figures' similarity heatmap: a zoo --quick has built (the study's: mini16)
+QUICK_HEATMAP_ZOO = "mini3_far"  # the figures' similarity heatmap: a zoo --quick has built (the study's: mini16)
 
 
 def run_notebook(results: Path, figures: Path, heatmap_zoo: str | None = None) -> None:
@@ -210,20 +215,28 @@ def main(argv: list[str] | None = None) -> None:
     queue = queue_of(sweeps, args.lanes)
     from glue_bench.plan import plan, print_plan
 
-    print(f"plan: mini size {size}, replicate(s) {chosen.start}..{chosen.stop - 1}, store {results}")
-    seen: set = set()  # a job or evaluation two presets share is run (and counted) once
-    plans = [p for preset, overrides in queue for p in plan([preset], overrides, results, seen)]
-    planned = print_plan(plans, size, args.lanes)
-    if args.plan:
-        return
-    with tqdm(total=sum(p.swept for p in plans), desc=f"reproduce (planned {planned / 60:.0f} min)", unit="job") as bar:
-        _run_lanes(queue, args.lanes, results, args.hydra_dir, bar)
+    with contextlib.ExitStack() as stack:
+        # started first, so that their imports overlap the plan's composing of every job
+        sweepers = [] if args.plan else [stack.enter_context(Sweeper(REPO)) for _ in range(args.lanes)]
+        print(f"plan: mini size {size}, replicate(s) {chosen.start}..{chosen.stop - 1}, store {results}")
+        seen: set = set()  # a job or evaluation two presets share is run (and counted) once
+        plans = [p for preset, overrides in queue for p in plan([preset], overrides, results, seen)]
+        planned = print_plan(plans, size, args.lanes)
+        if args.plan:
+            return
+        with tqdm(total=sum(p.swept for p in plans), desc=f"reproduce (planned {planned / 60:.0f} min)",
+                  unit="job") as bar:
+            _run_lanes(queue, sweepers, results, args.hydra_dir, bar)
 
     from glue_bench.tables import main as tables
 
-    tables(["--results", str(results), "--out", str(args.out / "tables")])
-    if not args.no_figures:
-        run_notebook(results, (args.out / "figures").resolve(), QUICK_HEATMAP_ZOO if args.quick else None)
+    # the notebook reads the store, not the tables: it runs in its own kernel process meanwhile
+    with ThreadPoolExecutor(1) as pool:
+        figures = None if args.no_figures else pool.submit(
+            run_notebook, results, (args.out / "figures").resolve(), QUICK_HEATMAP_ZOO if args.quick else None)
+        tables(["--results", str(results), "--out", str(args.out / "tables")])
+        if figures is not None:
+            figures.result()
 
 
 if __name__ == "__main__":

@@ -138,25 +138,20 @@ def test_the_progress_bar_counts_each_job_of_a_sweep_as_it_ends(tmp_path, monkey
 
     import glue_bench.reproduce as reproduce
 
-    class Sweep:  # what `python -m glue_bench --multirun` prints: one line as each job starts
+    class Sweeper:  # what `python -m glue_bench --multirun` prints: one line as each job starts
         returncode = 0
 
-        def __init__(self, command, **kwargs):
-            self.stdout = io.StringIO("[HYDRA] Launching 3 jobs locally\n" + "".join(
-                f"[2026-12-06 02:36:54,387][HYDRA] \t#{i} : zoo=mini2 method=m{i}\nlog of job {i}\n" for i in range(3)))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
+        def sweep(self, args):
+            yield "[HYDRA] Launching 3 jobs locally"
+            for i in range(3):
+                yield f"[2026-12-06 02:36:54,387][HYDRA] \t#{i} : zoo=mini2 method=m{i}"
+                yield f"log of job {i}"
 
     monkeypatch.setenv("GLUE_BENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(reproduce.subprocess, "Popen", Sweep)
     seen = []
     with tqdm(total=5, file=io.StringIO()) as bar:
         monkeypatch.setattr(bar, "write", seen.append)
-        reproduce.run_preset("merge_methods", [], tmp_path / "r.sqlite", bar=bar)
+        reproduce.run_preset("merge_methods", [], tmp_path / "r.sqlite", bar=bar, sweeper=Sweeper())
         assert bar.n == 3
     assert "log of job 2" in seen and seen[-1].startswith("[reproduce] merge_methods: ")
     assert json.loads((tmp_path / "costs.jsonl").read_text())["preset"] == "merge_methods"

@@ -39,8 +39,8 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     from glue_bench import reproduce
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir, bar=None: calls.append(
-        (preset, overrides)))
+    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir, bar=None, sweeper=None:
+                        calls.append((preset, overrides)))
     monkeypatch.setattr("glue_bench.tables.main", lambda argv: None)
     reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures", "--lanes", "1",
                     "--results", str(tmp_path / "s.sqlite")])
@@ -69,16 +69,16 @@ def test_lanes_take_the_queue_in_order_and_start_nothing_after_a_failure(monkeyp
 
     started = []
 
-    def run_preset(preset, overrides, results, hydra_dir, bar=None):
+    def run_preset(preset, overrides, results, hydra_dir, bar=None, sweeper=None):
         started.append(preset)
         if preset == "b":
             raise SystemExit("reproduce: preset b failed")
         time.sleep(0.3)  # a: still running when b fails
 
     monkeypatch.setattr(reproduce, "run_preset", run_preset)
-    reproduce._run_lanes([(p, []) for p in "acd"], 2, tmp_path, None, None)
+    reproduce._run_lanes([(p, []) for p in "acd"], [None, None], tmp_path, None, None)
     assert sorted(started) == ["a", "c", "d"] and started[:2] in (["a", "c"], ["c", "a"])
     started.clear()
     with pytest.raises(SystemExit, match="preset b failed"):
-        reproduce._run_lanes([(p, []) for p in "abcd"], 2, tmp_path, None, None)
+        reproduce._run_lanes([(p, []) for p in "abcd"], [None, None], tmp_path, None, None)
     assert started == ["a", "b"]  # a's lane, once a ends, finds the failure and takes no more
