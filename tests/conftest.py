@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,19 @@ def pytest_collection_modifyitems(items):
     of all: under `-n 2 --dist worksteal` one worker starts it at once while the other works
     through everything else, stealing the first worker's queue when it runs out."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "test_reproduce.py" not in item.nodeid))
+
+
+def apt_install(package: str) -> str:
+    """apt-get install `package` where we can (root, Debian's apt); what stopped it otherwise (empty:
+    nothing did). For the tests that need a system program: they install it, never assume it."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "cannot be installed here (needs root and apt-get)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            return f"`{' '.join(cmd)}` failed: {' '.join(proc.stderr.split())[-300:]}"
+    return ""
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ LAYERS = [
     ("mixtures", ["mixture"]),
     ("a job", ["job", "validate"]),
     ("candidate kinds", ["kinds"]),
-    ("running", ["run", "plan", "__main__"]),
+    ("running", ["run", "plan", "__main__", "preloaded"]),
     ("evidence and reports", ["evidence", "reference", "study", "findings", "tables", "figures", "phenomena",
                               "callbacks", "reproduce"]),
 ]

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import apt_install
 from glue_bench.errors import JobError
 from glue_bench.select import evolutionary
 from glue_bench.select.evolutionary import SearchConfig, open_storage, search
@@ -228,18 +229,6 @@ def _postgres_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _install_postgres() -> str:
-    """apt-get install postgresql where we can; what stopped it otherwise (empty: nothing did)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "cannot be installed here (needs root and apt-get)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode:
-            return f"`{' '.join(cmd)}` failed: {' '.join(proc.stderr.split())[-300:]}"
-    return ""
-
-
 @pytest.fixture
 def postgres_url():
     """A PostgreSQL server started for the test in a temp dir, on a free localhost port, stopped
@@ -247,7 +236,7 @@ def postgres_url():
     pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install -e '.[postgres]'")
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        why = _install_postgres()
+        why = apt_install("postgresql")
         bin_dir = _postgres_bin()
         if bin_dir is None:
             pytest.skip(f"PostgreSQL's server binaries are not installed and {why or 'apt-get installed none'}")
