@@ -14,6 +14,7 @@ the parent's, as for any subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -43,8 +44,12 @@ class Sweeper:
         """The lines the sweep `python -m glue_bench *args` prints on stdout, as it prints them;
         `returncode` is its exit status once they end."""
         self.returncode = None
-        self._server.stdin.write(json.dumps(args) + "\n")
-        self._server.stdin.flush()
+        try:
+            self._server.stdin.write(json.dumps(args) + "\n")
+            self._server.stdin.flush()
+        except BrokenPipeError:  # the server has died (killed, or a failed import): its stderr said why
+            self.returncode = self._server.wait() or 1
+            return
         for line in self._server.stdout:
             before, mark, status = line.partition(EXIT_MARK)
             if mark:
@@ -58,7 +63,8 @@ class Sweeper:
 
     def close(self) -> None:
         """End the server (between sweeps: a sweep's child ends on its own)."""
-        self._server.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a dead server's pipe: what is left unsent goes nowhere
+            self._server.stdin.close()
         self._server.terminate()  # it may still be importing
         self._server.wait()
 

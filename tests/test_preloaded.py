@@ -21,3 +21,11 @@ def test_a_sweeper_runs_sweeps_in_turn_and_reports_each_ones_status(micro_cache,
     with sqlite3.connect(store) as db:
         methods = {m for (m,) in db.execute("SELECT DISTINCT method FROM results WHERE method != 'none'")}
     assert methods == {"linear", "slerp"}
+
+
+def test_a_sweeper_whose_server_died_reports_a_failed_sweep_not_a_crash(tmp_path):
+    with Sweeper(REPO) as sweeper:
+        sweeper._server.kill()
+        sweeper._server.wait()
+        assert list(sweeper.sweep(["zoo=mini2"])) == [] and sweeper.returncode != 0
+
