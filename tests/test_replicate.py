@@ -133,6 +133,14 @@ def test_an_emulated_intel_cpu_trains_other_bits_until_sqrt_is_ieee_s():
     assert native[0] != emulated[0]  # MKL's vector sqrt: other bits (docs/zoos.md; the day it agrees, say so)
 
 
+def test_the_probe_says_whether_a_machine_builds_the_committed_evidence_s_zoo():
+    from glue_bench.zoo.mini.probe import EVIDENCE_MACHINE, verdict
+
+    assert "is that zoo" in verdict(EVIDENCE_MACHINE["torch"])
+    other = verdict("0" * 16)
+    assert "another zoo" in other and EVIDENCE_MACHINE["torch"] in other and "\n" not in other
+
+
 def test_a_build_s_weights_are_compared_with_the_recorded_ones(micro_cache, tmp_path, capsys):
     from glue_bench.zoo.mini.build import compare_fingerprints
 

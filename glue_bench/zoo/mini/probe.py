@@ -1,6 +1,6 @@
 """Whether a machine does the mini zoo's training arithmetic bit for bit: three steps, in seconds.
 
-    python -m glue_bench.zoo.mini.probe
+    python -m glue_bench.zoo.mini.probe   # and whether this machine builds the committed evidence's zoo
     qemu-x86_64 -cpu Haswell .venv/bin/python -m glue_bench.zoo.mini.probe   # another CPU, emulated
 
 A replicate could be extended or checked on another machine only where its build trains the same
@@ -63,6 +63,20 @@ def _ieee_sqrt():
         torch.Tensor.sqrt = original
 
 
+# The probe on the machine that built the committed evidence's zoo (zoo v10's replicates 25-29: AMD
+# EPYC, Zen 3, torch 2.13.0+cpu): a machine printing the same `torch` fingerprint trains the same bits.
+EVIDENCE_MACHINE = {"torch": "1eeca01773b4483b", "ieee-sqrt": "993aa4ae619db4b2"}
+
+
+def verdict(torch_fingerprint: str) -> str:
+    """What the `torch` fingerprint says about building the committed evidence's replicates here."""
+    if torch_fingerprint == EVIDENCE_MACHINE["torch"]:
+        return ("the same as on the machine that built the committed evidence's zoo: a replicate built here "
+                "is that zoo (check with build --fingerprints results/zoo_weights.csv)")
+    return (f"not the {EVIDENCE_MACHINE['torch']} of the machine that built the committed evidence's zoo: a "
+            "replicate built here is another zoo, so give it a replicate number of its own (docs/zoos.md)")
+
+
 def main() -> None:
     from glue_bench.zoo.mini.build import REPRODUCIBLE, reproducible_here
 
@@ -71,8 +85,10 @@ def main() -> None:
                   {**os.environ, **REPRODUCIBLE})
     import torch
 
-    print(f"torch {fingerprint(False)} ieee-sqrt {fingerprint(True)} "
+    as_built = fingerprint(False)
+    print(f"torch {as_built} ieee-sqrt {fingerprint(True)} "
           f"({STEPS} steps, torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()} kernels)")
+    print(f"torch {as_built}: {verdict(as_built)}")
 
 
 if __name__ == "__main__":
