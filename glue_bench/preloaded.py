@@ -44,12 +44,9 @@ class Sweeper:
         """The lines the sweep `python -m glue_bench *args` prints on stdout, as it prints them;
         `returncode` is its exit status once they end."""
         self.returncode = None
-        try:
+        with contextlib.suppress(BrokenPipeError):  # a dead server: its stdout below is at its end
             self._server.stdin.write(json.dumps(args) + "\n")
             self._server.stdin.flush()
-        except BrokenPipeError:  # the server has died (killed, or a failed import): its stderr said why
-            self.returncode = self._server.wait() or 1
-            return
         for line in self._server.stdout:
             before, mark, status = line.partition(EXIT_MARK)
             if mark:

@@ -107,10 +107,10 @@ def lane_threads(lanes: int) -> int:
 _LAUNCHED = re.compile(r"\[HYDRA\]\s+#(\d+) : ")  # Hydra's basic launcher, as it starts each job of a sweep
 
 
-def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path | None = None,
-               bar: tqdm | None = None, sweeper: Sweeper | None = None) -> None:
-    """One preset's sweep in a process of its own, forked by `sweeper` (by a new one if None); `bar`
-    advances as each of its jobs ends (the next one starting, or the sweep ending)."""
+def run_preset(preset: str, overrides: list[str], results: Path, sweeper: Sweeper, hydra_dir: Path | None = None,
+               bar: tqdm | None = None) -> None:
+    """One preset's sweep in a process of its own, forked by `sweeper`; `bar` advances as each of its
+    jobs ends (the next one starting, or the sweep ending)."""
     # --multirun: a preset's hydra.mode alone is not enough once an override reaches into a swept group
     args = ["--multirun", f"experiment={preset}", *overrides, f"results_path={results}", "print_table=false"]
     if hydra_dir is not None:  # else Hydra's own outputs/ and multirun/ folders
@@ -120,14 +120,12 @@ def run_preset(preset: str, overrides: list[str], results: Path, hydra_dir: Path
     say(f"[reproduce] glue_bench {' '.join(args)}")
     start = time.perf_counter()
     launched = 0
-    with contextlib.ExitStack() as stack:
-        sweeper = sweeper or stack.enter_context(Sweeper(REPO))
-        for line in sweeper.sweep(args):
-            say(line)
-            if _LAUNCHED.search(line):
-                if launched and bar is not None:
-                    bar.update(1)  # the job before this one has ended
-                launched += 1
+    for line in sweeper.sweep(args):
+        say(line)
+        if _LAUNCHED.search(line):
+            if launched and bar is not None:
+                bar.update(1)  # the job before this one has ended
+            launched += 1
     if launched and bar is not None:
         bar.update(1)  # and the last one, with the sweep
     if sweeper.returncode != 0:
@@ -151,7 +149,7 @@ def _run_lanes(queue: list[tuple[str, list[str]]], sweepers: list, results: Path
                     return
                 preset, overrides = waiting.popleft()
             try:
-                run_preset(preset, overrides, results, hydra_dir, bar, sweeper)
+                run_preset(preset, overrides, results, sweeper, hydra_dir, bar)
             except BaseException:
                 failed.set()
                 raise

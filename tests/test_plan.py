@@ -151,7 +151,7 @@ def test_the_progress_bar_counts_each_job_of_a_sweep_as_it_ends(tmp_path, monkey
     seen = []
     with tqdm(total=5, file=io.StringIO()) as bar:
         monkeypatch.setattr(bar, "write", seen.append)
-        reproduce.run_preset("merge_methods", [], tmp_path / "r.sqlite", bar=bar, sweeper=Sweeper())
+        reproduce.run_preset("merge_methods", [], tmp_path / "r.sqlite", Sweeper(), bar=bar)
         assert bar.n == 3
     assert "log of job 2" in seen and seen[-1].startswith("[reproduce] merge_methods: ")
     assert json.loads((tmp_path / "costs.jsonl").read_text())["preset"] == "merge_methods"

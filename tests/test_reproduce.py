@@ -39,7 +39,7 @@ def test_replicates_sweep_every_preset_over_the_replicate_zoos(monkeypatch, tmp_
     from glue_bench import reproduce
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, hydra_dir, bar=None, sweeper=None:
+    monkeypatch.setattr(reproduce, "run_preset", lambda preset, overrides, results, sweeper, hydra_dir, bar=None:
                         calls.append((preset, overrides)))
     monkeypatch.setattr("glue_bench.tables.main", lambda argv: None)
     reproduce.main(["--replicates", "3", "--presets", "mixture_levels", "recipe", "--no-figures", "--lanes", "1",
@@ -69,7 +69,7 @@ def test_lanes_take_the_queue_in_order_and_start_nothing_after_a_failure(monkeyp
 
     started = []
 
-    def run_preset(preset, overrides, results, hydra_dir, bar=None, sweeper=None):
+    def run_preset(preset, overrides, results, sweeper, hydra_dir, bar=None):
         started.append(preset)
         if preset == "b":
             raise SystemExit("reproduce: preset b failed")
