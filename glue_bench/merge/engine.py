@@ -420,11 +420,12 @@ class Merger:
         """The tensor as float32 on the merge device (a bf16 one widened into `into` when given),
         refused if it holds NaN or inf."""
         tensor = source.get(key)
-        if tensor.dtype == torch.bfloat16 and self.device.type == "cpu" and kernels.can_sum([tensor]):
-            tensor = kernels.weighted_sum([tensor], [1.0], into)  # widened exactly in one pass: 5x torch's .to here
+        if self.device.type == "cpu" and kernels.can_widen(tensor):
+            tensor, finite = kernels.widen(tensor, into)  # widened exactly and checked in one pass: 5x torch's .to here
         else:
             tensor = tensor.to(self.device, torch.float32)
-        if not is_finite(tensor):  # checked as read: a pass over memory the merge touches anyway
+            finite = is_finite(tensor)  # checked as read: a pass over memory the merge touches anyway
+        if not finite:
             raise MergeError(f"model {source.name!r}: tensor {key!r} holds NaN or inf")
         return tensor
 

@@ -4,13 +4,19 @@
  *
  * Compiled with -fno-trapping-math: without it gcc may not turn the comparisons below into
  * vector selects (a comparison may trap), and these loops run 25x slower. No -ffast-math: it
- * would reorder sums and, in a shared library, switch the whole process to flush-to-zero. */
+ * would reorder sums and, in a shared library, switch the whole process to flush-to-zero.
+ * The TIES election and the streamed passes are written with 8-lane vector types (GCC and Clang
+ * vector extensions, an AVX2 intrinsic or two where gcc 12 makes poor code of the generic form):
+ * their loops run over models inside a chunk of entries, which gcc does not vectorize by itself. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
-#define BLOCK 256  /* entries per block of ties_combine: its three accumulators stay in L1 */
+#define BLOCK 256  /* entries per block of dare_keep's draws and of ties_bracket's counts */
 #define TRIM_BLOCK 4096  /* entries per block of keep_top's trim (16 KB, in L1 while counted and trimmed) */
 #define SUM_BLOCK 4096  /* entries per block of weighted_sum: its 16 KB of sums stay in L1 */
 
@@ -44,6 +50,17 @@ int subtract(const void *input, int bf16, const float *base, int64_t numel, floa
     return special != 0;
 }
 
+/* A bf16 tensor widened to float32 (exactly: a bfloat16 is a float32's high half), and whether
+ * it holds NaN or inf, in the one pass: the engine's check of what it reads costs no pass of its own. */
+int widen(const uint16_t *input, int64_t numel, float *out) {
+    uint32_t special = 0;  /* any exponent all ones */
+    for (int64_t j = 0; j < numel; j++) {
+        special |= (uint32_t)((input[j] & 0x7f80u) == 0x7f80u);
+        out[j] = bfloat16_value(input[j]);
+    }
+    return special != 0;
+}
+
 /* Linear's weighted sum of n_models inputs [numel], each read once in its stored dtype (bf16: a
  * bfloat16, else float32): out = c_0 x_0, then out = fma(x_i, c_i, out) for i = 1, 2, ..: what
  * torch's mul and add_(x, alpha=c) compute where ATen's vector code has FMA (AVX2, AVX-512),
@@ -68,65 +85,168 @@ void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n
     }
 }
 
-/* TIES's election on one block of n entries: out = base + lambda * s * (sum_i |c_i| P_i) /
- * (sum_i w_i [P_i > 0]) with s = +1 where sum_i c_i d_i >= 0 (else -1) and P_i = max(sign(c_i) d_i s, 0);
- * the divisor is used only when `normalize`, and a zero divisor counts as 1. d: n_models rows of the
- * block's task vectors, `stride` apart; c = `signed_c`, |c| = `absolute`, w = `active`. In two steps,
- * the sums sum_i c_i d_i (add_signs, model by model) and the rest (average_agreeing), shared by the
- * stacked and the streamed merge so that both round alike. */
-static inline void add_signs(float *sign, const float *di, float c, int64_t n) {
-    for (int64_t j = 0; j < n; j++) sign[j] += c * di[j];
+/* ---- TIES's election, 32 entries at a time in vector registers -------------------------------
+ * Eight float32 lanes as a GCC/Clang vector type: one AVX register where the CPU has AVX, two SSE
+ * or NEON ones elsewhere. A chunk of CHUNK entries is four of them, so that each sum over the
+ * models runs as four independent chains (a chain waits out each multiply-add's latency) held in
+ * registers: an election that went model by model through arrays in L1 was bound by its stores. */
+#define LANES 8
+#define VECTORS 4
+#define CHUNK (LANES * VECTORS)
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef uint32_t u8 __attribute__((vector_size(32)));
+typedef uint16_t h8 __attribute__((vector_size(16)));
+typedef int16_t s8 __attribute__((vector_size(16)));
+
+static inline f8 load8(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float *p, f8 v) { memcpy(p, &v, sizeof v); }
+static inline f8 splat8(float x) { return (f8){0} + x; }
+
+/* 8 entries of an input as stored, widened exactly (bf16: a bfloat16 is a float32's high half).
+ * With AVX2, one zero-extending load: gcc 12 makes __builtin_convertvector's four instructions. */
+static inline f8 stored8(const void *input, int bf16, int64_t at) {
+    if (bf16) {
+#ifdef __AVX2__
+        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)input + at)));
+        return (f8)_mm256_slli_epi32(wide, 16);
+#else
+        h8 half;
+        memcpy(&half, (const uint16_t *)input + at, sizeof half);
+        return (f8)(__builtin_convertvector(half, u8) << 16);
+#endif
+    }
+    return load8((const float *)input + at);
 }
 
-static inline void average_agreeing(float *sign, const float *d, int64_t stride, int64_t n_models, int64_t n,
-                                    const float *signed_c, const float *absolute, const float *active,
-                                    const float *base, float lambda, int normalize, float *out) {
-    float total[BLOCK], divisor[BLOCK], against[BLOCK];  /* against = -s: g d s for g = -1 */
-    memset(total, 0, sizeof total);
-    memset(divisor, 0, sizeof divisor);
-    for (int64_t j = 0; j < n; j++) {
-        sign[j] = 1.0f - 2.0f * (float)(sign[j] < 0);
-        against[j] = -sign[j];
+static inline i8 magnitude8(f8 x) { return (i8)x & 0x7fffffff; }  /* |x|'s bits, ordered as |x| */
+
+static inline i8 max8(i8 a, i8 b) {
+#ifdef __AVX2__
+    return (i8)_mm256_max_epi32((__m256i)a, (__m256i)b);  /* one instruction where a select takes three */
+#else
+    i8 a_larger = a > b;
+    return (a & a_larger) | (b & ~a_larger);
+#endif
+}
+
+/* The scratch of an election: the voters (the models with c_i != 0: a zero term never agrees),
+ * their |c_i|, w_i and sign(c_i) as a sign bit, each model's slot among them (-1: none), and per
+ * chunk the voters' signed task vectors sign(c_i) d_i. */
+typedef struct {
+    int64_t count, *slot;
+    float *absolute, *active;
+    int32_t *flip;
+    f8 *e;
+} election_t;
+
+static void election_free(election_t *el) {
+    free(el->slot);
+    free(el->absolute);
+    free(el->active);
+    free(el->flip);
+    free(el->e);
+}
+
+static int election_of(election_t *el, int64_t n_models, const float *signed_c, const float *absolute,
+                       const float *active) {
+    el->count = 0;
+    el->slot = malloc((size_t)n_models * sizeof *el->slot);
+    el->absolute = malloc((size_t)n_models * sizeof *el->absolute);
+    el->active = malloc((size_t)n_models * sizeof *el->active);
+    el->flip = malloc((size_t)n_models * sizeof *el->flip);
+    el->e = aligned_alloc(32, (size_t)(n_models ? n_models : 1) * VECTORS * sizeof(f8));
+    if (!el->slot || !el->absolute || !el->active || !el->flip || !el->e) {
+        election_free(el);
+        return -1;
     }
     for (int64_t i = 0; i < n_models; i++) {
-        if (signed_c[i] == 0) continue;  /* a zero term never agrees */
-        const float *di = d + i * stride, *s = signed_c[i] > 0 ? sign : against;
-        const float a = absolute[i], w = active[i];
-        if (normalize) {
-            for (int64_t j = 0; j < n; j++) {
-                float x = di[j] * s[j];  /* sign(c_i) d_i s, exactly */
-                float agreeing = 0.5f * (x + fabsf(x));  /* max(x, 0), exactly */
-                total[j] += a * agreeing;
-                divisor[j] += agreeing > 0 ? w : 0.0f;
-            }
-        } else {
-            for (int64_t j = 0; j < n; j++) {
-                float x = di[j] * s[j];
-                total[j] += a * (0.5f * (x + fabsf(x)));
-            }
+        el->slot[i] = signed_c[i] == 0 ? -1 : el->count;
+        if (signed_c[i] == 0) continue;
+        el->absolute[el->count] = absolute[i];
+        el->active[el->count] = active[i];
+        el->flip[el->count++] = signed_c[i] < 0 ? (int32_t)0x80000000 : 0;
+    }
+    return 0;
+}
+
+/* Model i's task vector d on a chunk, into the election: sign += c_i d (model by model, in index
+ * order), and sign(c_i) d kept for the vote (a sign flip: exact). */
+static inline void add_model(election_t *el, int64_t i, float c, const f8 *d, f8 *sign) {
+    for (int q = 0; q < VECTORS; q++) sign[q] += c * d[q];
+    const int64_t slot = el->slot[i];
+    if (slot >= 0 && el->flip[slot])
+        for (int q = 0; q < VECTORS; q++) el->e[slot * VECTORS + q] = (f8)((i8)d[q] ^ el->flip[slot]);
+    else if (slot >= 0)
+        for (int q = 0; q < VECTORS; q++) el->e[slot * VECTORS + q] = d[q];
+}
+
+/* The election of one chunk, its models added: out = base + lambda * s * (sum_i |c_i| P_i) /
+ * (sum_i w_i [P_i > 0]), s = +1 where sum_i c_i d_i >= 0 (else -1), P_i = max(sign(c_i) d_i s, 0);
+ * the divisor only when `normalize`, a zero one counting as 1. Each product and sum is the one the
+ * formula names, in model order, wherever the task vectors come from (a stack or the files). */
+static inline __attribute__((always_inline)) void elect_normalized(const election_t *el, const f8 *sign,
+                                                                   const float *base, float lambda, int normalize,
+                                                                   float *out) {
+    f8 s[VECTORS], total[VECTORS], divisor[VECTORS];
+    const f8 one = splat8(1.0f);
+    for (int q = 0; q < VECTORS; q++) {
+        s[q] = (f8)((i8)one | ((sign[q] < 0) & (int32_t)0x80000000));  /* +-1 */
+        total[q] = (f8){0};
+        divisor[q] = (f8){0};
+    }
+    for (int64_t v = 0; v < el->count; v++) {
+        const float a = el->absolute[v];
+        const f8 w = splat8(el->active[v]);
+        for (int q = 0; q < VECTORS; q++) {
+            const f8 x = el->e[v * VECTORS + q] * s[q];  /* sign(c_i) d_i s, exactly */
+            const i8 agrees = x > 0;
+            total[q] += a * (f8)((i8)x & agrees);  /* a max(x, 0) */
+            if (normalize) divisor[q] += (f8)(agrees & (i8)w);
         }
     }
-    for (int64_t j = 0; j < n; j++) {
-        float merged = sign[j] * total[j];
-        if (normalize) merged /= divisor[j] + (float)(divisor[j] == 0);
-        out[j] = base[j] + lambda * merged;
+    for (int q = 0; q < VECTORS; q++) {
+        f8 merged = s[q] * total[q];
+        if (normalize) merged /= divisor[q] + (f8)((divisor[q] == 0) & (i8)one);
+        store8(out + q * LANES, load8(base + q * LANES) + lambda * merged);
     }
+}
+
+static inline void elect(const election_t *el, const f8 *sign, const float *base, float lambda, int normalize,
+                         float *out) {
+    if (normalize) elect_normalized(el, sign, base, lambda, 1, out);  /* two copies, no test per entry */
+    else elect_normalized(el, sign, base, lambda, 0, out);
 }
 
 /* TIES's election over a stack: deltas holds n_models rows of numel entries, `stride` apart, row i
  * (part of) model i's trimmed task vector. Reads the stack, never writes it (a search's cache
- * keeps it for the next candidate). */
-void ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t stride, const float *signed_c,
-                  const float *absolute, const float *active, const float *base, float lambda,
-                  int normalize, float *out) {
-    float sign[BLOCK];
-    for (int64_t start = 0; start < numel; start += BLOCK) {
-        int64_t n = numel - start < BLOCK ? numel - start : BLOCK;
-        memset(sign, 0, sizeof sign);
-        for (int64_t i = 0; i < n_models; i++) add_signs(sign, deltas + i * stride + start, signed_c[i], n);
-        average_agreeing(sign, deltas + start, stride, n_models, n, signed_c, absolute, active, base + start,
-                         lambda, normalize, out + start);
+ * keeps it for the next candidate). A last partial chunk goes through zero-padded copies, so that
+ * every entry takes the one vector path. Returns -1 if its scratch cannot be had. */
+int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t stride, const float *signed_c,
+                 const float *absolute, const float *active, const float *base, float lambda,
+                 int normalize, float *out) {
+    election_t el;
+    if (election_of(&el, n_models, signed_c, absolute, active) != 0) return -1;
+    for (int64_t at = 0; at < numel; at += CHUNK) {
+        const int64_t n = numel - at < CHUNK ? numel - at : CHUNK;
+        float pad[CHUNK] = {0}, pad_base[CHUNK] = {0}, pad_out[CHUNK];
+        f8 sign[VECTORS] = {{0}}, d[VECTORS];
+        for (int64_t i = 0; i < n_models; i++) {
+            const float *row = deltas + i * stride + at;
+            if (n < CHUNK) row = memcpy(pad, row, (size_t)n * sizeof *pad);
+            for (int q = 0; q < VECTORS; q++) d[q] = load8(row + q * LANES);
+            add_model(&el, i, signed_c[i], d, sign);
+        }
+        if (n == CHUNK) elect(&el, sign, base + at, lambda, normalize, out + at);
+        else {
+            memcpy(pad_base, base + at, (size_t)n * sizeof *pad_base);
+            elect(&el, sign, pad_base, lambda, normalize, pad_out);
+            memcpy(out + at, pad_out, (size_t)n * sizeof *pad_out);
+        }
     }
+    election_free(&el);
+    return 0;
 }
 
 static inline uint32_t magnitude_bits(float x) {
@@ -337,6 +457,59 @@ void task_vector_sample(const void *const *inputs, int bf16, const float *base, 
 #define TIE_BLOCK 4096  /* entries per count of a heavy value */
 #define NO_VALUE 0xffffffffu  /* pads a model's heavy values: never a magnitude's bits */
 
+/* One model's counts on entries [start, start + n) of one tie block (n <= BLOCK): the magnitudes'
+ * bits into `bits`; how many exceed hi (*above) and how many reach lo (*from_lo); how many equal
+ * each of the model's n_heavy heavy values (equal[q]); and whether any magnitude is inf or NaN,
+ * which an input's inf or NaN makes so (and, rarely, an overflowing x - base: the caller tells
+ * them apart). One pass in registers, a copy of it per number of heavy values. */
+static inline __attribute__((always_inline)) int bracket_counts(const void *input, const int bf16, const float *base,
+                                                                int64_t start, int64_t n, int32_t lo, int32_t hi,
+                                                                const uint32_t *heavy, const int n_heavy,
+                                                                int32_t *above, int32_t *from_lo,
+                                                                int32_t *equal) {
+    i8 n_above = {0}, n_from_lo = {0}, n_equal[HEAVY] = {{0}}, largest = {0}, value[HEAVY];
+    for (int q = 0; q < n_heavy; q++) value[q] = (i8){0} + (int32_t)heavy[q];
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        i8 b = magnitude8(stored8(input, bf16, start + j) - load8(base + start + j));
+        n_above -= b > hi;  /* a true compare is -1 */
+        n_from_lo -= b > lo - 1;
+        largest = max8(largest, b);
+        for (int q = 0; q < n_heavy; q++) n_equal[q] -= b == value[q];
+    }
+    int32_t tail_above = 0, tail_from_lo = 0, tail_equal[HEAVY] = {0}, tail_huge = 0;
+    for (; j < n; j++) {
+        float x = bf16 ? bfloat16_value(((const uint16_t *)input)[start + j]) : ((const float *)input)[start + j];
+        int32_t b = (int32_t)magnitude_bits(x - base[start + j]);
+        tail_above += b > hi;
+        tail_from_lo += b >= lo;
+        tail_huge |= b > 0x7f7fffff;
+        for (int q = 0; q < n_heavy; q++) tail_equal[q] += b == (int32_t)heavy[q];
+    }
+    *above = tail_above;
+    *from_lo = tail_from_lo;
+    for (int q = 0; q < n_heavy; q++) equal[q] = tail_equal[q];
+    for (int lane = 0; lane < LANES; lane++) {
+        *above += n_above[lane];
+        *from_lo += n_from_lo[lane];
+        tail_huge |= largest[lane] > 0x7f7fffff;
+        for (int q = 0; q < n_heavy; q++) equal[q] += n_equal[q][lane];
+    }
+    return tail_huge != 0;
+}
+
+/* Whether entries [start, start + n) of an input as stored hold NaN or inf (exponent all ones). */
+static int special_in(const void *input, int bf16, int64_t start, int64_t n) {
+    uint32_t special = 0;
+    for (int64_t j = start; j < start + n; j++) {
+        uint32_t raw = 0;
+        if (bf16) raw = (uint32_t)((const uint16_t *)input)[j] << 16;
+        else memcpy(&raw, (const float *)input + j, sizeof raw);
+        special |= (uint32_t)((raw & 0x7f800000u) == 0x7f800000u);
+    }
+    return special != 0;
+}
+
 /* Over entries [first, first + count): per model i, above[i] = how many magnitudes' bits exceed
  * hi[i]; of those in [lo[i], hi[i]], the ones equal to one of the model's HEAVY values
  * heavy[i][h] are counted per TIE_BLOCK of entries into heavy_counts[i][h][index / TIE_BLOCK]
@@ -349,8 +522,7 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
                  int32_t *heavy_counts, int64_t n_tie_blocks, int64_t *above, uint32_t *cand_bits,
                  uint32_t *cand_index, int64_t capacity, int64_t *found) {
     uint32_t bits[BLOCK];
-    uint8_t inside[BLOCK];
-    uint32_t special = 0;
+    int special = 0;
     for (int64_t i = 0; i < n_models; i++) {
         above[i] = 0;
         found[i] = 0;
@@ -358,125 +530,239 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
     for (int64_t start = first, n; start < first + count; start += n) {
         n = first + count - start < BLOCK ? first + count - start : BLOCK;
         if (n > TIE_BLOCK - start % TIE_BLOCK) n = TIE_BLOCK - start % TIE_BLOCK;  /* one tie block */
-        memset(inside + n, 0, BLOCK - n);
         for (int64_t i = 0; i < n_models; i++) {
-            task_vector_bits(inputs[i], bf16, base, start, n, bits, &special);
             const int32_t l = (int32_t)lo[i], h = (int32_t)hi[i];  /* bits < 2^31 */
             const uint32_t *v = heavy + i * HEAVY;
-            int32_t n_above = 0, n_inside = 0;
-            for (int64_t j = 0; j < n; j++) {
-                int32_t b = (int32_t)bits[j];
-                n_above += b > h;
-                n_inside += (b >= l) & (b <= h);
+            int n_heavy = 0;
+            while (n_heavy < HEAVY && v[n_heavy] != NO_VALUE) n_heavy++;
+            /* a bracket of one value, a heavy one: its count is those from lo less those above */
+            const int only_heavy = n_heavy == 1 && l == h && v[0] == (uint32_t)l;
+            int32_t n_above, n_from_lo, equal[HEAVY] = {0}, huge = 0;
+#define COUNTS(B, NH) bracket_counts(inputs[i], B, base, start, n, l, h, v, NH, &n_above, &n_from_lo, equal)
+            switch ((only_heavy ? 0 : n_heavy) * 2 + (bf16 != 0)) {  /* a copy per dtype and number of heavy values counted */
+                case 0: huge = COUNTS(0, 0); break;
+                case 1: huge = COUNTS(1, 0); break;
+                case 2: huge = COUNTS(0, 1); break;
+                case 3: huge = COUNTS(1, 1); break;
+                case 4: huge = COUNTS(0, 2); break;
+                case 5: huge = COUNTS(1, 2); break;
+                case 6: huge = COUNTS(0, 3); break;
+                case 7: huge = COUNTS(1, 3); break;
+                case 8: huge = COUNTS(0, 4); break;
+                default: huge = COUNTS(1, 4); break;
             }
+#undef COUNTS
+            if (only_heavy) equal[0] = n_from_lo - n_above;
+            if (huge && !special) special = special_in(inputs[i], bf16, start, n);
             above[i] += n_above;
-            for (int q = 0; q < HEAVY && v[q] != NO_VALUE && n_inside > 0; q++) {  /* each a count of its own */
-                const int32_t value = (int32_t)v[q];
-                int32_t equal = 0;
-                for (int64_t j = 0; j < n; j++) equal += (int32_t)bits[j] == value;
-                heavy_counts[(i * HEAVY + q) * n_tie_blocks + start / TIE_BLOCK] += equal;
-                n_inside -= equal;
+            int32_t n_inside = n_from_lo - n_above;  /* in [lo, hi] */
+            for (int q = 0; q < n_heavy && n_inside > 0; q++) {
+                heavy_counts[(i * HEAVY + q) * n_tie_blocks + start / TIE_BLOCK] += equal[q];
+                n_inside -= equal[q];
             }
-            if (n_inside == 0) continue;  /* all of them heavy: nothing to list */
-            for (int64_t j = 0; j < n; j++) {
-                int32_t b = (int32_t)bits[j];
-                int32_t is_heavy = 0;
-                for (int q = 0; q < HEAVY; q++) is_heavy |= bits[j] == v[q];
-                inside[j] = (uint8_t)((b >= l) & (b <= h) & !is_heavy);
-            }
+            if (n_inside <= 0) continue;  /* all of them heavy: nothing to list */
+            task_vector_bits(inputs[i], bf16, base, start, n, bits, &(uint32_t){0});
             int64_t listed = found[i];
             uint32_t *row_bits = cand_bits + i * capacity, *row_index = cand_index + i * capacity;
-            for (int64_t j = 0; j < BLOCK; j += 8) {  /* eight flags a word: most words are 0 */
-                uint64_t word;
-                memcpy(&word, inside + j, sizeof word);
-                if (word == 0) continue;
-                for (int64_t q = j; q < j + 8; q++) {
-                    if (!inside[q]) continue;
-                    if (listed < capacity) {
-                        row_bits[listed] = bits[q];
-                        row_index[listed] = (uint32_t)(start + q);
-                    }
-                    listed++;
+            for (int64_t j = 0; j < n; j++) {
+                const int32_t b = (int32_t)bits[j];
+                int is_heavy = 0;
+                for (int q = 0; q < n_heavy; q++) is_heavy |= bits[j] == v[q];
+                if (b < l || b > h || is_heavy) continue;
+                if (listed < capacity) {
+                    row_bits[listed] = bits[j];
+                    row_index[listed] = (uint32_t)(start + j);
                 }
+                listed++;
             }
             found[i] = listed;
         }
     }
-    return special != 0;
+    return special;
 }
 
-/* TIES over entries [first, first + count) from the inputs as stored: each block's task vectors
- * are computed and trimmed (kth, cut: see above) into a small buffer, then elected by add_signs
- * and average_agreeing, as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
+/* Model i's task vector on the chunk at entry `at`, trimmed: d = x - base (x read as stored at
+ * `offset`: `at`, or 0 in a padded copy), entry j kept where |d| > kth, or |d| == kth and j < cut
+ * (a dropped entry becomes +0, as in keep_top). */
+static inline __attribute__((always_inline)) void trimmed_chunk(f8 *d, const void *input, const int bf16,
+                                                                int64_t offset, const float *base, int64_t at,
+                                                                uint32_t kth, int64_t cut) {
+    const int32_t t = (int32_t)kth;  /* magnitudes' bits are < 2^31 */
+    i8 below[VECTORS];  /* kept: bits > below */
+    if (cut >= at + CHUNK || cut <= at) {  /* the rule: the cut lies outside the chunk */
+        const i8 all = (i8){0} + (cut > at ? t - 1 : t);
+        for (int q = 0; q < VECTORS; q++) below[q] = all;
+    } else {
+        const i8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+        for (int q = 0; q < VECTORS; q++)  /* t - 1 before the cut, t from it on (a true compare is -1) */
+            below[q] = (t - 1) - (lane + (int32_t)(at + q * LANES - cut) >= 0);
+    }
+    for (int q = 0; q < VECTORS; q++) {
+        f8 x = stored8(input, bf16, offset + q * LANES) - load8(base + q * LANES);
+        d[q] = (f8)((i8)x & (magnitude8(x) > below[q]));
+    }
+}
+
+/* The inputs' entries [at, at + n) for a last partial chunk: each input's copied into its row of
+ * `pad` (zero-padded to CHUNK entries, 4 bytes an entry whatever the dtype), its pointer into
+ * `rows`, and the base's into pad_base. */
+static void padded_chunk(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t at,
+                         int64_t n, float *pad, const void **rows, float *pad_base) {
+    const size_t size = bf16 ? 2 : 4;
+    memset(pad, 0, (size_t)n_models * CHUNK * sizeof *pad);
+    for (int64_t i = 0; i < n_models; i++) {
+        memcpy(pad + i * CHUNK, (const char *)inputs[i] + at * size, (size_t)n * size);
+        rows[i] = pad + i * CHUNK;
+    }
+    memset(pad_base, 0, CHUNK * sizeof *pad_base);
+    memcpy(pad_base, base + at, (size_t)n * sizeof *pad_base);
+}
+
+/* One chunk of ties_streamed: its task vectors made, trimmed and elected into out. */
+static inline __attribute__((always_inline)) void ties_chunk(election_t *el, const void *const *x, const int bf16,
+                                                             int64_t offset, const float *b, int64_t at,
+                                                             int64_t n_models, const uint32_t *kth, const int64_t *cut,
+                                                             const float *signed_c, float lambda, int normalize,
+                                                             float *out) {
+    f8 sign[VECTORS] = {{0}}, d[VECTORS];
+    for (int64_t i = 0; i < n_models; i++) {
+        trimmed_chunk(d, x[i], bf16, offset, b, at, kth[i], cut[i]);
+        add_model(el, i, signed_c[i], d, sign);
+    }
+    elect(el, sign, b, lambda, normalize, out);
+}
+
+/* TIES over entries [first, first + count) from the inputs as stored: each chunk's task vectors
+ * are computed, trimmed (kth, cut: see above) and elected in registers, as ties_combine elects the
+ * stack's; a last partial chunk through zero-padded copies. Returns -1 if its scratch cannot be had. */
 int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                   int64_t count, const uint32_t *kth, const int64_t *cut, const float *signed_c,
                   const float *absolute, const float *active, float lambda, int normalize, float *out) {
-    float *d = malloc((size_t)n_models * BLOCK * sizeof *d);
-    float sign[BLOCK];
-    if (d == NULL) return -1;
-    for (int64_t start = first; start < first + count; start += BLOCK) {
-        int64_t n = first + count - start < BLOCK ? first + count - start : BLOCK;
-        const float *b = base + start;
-        memset(sign, 0, sizeof sign);
-        for (int64_t i = 0; i < n_models; i++) {
-            float *di = d + i * BLOCK;
-            task_vector(inputs[i], bf16, base, start, n, di);
-            /* ties at kth are kept before cut[i] and dropped from it: only the block that holds
-             * cut[i] has two parts; a dropped entry becomes +0, as in keep_top */
-            const int32_t t = (int32_t)kth[i];
-            const int32_t floor = cut[i] < start + n ? t + 1 : t;  /* kept after the split: bits >= floor */
-            const int64_t split = cut[i] > start && cut[i] < start + n ? cut[i] - start : 0;
-            for (int64_t j = 0; j < split; j++) di[j] = (int32_t)magnitude_bits(di[j]) >= t ? di[j] : 0.0f;
-            for (int64_t j = split; j < n; j++) di[j] = (int32_t)magnitude_bits(di[j]) >= floor ? di[j] : 0.0f;
-            add_signs(sign, di, signed_c[i], n);
-        }
-        average_agreeing(sign, d, BLOCK, n_models, n, signed_c, absolute, active, b, lambda, normalize,
-                         out + start);
+    election_t el;
+    float *pad = malloc((size_t)(n_models ? n_models : 1) * CHUNK * sizeof *pad);
+    const void **rows = malloc((size_t)(n_models ? n_models : 1) * sizeof *rows);
+    if (pad == NULL || rows == NULL || election_of(&el, n_models, signed_c, absolute, active) != 0) {
+        free(pad);
+        free(rows);
+        return -1;
     }
-    free(d);
+    const int64_t end = first + count, full_end = end - count % CHUNK;
+#define CHUNKS(B) for (int64_t at = first; at < full_end; at += CHUNK) \
+        ties_chunk(&el, inputs, B, at, base + at, at, n_models, kth, cut, signed_c, lambda, normalize, out + at)
+    if (bf16) CHUNKS(1);  /* a copy of the loop per dtype */
+    else CHUNKS(0);
+#undef CHUNKS
+    if (full_end < end) {
+        float pad_base[CHUNK], pad_out[CHUNK];
+        padded_chunk(inputs, bf16, base, n_models, full_end, end - full_end, pad, rows, pad_base);
+        ties_chunk(&el, rows, bf16, 0, pad_base, full_end, n_models, kth, cut, signed_c, lambda, normalize, pad_out);
+        memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
+    }
+    election_free(&el);
+    free(pad);
+    free(rows);
     return 0;
 }
 
-/* DARE-TIES over entries [first, first + count) from the inputs as stored: each block's task
+/* Model i's task vector on a chunk, dropped: d = x - base, each entry multiplied by 1 where its
+ * 16-bit piece of the random stream is below `cut`, else by 0 (as dare_keep); pieces NULL: kept. */
+static inline __attribute__((always_inline)) void dropped_chunk(f8 *d, const void *input, const int bf16,
+                                                                int64_t offset, const float *base,
+                                                                const int16_t *pieces, int32_t cut) {
+    for (int q = 0; q < VECTORS; q++) {
+        d[q] = stored8(input, bf16, offset + q * LANES) - load8(base + q * LANES);
+        if (pieces) {
+            s8 piece;
+            memcpy(&piece, pieces + q * LANES, sizeof piece);
+            d[q] *= (f8)((__builtin_convertvector(piece, i8) < cut) & (i8)splat8(1.0f));
+        }
+    }
+}
+
+/* A model's PCG64 stream as two chains, the even and the odd draws from here on (each a step of
+ * a^2), so that its multiplies run side by side (see pcg64_fill). */
+typedef struct {
+    unsigned __int128 even, odd, a2, inc2;
+} pcg64_pair_t;
+
+static pcg64_pair_t pcg64_pair(unsigned __int128 state, unsigned __int128 inc) {
+    const unsigned __int128 a = ((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL;
+    pcg64_pair_t pair = {.a2 = a * a, .inc2 = (a + 1) * inc};
+    pair.even = a * state + inc;
+    pair.odd = a * pair.even + inc;
+    return pair;
+}
+
+/* The next CHUNK / 4 draws of the stream (random_raw's), advancing it. */
+static inline void pcg64_chunk(pcg64_pair_t *pair, uint64_t *draws) {
+    unsigned __int128 even = pair->even, odd = pair->odd;
+    for (int q = 0; q < CHUNK / 4; q += 2) {
+        draws[q] = pcg64_output(even);
+        draws[q + 1] = pcg64_output(odd);
+        even = pair->a2 * even + pair->inc2;
+        odd = pair->a2 * odd + pair->inc2;
+    }
+    pair->even = even;
+    pair->odd = odd;
+}
+
+/* One chunk of dare_ties_streamed: its task vectors made, dropped (the draws made model by model,
+ * just before their use: the CPU overlaps one model's multiplies with the last one's vector work)
+ * and elected into out. */
+static inline __attribute__((always_inline)) void dare_chunk(election_t *el, const void *const *x, const int bf16,
+                                                             int64_t offset, const float *b, int64_t n_models,
+                                                             pcg64_pair_t *streams, const int32_t *cuts,
+                                                             const float *signed_c, float lambda, int normalize,
+                                                             float *out) {
+    f8 sign[VECTORS] = {{0}}, d[VECTORS];
+    uint64_t draws[CHUNK / 4];
+    for (int64_t i = 0; i < n_models; i++) {
+        const int drops = cuts[i] <= 32767;
+        if (drops) pcg64_chunk(&streams[i], draws);  /* little-endian: piece 4q + r is bits 16r.. of draw q */
+        dropped_chunk(d, x[i], bf16, offset, b, drops ? (const int16_t *)draws : NULL, cuts[i]);
+        add_model(el, i, signed_c[i], d, sign);
+    }
+    elect(el, sign, b, lambda, normalize, out);
+}
+
+/* DARE-TIES over entries [first, first + count) from the inputs as stored: each chunk's task
  * vectors are computed and dropped as dare_keep drops them (model i's PCG64 stream, whose state
  * and increment are states[2i..] and incs[2i..] as (high, low) words, already advanced to entry
  * `first`, which is a multiple of 4; cuts[i] > 32767 keeps every entry, drawing nothing), then
- * elected as ties_combine elects the stack's. Returns -1 if the buffer cannot be had. */
+ * elected as ties_combine elects the stack's. Returns -1 if its scratch cannot be had. */
 int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                        int64_t count, const uint64_t *states, const uint64_t *incs, const int32_t *cuts,
                        const float *signed_c, const float *absolute, const float *active, float lambda,
                        int normalize, float *out) {
-    float *d = malloc((size_t)n_models * BLOCK * sizeof *d);
-    unsigned __int128 *state = malloc((size_t)n_models * sizeof *state);
-    float sign[BLOCK];
-    uint64_t draws[BLOCK / 4];
-    int16_t pieces[BLOCK];
-    if (d == NULL || state == NULL) {
-        free(d);
-        free(state);
+    const int64_t models = n_models ? n_models : 1;
+    election_t el;
+    pcg64_pair_t *streams = malloc((size_t)models * sizeof *streams);
+    float *pad = malloc((size_t)models * CHUNK * sizeof *pad);
+    const void **rows = malloc((size_t)models * sizeof *rows);
+    if (!streams || !pad || !rows || election_of(&el, n_models, signed_c, absolute, active) != 0) {
+        free(streams);
+        free(pad);
+        free(rows);
         return -1;
     }
-    for (int64_t i = 0; i < n_models; i++) state[i] = ((unsigned __int128)states[2 * i] << 64) | states[2 * i + 1];
-    for (int64_t start = first; start < first + count; start += BLOCK) {
-        int64_t n = first + count - start < BLOCK ? first + count - start : BLOCK;
-        const float *b = base + start;
-        memset(sign, 0, sizeof sign);
-        for (int64_t i = 0; i < n_models; i++) {
-            float *di = d + i * BLOCK;
-            task_vector(inputs[i], bf16, base, start, n, di);
-            if (cuts[i] <= 32767) {
-                unsigned __int128 inc = ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1];
-                const int32_t cut = cuts[i];
-                pcg64_fill(&state[i], inc, draws, (n + 3) / 4);
-                memcpy(pieces, draws, sizeof pieces);  /* little-endian: piece 4q + r is bits 16r.. of draw q */
-                for (int64_t j = 0; j < n; j++) di[j] *= (float)(pieces[j] < cut);
-            }
-            add_signs(sign, di, signed_c[i], n);
-        }
-        average_agreeing(sign, d, BLOCK, n_models, n, signed_c, absolute, active, b, lambda, normalize,
-                         out + start);
+    for (int64_t i = 0; i < n_models; i++)
+        streams[i] = pcg64_pair(((unsigned __int128)states[2 * i] << 64) | states[2 * i + 1],
+                                ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1]);
+    const int64_t end = first + count, full_end = end - count % CHUNK;
+#define CHUNKS(B) for (int64_t at = first; at < full_end; at += CHUNK) \
+        dare_chunk(&el, inputs, B, at, base + at, n_models, streams, cuts, signed_c, lambda, normalize, out + at)
+    if (bf16) CHUNKS(1);  /* a copy of the loop per dtype */
+    else CHUNKS(0);
+#undef CHUNKS
+    if (full_end < end) {  /* its draws past the end are made and not used */
+        float pad_base[CHUNK], pad_out[CHUNK];
+        padded_chunk(inputs, bf16, base, n_models, full_end, end - full_end, pad, rows, pad_base);
+        dare_chunk(&el, rows, bf16, 0, pad_base, n_models, streams, cuts, signed_c, lambda, normalize, pad_out);
+        memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
     }
-    free(d);
-    free(state);
+    election_free(&el);
+    free(streams);
+    free(pad);
+    free(rows);
     return 0;
 }

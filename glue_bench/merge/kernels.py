@@ -46,6 +46,7 @@ _SIGNATURES = {
     "weighted_sum": [_P, ctypes.c_int, _P, _I64, _I64, _P],
     "kth_magnitudes": [_P, _I64, _P, _I64, _P, _P],
     "subtract": [_P, ctypes.c_int, _P, _I64, _P],
+    "widen": [_P, _I64, _P],
     "task_vector_sample": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _I64, _P, _I64],
     "ties_bracket": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P],
     "ties_streamed": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int,
@@ -53,8 +54,8 @@ _SIGNATURES = {
 }
 _SIGNATURES["dare_ties_streamed"] = [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_float,
                                      ctypes.c_int, _P]
-_RETURNS = {"subtract": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
-            "dare_ties_streamed": ctypes.c_int}
+_RETURNS = {"subtract": ctypes.c_int, "widen": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
+            "dare_ties_streamed": ctypes.c_int, "ties_combine": ctypes.c_int}
 _SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -116,6 +117,20 @@ def subtract(stored: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> boo
         stored.data_ptr() + start * size, bf16, base.data_ptr() + start * 4, stop - start, out.data_ptr() + start * 4)))
 
 
+def widen(stored: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """A bf16 tensor widened exactly to float32 (into `out` when given), and whether it is finite,
+    in one pass over it. The caller checks `can_widen(stored)` first."""
+    if out is None:
+        out = torch.empty(stored.shape, dtype=torch.float32)
+    return out, not any(_over_threads(stored.numel(), lambda start, stop: library().widen(
+        stored.data_ptr() + 2 * start, stop - start, out.data_ptr() + 4 * start)))
+
+
+def can_widen(stored: torch.Tensor) -> bool:
+    """Whether `widen` takes this tensor: bf16, contiguous, in CPU memory."""
+    return stored.dtype == torch.bfloat16 and _as_stored([stored])
+
+
 def weighted_sum(tensors, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i c_i x_i as float32, bit for bit what `torch.mul(x_0, c_0)` then `add_(x_i, alpha=c_i)`
     gives (see kernels.c), reading each input once in its own dtype: no float32 copy of a bf16
@@ -169,11 +184,13 @@ def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Ten
     coefficients = np.array([signed, absolute, active], dtype=np.float32)
     n_models, numel = deltas.shape
 
-    def part(start: int, stop: int) -> None:
-        library().ties_combine(deltas.data_ptr() + 4 * start, n_models, stop - start, numel,
-                               coefficients[0].ctypes.data, coefficients[1].ctypes.data, coefficients[2].ctypes.data,
-                               base.data_ptr() + 4 * start, lambda_, int(normalize), out.data_ptr() + 4 * start)
-    _over_threads(numel, part)
+    def part(start: int, stop: int) -> int:
+        return library().ties_combine(deltas.data_ptr() + 4 * start, n_models, stop - start, numel,
+                                      coefficients[0].ctypes.data, coefficients[1].ctypes.data,
+                                      coefficients[2].ctypes.data, base.data_ptr() + 4 * start, lambda_,
+                                      int(normalize), out.data_ptr() + 4 * start)
+    if any(code != 0 for code in _over_threads(numel, part)):
+        raise MemoryError("ties_combine: no memory for its scratch")
     return out
 
 
@@ -182,10 +199,14 @@ def _pointers(tensors) -> ctypes.Array:
 
 
 def task_vector_sample(stored, base: torch.Tensor, run: int, every: int, per_model: int) -> np.ndarray:
-    """|stored[i] - base| as uint32 bits on runs of `run` entries every `every` entries: [N, per_model]."""
+    """|stored[i] - base| as uint32 bits on runs of `run` entries every `every` entries: [N, per_model],
+    the models split over torch's threads (the first pass to touch the inputs' pages: faulting
+    them in is most of its cost)."""
     out = np.empty((len(stored), per_model), dtype=np.uint32)
-    library().task_vector_sample(_pointers(stored), int(stored[0].dtype == torch.bfloat16), base.data_ptr(),
-                                 len(stored), base.numel(), run, every, out.ctypes.data, per_model)
+    pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
+    _rows_over_threads(len(stored), base.numel(), lambda start, stop: library().task_vector_sample(
+        ctypes.addressof(pointers) + start * ctypes.sizeof(ctypes.c_void_p), bf16, base.data_ptr(), stop - start,
+        base.numel(), run, every, out[start:].ctypes.data, per_model))
     return out
 
 
@@ -255,7 +276,7 @@ def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, 
                                        coefficients[1].ctypes.data, coefficients[2].ctypes.data, lambda_,
                                        int(normalize), out.data_ptr())
     if any(code != 0 for code in _over_threads(base.numel(), part)):
-        raise MemoryError("ties_streamed: no memory for its block buffer")
+        raise MemoryError("ties_streamed: no memory for its scratch")
     return out
 
 
@@ -280,7 +301,7 @@ def dare_ties_streamed(stored, base: torch.Tensor, states: list[dict | None], cu
                                             coefficients[0].ctypes.data, coefficients[1].ctypes.data,
                                             coefficients[2].ctypes.data, lambda_, int(normalize), out.data_ptr())
     if any(code != 0 for code in _over_threads(base.numel(), part)):
-        raise MemoryError("dare_ties_streamed: no memory for its block buffer")
+        raise MemoryError("dare_ties_streamed: no memory for its scratch")
     return out
 
 
