@@ -99,6 +99,7 @@ typedef int32_t i8 __attribute__((vector_size(32)));
 typedef uint32_t u8 __attribute__((vector_size(32)));
 typedef uint16_t h8 __attribute__((vector_size(16)));
 typedef int16_t s8 __attribute__((vector_size(16)));
+typedef uint64_t q2 __attribute__((vector_size(16)));
 
 static inline f8 load8(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, f8 v) { memcpy(p, &v, sizeof v); }
@@ -132,13 +133,13 @@ static inline i8 max8(i8 a, i8 b) {
 }
 
 /* The scratch of an election: the voters (the models with c_i != 0: a zero term never agrees),
- * their |c_i|, w_i and sign(c_i) as a sign bit, each model's slot among them (-1: none), and per
- * chunk the voters' signed task vectors sign(c_i) d_i. */
+ * their |c_i|, w_i and sign(c_i) as a sign bit, each model's slot among them (-1: none), and the
+ * voters' signed task vectors sign(c_i) d_i (a row of up to BLOCK entries each). */
 typedef struct {
     int64_t count, *slot;
     float *absolute, *active;
     int32_t *flip;
-    f8 *e;
+    float *e;
 } election_t;
 
 static void election_free(election_t *el) {
@@ -156,7 +157,7 @@ static int election_of(election_t *el, int64_t n_models, const float *signed_c, 
     el->absolute = malloc((size_t)n_models * sizeof *el->absolute);
     el->active = malloc((size_t)n_models * sizeof *el->active);
     el->flip = malloc((size_t)n_models * sizeof *el->flip);
-    el->e = aligned_alloc(32, (size_t)(n_models ? n_models : 1) * VECTORS * sizeof(f8));
+    el->e = aligned_alloc(32, (size_t)(n_models ? n_models : 1) * BLOCK * sizeof *el->e);
     if (!el->slot || !el->absolute || !el->active || !el->flip || !el->e) {
         election_free(el);
         return -1;
@@ -172,21 +173,22 @@ static int election_of(election_t *el, int64_t n_models, const float *signed_c, 
 }
 
 /* Model i's task vector d on a chunk, into the election: sign += c_i d (model by model, in index
- * order), and sign(c_i) d kept for the vote (a sign flip: exact). */
+ * order), and sign(c_i) d kept for the vote in its row of e, CHUNK entries long (a sign flip: exact). */
 static inline void add_model(election_t *el, int64_t i, float c, const f8 *d, f8 *sign) {
     for (int q = 0; q < VECTORS; q++) sign[q] += c * d[q];
     const int64_t slot = el->slot[i];
     if (slot >= 0 && el->flip[slot])
-        for (int q = 0; q < VECTORS; q++) el->e[slot * VECTORS + q] = (f8)((i8)d[q] ^ el->flip[slot]);
+        for (int q = 0; q < VECTORS; q++) store8(el->e + slot * CHUNK + q * LANES, (f8)((i8)d[q] ^ el->flip[slot]));
     else if (slot >= 0)
-        for (int q = 0; q < VECTORS; q++) el->e[slot * VECTORS + q] = d[q];
+        for (int q = 0; q < VECTORS; q++) store8(el->e + slot * CHUNK + q * LANES, d[q]);
 }
 
 /* The election of one chunk, its models added: out = base + lambda * s * (sum_i |c_i| P_i) /
  * (sum_i w_i [P_i > 0]), s = +1 where sum_i c_i d_i >= 0 (else -1), P_i = max(sign(c_i) d_i s, 0);
  * the divisor only when `normalize`, a zero one counting as 1. Each product and sum is the one the
  * formula names, in model order, wherever the task vectors come from (a stack or the files). */
-static inline __attribute__((always_inline)) void elect_normalized(const election_t *el, const f8 *sign,
+static inline __attribute__((always_inline)) void elect_normalized(const election_t *el, const float *e,
+                                                                   int64_t stride, const f8 *sign,
                                                                    const float *base, float lambda, int normalize,
                                                                    float *out) {
     f8 s[VECTORS], total[VECTORS], divisor[VECTORS];
@@ -200,7 +202,7 @@ static inline __attribute__((always_inline)) void elect_normalized(const electio
         const float a = el->absolute[v];
         const f8 w = splat8(el->active[v]);
         for (int q = 0; q < VECTORS; q++) {
-            const f8 x = el->e[v * VECTORS + q] * s[q];  /* sign(c_i) d_i s, exactly */
+            const f8 x = load8(e + v * stride + q * LANES) * s[q];  /* sign(c_i) d_i s, exactly */
             const i8 agrees = x > 0;
             total[q] += a * (f8)((i8)x & agrees);  /* a max(x, 0) */
             if (normalize) divisor[q] += (f8)(agrees & (i8)w);
@@ -213,10 +215,11 @@ static inline __attribute__((always_inline)) void elect_normalized(const electio
     }
 }
 
-static inline void elect(const election_t *el, const f8 *sign, const float *base, float lambda, int normalize,
-                         float *out) {
-    if (normalize) elect_normalized(el, sign, base, lambda, 1, out);  /* two copies, no test per entry */
-    else elect_normalized(el, sign, base, lambda, 0, out);
+/* `elect_normalized` on voter rows `stride` entries apart from e (the chunk's entries in each). */
+static inline void elect(const election_t *el, const float *e, int64_t stride, const f8 *sign, const float *base,
+                         float lambda, int normalize, float *out) {
+    if (normalize) elect_normalized(el, e, stride, sign, base, lambda, 1, out);  /* two copies, no test per entry */
+    else elect_normalized(el, e, stride, sign, base, lambda, 0, out);
 }
 
 /* TIES's election over a stack: deltas holds n_models rows of numel entries, `stride` apart, row i
@@ -238,10 +241,10 @@ int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t s
             for (int q = 0; q < VECTORS; q++) d[q] = load8(row + q * LANES);
             add_model(&el, i, signed_c[i], d, sign);
         }
-        if (n == CHUNK) elect(&el, sign, base + at, lambda, normalize, out + at);
+        if (n == CHUNK) elect(&el, el.e, CHUNK, sign, base + at, lambda, normalize, out + at);
         else {
             memcpy(pad_base, base + at, (size_t)n * sizeof *pad_base);
-            elect(&el, sign, pad_base, lambda, normalize, pad_out);
+            elect(&el, el.e, CHUNK, sign, pad_base, lambda, normalize, pad_out);
             memcpy(out + at, pad_out, (size_t)n * sizeof *pad_out);
         }
     }
@@ -629,7 +632,7 @@ static inline __attribute__((always_inline)) void ties_chunk(election_t *el, con
         trimmed_chunk(d, x[i], bf16, offset, b, at, kth[i], cut[i]);
         add_model(el, i, signed_c[i], d, sign);
     }
-    elect(el, sign, b, lambda, normalize, out);
+    elect(el, el->e, CHUNK, sign, b, lambda, normalize, out);
 }
 
 /* TIES over entries [first, first + count) from the inputs as stored: each chunk's task vectors
@@ -664,23 +667,8 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
     return 0;
 }
 
-/* Model i's task vector on a chunk, dropped: d = x - base, each entry multiplied by 1 where its
- * 16-bit piece of the random stream is below `cut`, else by 0 (as dare_keep); pieces NULL: kept. */
-static inline __attribute__((always_inline)) void dropped_chunk(f8 *d, const void *input, const int bf16,
-                                                                int64_t offset, const float *base,
-                                                                const int16_t *pieces, int32_t cut) {
-    for (int q = 0; q < VECTORS; q++) {
-        d[q] = stored8(input, bf16, offset + q * LANES) - load8(base + q * LANES);
-        if (pieces) {
-            s8 piece;
-            memcpy(&piece, pieces + q * LANES, sizeof piece);
-            d[q] *= (f8)((__builtin_convertvector(piece, i8) < cut) & (i8)splat8(1.0f));
-        }
-    }
-}
-
 /* A model's PCG64 stream as two chains, the even and the odd draws from here on (each a step of
- * a^2), so that its multiplies run side by side (see pcg64_fill). */
+ * a^2), so that their multiplies run side by side (see pcg64_fill). */
 typedef struct {
     unsigned __int128 even, odd, a2, inc2;
 } pcg64_pair_t;
@@ -693,43 +681,63 @@ static pcg64_pair_t pcg64_pair(unsigned __int128 state, unsigned __int128 inc) {
     return pair;
 }
 
-/* The next CHUNK / 4 draws of the stream (random_raw's), advancing it. */
-static inline void pcg64_chunk(pcg64_pair_t *pair, uint64_t *draws) {
-    unsigned __int128 even = pair->even, odd = pair->odd;
-    for (int q = 0; q < CHUNK / 4; q += 2) {
-        draws[q] = pcg64_output(even);
-        draws[q + 1] = pcg64_output(odd);
-        even = pair->a2 * even + pair->inc2;
-        odd = pair->a2 * odd + pair->inc2;
+/* One model's task vector over n entries of a block (n a multiple of LANES), dropped as dare_keep
+ * drops it (stream NULL: kept), added into the block's sign sums and, for a voter, signed into its
+ * row of e (BLOCK entries long). Its draws are made 8 entries (two draws) at a time beside the
+ * vector work on those entries, the stream's two chains in registers: the scalar multiplies and
+ * the vector instructions then overlap, where drawing a block first adds their times. */
+static inline __attribute__((always_inline)) void dare_model(election_t *el, int64_t i, const void *x, const int bf16,
+                                                             int64_t offset, const float *b, int64_t n,
+                                                             pcg64_pair_t *stream, int32_t cut, float c,
+                                                             float *sign) {
+    const int64_t slot = el->slot[i];
+    const int32_t flip = slot >= 0 ? el->flip[slot] : 0;
+    float *e = slot >= 0 ? el->e + slot * BLOCK : NULL;
+    const f8 one = splat8(1.0f);
+    unsigned __int128 even = stream ? stream->even : 0, odd = stream ? stream->odd : 0;
+    for (int64_t j = 0; j < n; j += LANES) {
+        f8 d = stored8(x, bf16, offset + j) - load8(b + j);
+        if (stream) {
+            const q2 draws = {pcg64_output(even), pcg64_output(odd)};  /* in registers, not through memory */
+            even = stream->a2 * even + stream->inc2;
+            odd = stream->a2 * odd + stream->inc2;
+            const s8 piece = (s8)draws;  /* little-endian: piece 4q + r is bits 16r.. of draw q */
+            d *= (f8)((__builtin_convertvector(piece, i8) < cut) & (i8)one);
+        }
+        store8(sign + j, load8(sign + j) + c * d);
+        if (e) store8(e + j, (f8)((i8)d ^ flip));
     }
-    pair->even = even;
-    pair->odd = odd;
+    if (stream) {
+        stream->even = even;
+        stream->odd = odd;
+    }
 }
 
-/* One chunk of dare_ties_streamed: its task vectors made, dropped (the draws made model by model,
- * just before their use: the CPU overlaps one model's multiplies with the last one's vector work)
- * and elected into out. */
-static inline __attribute__((always_inline)) void dare_chunk(election_t *el, const void *const *x, const int bf16,
-                                                             int64_t offset, const float *b, int64_t n_models,
-                                                             pcg64_pair_t *streams, const int32_t *cuts,
-                                                             const float *signed_c, float lambda, int normalize,
-                                                             float *out) {
-    f8 sign[VECTORS] = {{0}}, d[VECTORS];
-    uint64_t draws[CHUNK / 4];
-    for (int64_t i = 0; i < n_models; i++) {
-        const int drops = cuts[i] <= 32767;
-        if (drops) pcg64_chunk(&streams[i], draws);  /* little-endian: piece 4q + r is bits 16r.. of draw q */
-        dropped_chunk(d, x[i], bf16, offset, b, drops ? (const int16_t *)draws : NULL, cuts[i]);
-        add_model(el, i, signed_c[i], d, sign);
+/* One block of dare_ties_streamed (n entries, a multiple of CHUNK): its models added one by one,
+ * then elected a chunk at a time into out. */
+static inline __attribute__((always_inline)) void dare_block(election_t *el, const void *const *x, const int bf16,
+                                                             int64_t offset, const float *b, int64_t n,
+                                                             int64_t n_models, pcg64_pair_t *streams,
+                                                             const int32_t *cuts, const float *signed_c,
+                                                             float lambda, int normalize, float *out) {
+    float sign[BLOCK] __attribute__((aligned(32)));
+    memset(sign, 0, (size_t)n * sizeof *sign);
+    for (int64_t i = 0; i < n_models; i++)
+        dare_model(el, i, x[i], bf16, offset, b, n, cuts[i] <= 32767 ? &streams[i] : NULL, cuts[i], signed_c[i],
+                   sign);
+    for (int64_t at = 0; at < n; at += CHUNK) {
+        f8 chunk_sign[VECTORS];
+        for (int q = 0; q < VECTORS; q++) chunk_sign[q] = load8(sign + at + q * LANES);
+        elect(el, el->e + at, BLOCK, chunk_sign, b + at, lambda, normalize, out + at);
     }
-    elect(el, sign, b, lambda, normalize, out);
 }
 
-/* DARE-TIES over entries [first, first + count) from the inputs as stored: each chunk's task
+/* DARE-TIES over entries [first, first + count) from the inputs as stored: each block's task
  * vectors are computed and dropped as dare_keep drops them (model i's PCG64 stream, whose state
  * and increment are states[2i..] and incs[2i..] as (high, low) words, already advanced to entry
  * `first`, which is a multiple of 4; cuts[i] > 32767 keeps every entry, drawing nothing), then
- * elected as ties_combine elects the stack's. Returns -1 if its scratch cannot be had. */
+ * elected as ties_combine elects the stack's; a last partial block through zero-padded copies.
+ * Returns -1 if its scratch cannot be had. */
 int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                        int64_t count, const uint64_t *states, const uint64_t *incs, const int32_t *cuts,
                        const float *signed_c, const float *absolute, const float *active, float lambda,
@@ -737,7 +745,7 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
     const int64_t models = n_models ? n_models : 1;
     election_t el;
     pcg64_pair_t *streams = malloc((size_t)models * sizeof *streams);
-    float *pad = malloc((size_t)models * CHUNK * sizeof *pad);
+    float *pad = malloc((size_t)models * BLOCK * sizeof *pad);
     const void **rows = malloc((size_t)models * sizeof *rows);
     if (!streams || !pad || !rows || election_of(&el, n_models, signed_c, absolute, active) != 0) {
         free(streams);
@@ -748,17 +756,25 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
     for (int64_t i = 0; i < n_models; i++)
         streams[i] = pcg64_pair(((unsigned __int128)states[2 * i] << 64) | states[2 * i + 1],
                                 ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1]);
-    const int64_t end = first + count, full_end = end - count % CHUNK;
-#define CHUNKS(B) for (int64_t at = first; at < full_end; at += CHUNK) \
-        dare_chunk(&el, inputs, B, at, base + at, n_models, streams, cuts, signed_c, lambda, normalize, out + at)
-    if (bf16) CHUNKS(1);  /* a copy of the loop per dtype */
-    else CHUNKS(0);
-#undef CHUNKS
+    const int64_t end = first + count, full_end = end - count % BLOCK;
+#define BLOCKS(B) for (int64_t at = first; at < full_end; at += BLOCK) \
+        dare_block(&el, inputs, B, at, base + at, BLOCK, n_models, streams, cuts, signed_c, lambda, normalize, out + at)
+    if (bf16) BLOCKS(1);  /* a copy of the loop per dtype */
+    else BLOCKS(0);
+#undef BLOCKS
     if (full_end < end) {  /* its draws past the end are made and not used */
-        float pad_base[CHUNK], pad_out[CHUNK];
-        padded_chunk(inputs, bf16, base, n_models, full_end, end - full_end, pad, rows, pad_base);
-        dare_chunk(&el, rows, bf16, 0, pad_base, n_models, streams, cuts, signed_c, lambda, normalize, pad_out);
-        memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
+        const int64_t n = end - full_end, padded = n + (CHUNK - n % CHUNK) % CHUNK;
+        const size_t size = bf16 ? 2 : 4;
+        float pad_base[BLOCK] = {0}, pad_out[BLOCK];
+        memset(pad, 0, (size_t)n_models * BLOCK * sizeof *pad);
+        for (int64_t i = 0; i < n_models; i++) {
+            memcpy(pad + i * BLOCK, (const char *)inputs[i] + full_end * size, (size_t)n * size);
+            rows[i] = pad + i * BLOCK;
+        }
+        memcpy(pad_base, base + full_end, (size_t)n * sizeof *pad_base);
+        dare_block(&el, rows, bf16, 0, pad_base, padded, n_models, streams, cuts, signed_c, lambda, normalize,
+                   pad_out);
+        memcpy(out + full_end, pad_out, (size_t)n * sizeof *pad_out);
     }
     election_free(&el);
     free(streams);
