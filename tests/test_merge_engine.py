@@ -259,3 +259,38 @@ def test_a_new_method_and_a_new_zoo_are_one_function_and_two_yamls(micro_cache, 
     merged, first_model = (rows[rows["candidate"] == c].set_index(["task", "metric"]) for c in ("_first(pair)", "chat_b"))
     assert set(merged["zoo"]) == {"pair"} and set(merged["method"]) == {"_first"}
     assert len(merged) > 0 and merged["value"].sort_index().equals(first_model["value"].sort_index())
+
+
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+@pytest.mark.parametrize("apart", [False, True])
+def test_released_pages_leave_the_process(tmp_path, monkeypatch, apart):
+    """A merged tensor's pages are dropped from the process once released, one source after
+    another or over threads (release_pages), and read again correctly afterwards."""
+    from glue_bench.merge import engine
+
+    monkeypatch.setattr(engine, "_RELEASED_APART", 0 if apart else 1 << 62)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    tensors = {f"m{i}": torch.full((256, 1024), float(i)) for i in range(3)}  # 1 MiB each
+    found = []
+    for name, tensor in tensors.items():
+        (tmp_path / name).mkdir()
+        save_file({"w": tensor}, str(tmp_path / name / "model.safetensors"))
+        found.append(TensorSource(name, tmp_path / name))
+    for source in found:
+        assert float(source.get("w").sum()) == float(tensors[source.name].sum())  # faults the pages in
+    files = [tmp_path / s.name / "model.safetensors" for s in found]
+    assert all(_mapped_kib(f) >= 1000 for f in files)
+    engine.release_pages(found, "w")
+    assert all(_mapped_kib(f) <= 8 for f in files)  # at most the header's page
+    assert float(found[1].get("w").sum()) == float(tensors["m1"].sum())
