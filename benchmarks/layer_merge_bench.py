@@ -12,7 +12,10 @@ memory maps and added up in float32); then each method's streamed merge (Merger.
 Merger, into a float32 output reused from merge to merge, as `to_model` reuses a model's tensors in
 a search: a tensor in the middle of a checkpoint, whose buffers the ones before it made), in GB/s
 of input read and as ratios to both, each the median over pairs run alternately with the read. Medians of --repeats, page cache warm. Goal (issue 32, on 2 cores, bf16): linear >= 0.5x the
-read bandwidth, TIES and DARE-TIES >= 0.2x.
+read bandwidth, TIES and DARE-TIES >= 0.2x. Also printed: what mapping the files' pages costs by
+itself (faulting them in and releasing them, which every merge does: the engine drops a tensor's
+pages once merged), and each ratio were that cost taken away: on a virtual machine the mapping can
+cost as much as a pass of arithmetic.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from merge_bench import METHOD_PARAMS, input_bytes, median_time, paired_times, sum_baseline  # noqa: E402
 
 from glue_bench.merge import get_method  # noqa: E402
-from glue_bench.merge.engine import Merger, TensorSource  # noqa: E402
+from glue_bench.merge.engine import Merger, TensorSource, release_pages  # noqa: E402
 
 KEY = "model.layers.0.mlp.up_proj.weight"
 
@@ -51,6 +55,17 @@ def write_models(root: Path, n: int, shape: tuple[int, ...], dtype: torch.dtype)
         (directory / "config.json").write_text(json.dumps({"num_hidden_layers": 1}))
         dirs.append(directory)
     return dirs[1:], dirs[0]
+
+
+def map_pages(sources: list[TensorSource], pool: ThreadPoolExecutor) -> None:
+    """The engine's file access by itself: every input's tensor faulted in (a byte read per page,
+    the sources split over the threads, as the kernels' passes split the entries) and its pages
+    released again (release_pages), as each merge does."""
+    def touch(share: list[TensorSource]) -> None:
+        for source in share:
+            source.get(KEY).view(-1).view(torch.uint8)[::4096].sum()
+    list(pool.map(touch, [sources[i::pool._max_workers] for i in range(pool._max_workers)]))
+    release_pages(sources, KEY)
 
 
 def main() -> None:
@@ -76,6 +91,11 @@ def main() -> None:
         stream_s = median_time(stream, args.repeats)
         print(f"read bandwidth: torch sum of {memory.nbytes / 1e6:.0f} MB of int64 in memory: "
               f"{memory.nbytes / stream_s / 1e9:.2f} GB/s")
+        threads = torch.get_num_threads()
+        with ThreadPoolExecutor(threads) as pool:
+            map_s = median_time(lambda: map_pages([*sources, base], pool), args.repeats)
+        print(f"page mapping: faulting in the {len(sources) + 1} files' pages and releasing them, as each merge "
+              f"does: {map_s * 1e3:.0f} ms ({threads} threads)")
         sum_s = median_time(lambda: sum_baseline(sources), args.repeats)
         print(f"baseline: torch sum over {args.models} models: {read / sum_s / 1e9:.2f} GB/s ({sum_s * 1e3:.0f} ms), "
               f"{(read / sum_s) / (memory.nbytes / stream_s):.2f}x the read bandwidth")
@@ -91,9 +111,10 @@ def main() -> None:
             pairs = paired_times(stream, streamed, args.repeats)
             merge_s = statistics.median(m for _, m in pairs)
             to_read = statistics.median((bytes_read / m) / (memory.nbytes / r) for r, m in pairs)
+            unmapped = statistics.median((bytes_read / max(m - map_s, 1e-9)) / (memory.nbytes / r) for r, m in pairs)
             print(f"{method}: {bytes_read / merge_s / 1e9:.2f} GB/s ({merge_s * 1e3:.0f} ms), "
-                  f"{to_read:.2f}x the read bandwidth (median ratio of pairs run alternately), "
-                  f"{(bytes_read / merge_s) / (read / sum_s):.2f}x the sum baseline")
+                  f"{to_read:.2f}x the read bandwidth (median ratio of pairs run alternately; {unmapped:.2f}x "
+                  f"less the page mapping), {(bytes_read / merge_s) / (read / sum_s):.2f}x the sum baseline")
 
 if __name__ == "__main__":
     main()

@@ -632,7 +632,8 @@ def test_linear_s_sum_kernel_gives_torch_s_sums_bit_for_bit(dtype, numel, thread
     tensors = [(torch.randn(numel, generator=generator) * 10 ** i).to(dtype) for i in range(-2, 2)]
     coefficients = [0.3, -1.7, 2.0 / 3.0, 1e-3]
     assert kernels.can_sum(tensors)
-    summed = kernels.weighted_sum(tensors, coefficients)
+    summed, finite = kernels.weighted_sum(tensors, coefficients)
+    assert finite
     expected = torch.mul(tensors[0].float(), coefficients[0])
     for tensor, c in zip(tensors[1:], coefficients[1:]):
         expected.add_(tensor.float(), alpha=c)

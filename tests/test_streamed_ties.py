@@ -166,3 +166,35 @@ def test_dare_ties_with_the_l1_rescale_keeps_the_stack(tmp_path, monkeypatch):
     dare_ties(sources, base, {"density": 0.3, "rescale": "l1"}, monkeypatch, streamed=False)
     monkeypatch.setattr(kernels, "dare_ties_streamed", lambda *a, **k: pytest.fail("streamed with rescale l1"))
     dict(Merger(sources, "dare_ties", base).tensors({"density": 0.3, "rescale": "l1"}))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "linear"])
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_result_that_overflows_is_refused_in_the_pass_that_writes_it(tmp_path, monkeypatch, method, streamed):
+    """Finite inputs whose merge overflows (task vectors near the float32 maximum, summed): the
+    kernel that writes the result finds the inf (checks_result), the engine does not check again,
+    and the error is the engine's, into the model's own tensor or a new one."""
+    from glue_bench.merge import engine
+
+    generator = torch.Generator().manual_seed(3)
+    dirs = []
+    for i in range(4):
+        values = torch.zeros(SHAPE) if i == 0 else 3e38 * (0.9 + 0.1 * torch.rand(SHAPE, generator=generator))
+        directory = tmp_path / f"m{i}"
+        directory.mkdir()
+        save_file({KEY: values.contiguous()}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps({"num_hidden_layers": 1}))
+        dirs.append(directory)
+    sources, base = [TensorSource(d.name, d) for d in dirs[1:]], TensorSource("base", dirs[0])
+    if not streamed:
+        monkeypatch.setattr(methods, "_STREAMED_MIN", 1 << 62)
+        monkeypatch.setattr(kernels, "can_sum", lambda tensors: False)
+    checked = []  # the tensors the engine checks itself: the inputs it loads, and results unchecked
+    monkeypatch.setattr(engine, "is_finite", lambda t: checked.append(t.data_ptr()) or bool(torch.isfinite(t).all()))
+    params = {"normalize": False} if method == "linear" else {"density": 0.9}
+    merger, out = Merger(sources, method, base), torch.empty(SHAPE)
+    with pytest.raises(MergeError, match="the merged tensor .* holds NaN or inf \\(its inputs are finite"):
+        dict(merger.tensors(params, {KEY: out}))
+    assert out.data_ptr() not in checked and not torch.isfinite(out).all()  # found as written, not by a pass of the engine's
+    with pytest.raises(MergeError, match="the merged tensor .* holds NaN or inf"):
+        dict(merger.tensors(params))  # no output given: a new tensor, checked the same way

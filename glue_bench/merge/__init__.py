@@ -6,7 +6,9 @@ device), the base model's tensor when it uses one, and its parameters resolved f
 also receive `generator(i)`, a seeded numpy Generator for model i and this tensor, so a merge is
 reproducible whatever the order tensors are visited in. Methods registered with `writes_out` also
 receive `out`: the output model's own tensor, to write the result into instead of a new one (saves
-the engine a copy), or None. Methods registered with `needs` (e.g. ("fisher",)) also receive, under
+the engine a copy), or None. Methods registered with `checks_result` refuse a result that holds
+NaN or inf themselves (`NonFiniteResult`), found in the pass that writes it, so that the engine
+does not spend a pass of its own on the check. Methods registered with `needs` (e.g. ("fisher",)) also receive, under
 each statistic's name, that statistic of every model for this tensor (statistics.py computes
 them; None for a tensor they do not cover). `engine.Merger` streams every tensor of the models
 through it.
@@ -14,10 +16,10 @@ through it.
 
 from __future__ import annotations
 
-from glue_bench.merge.params import MergeError, Param
+from glue_bench.merge.params import MergeError, NonFiniteResult, Param
 from glue_bench.merge.registry import METHODS, MergeMethod, register
 
-__all__ = ["MergeError", "MergeMethod", "Param", "get_method", "register", "METHODS"]
+__all__ = ["MergeError", "MergeMethod", "NonFiniteResult", "Param", "get_method", "register", "METHODS"]
 
 
 def get_method(name: str) -> MergeMethod:

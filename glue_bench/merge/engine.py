@@ -41,7 +41,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from glue_bench.merge import MergeError, MergeMethod, get_method, kernels
+from glue_bench.merge import MergeError, MergeMethod, NonFiniteResult, get_method, kernels
 from glue_bench.merge.params import resolve
 from glue_bench.zoo.files import atomic_dir, is_finite, read_header, weight_files
 
@@ -407,11 +407,17 @@ class Merger:
                 memo_before = _memo_bytes(memo)
             try:
                 merged = self._merge_rows(key, inputs, kwargs)
+            except NonFiniteResult:
+                merged = None
             except MergeError as err:
                 raise MergeError(f"{err} (tensor {key!r})") from None
-            if "base" in workspace and merged.untyped_storage().data_ptr() == workspace["base"].data_ptr():
+            if merged is not None and "base" in workspace and \
+                    merged.untyped_storage().data_ptr() == workspace["base"].data_ptr():
                 merged = merged.clone()  # the base itself: its buffer holds the next tensor's base
-            if not is_finite(merged):
+            # a method that checks its result did so in the pass that wrote it (into `out`, rows
+            # and all: a result _merge_rows put together is checked here)
+            result_checked = self.method.checks_result and merged is not None and merged is kwargs.get("out")
+            if merged is None or not (result_checked or is_finite(merged)):
                 if isinstance(inputs, _Inputs):
                     inputs.check()  # inputs a method read as stored were not checked: name the one at fault
                 raise MergeError(f"{self.method.name} of {', '.join(s.name for s in self.sources)}: the merged tensor "

@@ -64,9 +64,11 @@ int widen(const uint16_t *input, int64_t numel, float *out) {
 /* Linear's weighted sum of n_models inputs [numel], each read once in its stored dtype (bf16: a
  * bfloat16, else float32): out = c_0 x_0, then out = fma(x_i, c_i, out) for i = 1, 2, ..: what
  * torch's mul and add_(x, alpha=c) compute where ATen's vector code has FMA (AVX2, AVX-512),
- * rounded the same way. Block by block, so the sums are written to memory once, not per model. */
-void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_models, int64_t numel,
-                  float *out) {
+ * rounded the same way. Block by block, so the sums are written to memory once, not per model.
+ * Returns whether the sum holds NaN or inf, checked while its block is in L1. */
+int weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_models, int64_t numel,
+                 float *out) {
+    uint32_t special = 0;  /* any exponent all ones */
     for (int64_t start = 0; start < numel; start += SUM_BLOCK) {
         int64_t n = numel - start < SUM_BLOCK ? numel - start : SUM_BLOCK;
         float *o = out + start;
@@ -82,7 +84,13 @@ void weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n
                 else for (int64_t j = 0; j < n; j++) o[j] = fmaf(x[j], ci, o[j]);
             }
         }
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t bits;
+            memcpy(&bits, &o[j], sizeof bits);
+            special |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+        }
     }
+    return special != 0;
 }
 
 /* ---- TIES's election, 32 entries at a time in vector registers -------------------------------
@@ -140,7 +148,15 @@ typedef struct {
     float *absolute, *active;
     int32_t *flip;
     float *e;
+    i8 largest;  /* the largest magnitude's bits written per lane: is the result finite? */
 } election_t;
+
+/* 0, or 1 where the election wrote NaN or inf (a magnitude's bits above the largest finite's). */
+static int election_result(const election_t *el) {
+    int special = 0;
+    for (int lane = 0; lane < LANES; lane++) special |= el->largest[lane] > 0x7f7fffff;
+    return special;
+}
 
 static void election_free(election_t *el) {
     free(el->slot);
@@ -153,6 +169,7 @@ static void election_free(election_t *el) {
 static int election_of(election_t *el, int64_t n_models, const float *signed_c, const float *absolute,
                        const float *active) {
     el->count = 0;
+    el->largest = (i8){0};
     el->slot = malloc((size_t)n_models * sizeof *el->slot);
     el->absolute = malloc((size_t)n_models * sizeof *el->absolute);
     el->active = malloc((size_t)n_models * sizeof *el->active);
@@ -187,7 +204,7 @@ static inline void add_model(election_t *el, int64_t i, float c, const f8 *d, f8
  * (sum_i w_i [P_i > 0]), s = +1 where sum_i c_i d_i >= 0 (else -1), P_i = max(sign(c_i) d_i s, 0);
  * the divisor only when `normalize`, a zero one counting as 1. Each product and sum is the one the
  * formula names, in model order, wherever the task vectors come from (a stack or the files). */
-static inline __attribute__((always_inline)) void elect_normalized(const election_t *el, const float *e,
+static inline __attribute__((always_inline)) void elect_normalized(election_t *el, const float *e,
                                                                    int64_t stride, const f8 *sign,
                                                                    const float *base, float lambda, int normalize,
                                                                    float *out) {
@@ -211,12 +228,14 @@ static inline __attribute__((always_inline)) void elect_normalized(const electio
     for (int q = 0; q < VECTORS; q++) {
         f8 merged = s[q] * total[q];
         if (normalize) merged /= divisor[q] + (f8)((divisor[q] == 0) & (i8)one);
-        store8(out + q * LANES, load8(base + q * LANES) + lambda * merged);
+        const f8 result = load8(base + q * LANES) + lambda * merged;
+        el->largest = max8(el->largest, magnitude8(result));
+        store8(out + q * LANES, result);
     }
 }
 
 /* `elect_normalized` on voter rows `stride` entries apart from e (the chunk's entries in each). */
-static inline void elect(const election_t *el, const float *e, int64_t stride, const f8 *sign, const float *base,
+static inline void elect(election_t *el, const float *e, int64_t stride, const f8 *sign, const float *base,
                          float lambda, int normalize, float *out) {
     if (normalize) elect_normalized(el, e, stride, sign, base, lambda, 1, out);  /* two copies, no test per entry */
     else elect_normalized(el, e, stride, sign, base, lambda, 0, out);
@@ -225,7 +244,8 @@ static inline void elect(const election_t *el, const float *e, int64_t stride, c
 /* TIES's election over a stack: deltas holds n_models rows of numel entries, `stride` apart, row i
  * (part of) model i's trimmed task vector. Reads the stack, never writes it (a search's cache
  * keeps it for the next candidate). A last partial chunk goes through zero-padded copies, so that
- * every entry takes the one vector path. Returns -1 if its scratch cannot be had. */
+ * every entry takes the one vector path. Returns -1 if its scratch cannot be had, 1 if the result
+ * holds NaN or inf, else 0. */
 int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t stride, const float *signed_c,
                  const float *absolute, const float *active, const float *base, float lambda,
                  int normalize, float *out) {
@@ -248,8 +268,9 @@ int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t s
             memcpy(out + at, pad_out, (size_t)n * sizeof *pad_out);
         }
     }
+    const int special = election_result(&el);
     election_free(&el);
-    return 0;
+    return special;
 }
 
 static inline uint32_t magnitude_bits(float x) {
@@ -637,7 +658,8 @@ static inline __attribute__((always_inline)) void ties_chunk(election_t *el, con
 
 /* TIES over entries [first, first + count) from the inputs as stored: each chunk's task vectors
  * are computed, trimmed (kth, cut: see above) and elected in registers, as ties_combine elects the
- * stack's; a last partial chunk through zero-padded copies. Returns -1 if its scratch cannot be had. */
+ * stack's; a last partial chunk through zero-padded copies. Returns -1 if its scratch cannot be had,
+ * 1 if the result holds NaN or inf, else 0. */
 int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                   int64_t count, const uint32_t *kth, const int64_t *cut, const float *signed_c,
                   const float *absolute, const float *active, float lambda, int normalize, float *out) {
@@ -661,10 +683,11 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
         ties_chunk(&el, rows, bf16, 0, pad_base, full_end, n_models, kth, cut, signed_c, lambda, normalize, pad_out);
         memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
     }
+    const int special = election_result(&el);
     election_free(&el);
     free(pad);
     free(rows);
-    return 0;
+    return special;
 }
 
 /* A model's PCG64 stream as two chains, the even and the odd draws from here on (each a step of
@@ -737,7 +760,7 @@ static inline __attribute__((always_inline)) void dare_block(election_t *el, con
  * and increment are states[2i..] and incs[2i..] as (high, low) words, already advanced to entry
  * `first`, which is a multiple of 4; cuts[i] > 32767 keeps every entry, drawing nothing), then
  * elected as ties_combine elects the stack's; a last partial block through zero-padded copies.
- * Returns -1 if its scratch cannot be had. */
+ * Returns -1 if its scratch cannot be had, 1 if the result holds NaN or inf, else 0. */
 int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
                        int64_t count, const uint64_t *states, const uint64_t *incs, const int32_t *cuts,
                        const float *signed_c, const float *absolute, const float *active, float lambda,
@@ -776,9 +799,10 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
                    pad_out);
         memcpy(out + full_end, pad_out, (size_t)n * sizeof *pad_out);
     }
+    const int special = election_result(&el);
     election_free(&el);
     free(streams);
     free(pad);
     free(rows);
-    return 0;
+    return special;
 }

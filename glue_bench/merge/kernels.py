@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,24 +55,28 @@ _SIGNATURES = {
 }
 _SIGNATURES["dare_ties_streamed"] = [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_float,
                                      ctypes.c_int, _P]
-_RETURNS = {"subtract": ctypes.c_int, "widen": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
+_RETURNS = {"subtract": ctypes.c_int, "widen": ctypes.c_int, "weighted_sum": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
             "dare_ties_streamed": ctypes.c_int, "ties_combine": ctypes.c_int}
 _SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
+_loading = threading.Lock()
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on the first call; None when turned off or not buildable."""
+    """The compiled kernels, built on the first call; None when turned off or not buildable.
+    Thread-safe: a kernel's threads may be the first to ask."""
     global _library, _tried
     if not _tried:
-        _tried = True
-        if os.environ.get("GLUE_BENCH_KERNELS", "1") != "0":
-            try:
-                _library = _load(_build())
-            except (OSError, subprocess.SubprocessError) as err:
-                warnings.warn(f"glue_bench: no C kernels ({err}); merging on the CPU with torch ops, "
-                              "1.5-2x slower for TIES and DARE on mini8", RuntimeWarning, stacklevel=2)
+        with _loading:
+            if not _tried:
+                if os.environ.get("GLUE_BENCH_KERNELS", "1") != "0":
+                    try:
+                        _library = _load(_build())
+                    except (OSError, subprocess.SubprocessError) as err:
+                        warnings.warn(f"glue_bench: no C kernels ({err}); merging on the CPU with torch ops, "
+                                      "1.5-2x slower for TIES and DARE on mini8", RuntimeWarning, stacklevel=2)
+                _tried = True  # set last: a thread that sees it sees _library too
     return _library
 
 
@@ -131,20 +136,21 @@ def can_widen(stored: torch.Tensor) -> bool:
     return stored.dtype == torch.bfloat16 and _as_stored([stored])
 
 
-def weighted_sum(tensors, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_sum(tensors, coefficients, out: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """sum_i c_i x_i as float32, bit for bit what `torch.mul(x_0, c_0)` then `add_(x_i, alpha=c_i)`
     gives (see kernels.c), reading each input once in its own dtype: no float32 copy of a bf16
-    checkpoint's tensor is made. The caller checks `can_sum(tensors)` first."""
+    checkpoint's tensor is made; and whether the sum is finite. The caller checks
+    `can_sum(tensors)` first."""
     if out is None:
         out = torch.empty(tensors[0].shape, dtype=torch.float32)
     c = np.array(coefficients, dtype=np.float32)
     bf16, size = int(tensors[0].dtype == torch.bfloat16), tensors[0].element_size()
 
-    def part(start: int, stop: int) -> None:
+    def part(start: int, stop: int) -> int:
         pointers = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() + start * size for t in tensors])
-        library().weighted_sum(pointers, bf16, c.ctypes.data, len(tensors), stop - start, out.data_ptr() + start * 4)
-    _over_threads(out.numel(), part)
-    return out
+        return library().weighted_sum(pointers, bf16, c.ctypes.data, len(tensors), stop - start,
+                                      out.data_ptr() + start * 4)
+    return out, not any(_over_threads(out.numel(), part))
 
 
 def _over_threads(numel: int, part) -> list:
@@ -177,10 +183,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Tensor, lambda_: float,
-                 normalize: bool, out: torch.Tensor) -> torch.Tensor:
+                 normalize: bool, out: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """TIES's election and average of the stacked task vectors `deltas` [N, numel] into `out`
     (see kernels.c), its entries split over torch's threads; signed, absolute, active: the
-    election's N coefficients."""
+    election's N coefficients. Also whether the result is finite."""
     coefficients = np.array([signed, absolute, active], dtype=np.float32)
     n_models, numel = deltas.shape
 
@@ -189,9 +195,14 @@ def ties_combine(deltas: torch.Tensor, signed, absolute, active, base: torch.Ten
                                       coefficients[0].ctypes.data, coefficients[1].ctypes.data,
                                       coefficients[2].ctypes.data, base.data_ptr() + 4 * start, lambda_,
                                       int(normalize), out.data_ptr() + 4 * start)
-    if any(code != 0 for code in _over_threads(numel, part)):
-        raise MemoryError("ties_combine: no memory for its scratch")
-    return out
+    return out, _finite(_over_threads(numel, part), "ties_combine")
+
+
+def _finite(codes: list[int], kernel: str) -> bool:
+    """Whether a kernel's shares wrote a finite result (code 0; 1: NaN or inf); -1: no memory."""
+    if any(code < 0 for code in codes):
+        raise MemoryError(f"{kernel}: no memory for its scratch")
+    return not any(codes)
 
 
 def _pointers(tensors) -> ctypes.Array:
@@ -263,9 +274,10 @@ def ties_bracket(stored, base: torch.Tensor, lo: np.ndarray, hi: np.ndarray, hea
 
 
 def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, signed, absolute, active,
-                  lambda_: float, normalize: bool, out: torch.Tensor) -> torch.Tensor:
+                  lambda_: float, normalize: bool, out: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """TIES from the inputs as the files hold them, trimmed at kth (bits) and cut (see kernels.c):
-    what `ties_combine` gives on the trimmed stack, bit for bit, without the stack."""
+    what `ties_combine` gives on the trimmed stack, bit for bit, without the stack; and whether it
+    is finite."""
     coefficients = np.array([signed, absolute, active], dtype=np.float32)
     kth_, cut_ = np.ascontiguousarray(kth, dtype=np.uint32), np.ascontiguousarray(cut, dtype=np.int64)
     pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
@@ -275,17 +287,16 @@ def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, 
                                        kth_.ctypes.data, cut_.ctypes.data, coefficients[0].ctypes.data,
                                        coefficients[1].ctypes.data, coefficients[2].ctypes.data, lambda_,
                                        int(normalize), out.data_ptr())
-    if any(code != 0 for code in _over_threads(base.numel(), part)):
-        raise MemoryError("ties_streamed: no memory for its scratch")
-    return out
+    return out, _finite(_over_threads(base.numel(), part), "ties_streamed")
 
 
 def dare_ties_streamed(stored, base: torch.Tensor, states: list[dict | None], cuts: list[int], signed, absolute,
-                       active, lambda_: float, normalize: bool, out: torch.Tensor) -> torch.Tensor:
+                       active, lambda_: float, normalize: bool, out: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """DARE-TIES from the inputs as the files hold them: model i's task vector dropped as
     `dare_keep` drops it from the PCG64 state states[i] (numpy's bit_generator.state["state"],
     its {"state", "inc"}; None: nothing dropped) with cut cuts[i], then elected as `ties_combine`
-    elects the stack: the same merge bit for bit, without the stack (see kernels.c)."""
+    elects the stack: the same merge bit for bit, without the stack (see kernels.c); and whether it
+    is finite."""
     coefficients = np.array([signed, absolute, active], dtype=np.float32)
     keep_all = 1 << 15
     cuts_ = np.array([cut if state is not None else keep_all for state, cut in zip(states, cuts)], dtype=np.int32)
@@ -300,9 +311,7 @@ def dare_ties_streamed(stored, base: torch.Tensor, states: list[dict | None], cu
                                             at_start.ctypes.data, incs.ctypes.data, cuts_.ctypes.data,
                                             coefficients[0].ctypes.data, coefficients[1].ctypes.data,
                                             coefficients[2].ctypes.data, lambda_, int(normalize), out.data_ptr())
-    if any(code != 0 for code in _over_threads(base.numel(), part)):
-        raise MemoryError("dare_ties_streamed: no memory for its scratch")
-    return out
+    return out, _finite(_over_threads(base.numel(), part), "dare_ties_streamed")
 
 
 def _advanced(state: dict | None, draws: int) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from glue_bench.merge import kernels
-from glue_bench.merge.params import MergeError, Param
+from glue_bench.merge.params import MergeError, NonFiniteResult, Param
 from glue_bench.merge.registry import register
 from glue_bench.merge.sparsify import (RESCALES, _kth_largest_magnitude_on_device, magnitude_band, random_keep,
                                       random_keep_rows, rank_keep, top_magnitude_cuts,
@@ -87,6 +87,16 @@ def _check_weight_sum(resolved):
                          "normalise by")
 
 
+def _finite(merged: torch.Tensor, finite: bool | None = None) -> torch.Tensor:
+    """`merged`, refused (NonFiniteResult) if it holds NaN or inf: `finite` as the kernel that
+    wrote it found it, or checked here (a pass: what the engine would otherwise spend)."""
+    from glue_bench.zoo.files import is_finite
+
+    if not (is_finite(merged) if finite is None else finite):
+        raise NonFiniteResult("the merged tensor holds NaN or inf")
+    return merged
+
+
 def _stored(tensors) -> list[torch.Tensor] | None:
     """The engine's inputs as the files hold them (`_Inputs.stored`: zero-copy views, not checked
     for NaN or inf, which `_Inputs.check` then names); None off the CPU, or for a plain list of
@@ -94,19 +104,20 @@ def _stored(tensors) -> list[torch.Tensor] | None:
     return tensors.stored() if hasattr(tensors, "stored") else None
 
 
-@register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero, writes_out=True)
+@register("linear", (POSITIVE_WEIGHTS, NORMALIZE), check=_check_weights_not_all_zero, writes_out=True,
+          checks_result=True)
 def linear(tensors, weights, normalize, out=None):
     """Weighted average (model soup): sum_i w_i theta_i / sum_i w_i."""
     total = sum(weights) if normalize else 1.0
     stored = tensors if isinstance(tensors, list) else _stored(tensors)
     if stored is not None and kernels.can_sum(stored):  # one pass over the inputs, the same sums as below
-        return kernels.weighted_sum(stored, [weight / total for weight in weights], out)
+        return _finite(*kernels.weighted_sum(stored, [weight / total for weight in weights], out))
     for i, (tensor, weight) in enumerate(zip(tensors, weights)):  # one model at a time: the engine streams them
         if i == 0:
             out = torch.mul(tensor, weight / total, out=out)
         else:
             out.add_(tensor, alpha=weight / total)
-    return out
+    return _finite(out)
 
 
 # ---- task arithmetic and its sparsified / sign-elected variants ------------------------------
@@ -224,7 +235,7 @@ def _elect_signs(stack: _Stack, base, weights, lambda_, normalize, out=None):
     coefficients, vectors = _election_vectors(weights, stack.factors)
     if kernels.usable(stack.deltas, base, *([] if out is None else [out])):  # all of it in one pass
         return kernels.ties_combine(stack.deltas, *vectors, base, lambda_, normalize,
-                                    torch.empty_like(base) if out is None else out)
+                                    torch.empty_like(base) if out is None else out)[0]
     signed, absolute, active = _vector(vectors, base)  # made in one call
     elected = torch.mv(stack.deltas.T, signed, out=stack.scratch)
     elected.sign_().add_(0.5).sign_()                    # +1 where the sum is >= 0, else -1
@@ -274,7 +285,7 @@ def task_arithmetic(tensors, base, weights, normalize, out=None, **params):
 
 
 @register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True,
-          writes_out=True, check=_check_normalized_signs)
+          writes_out=True, check=_check_normalized_signs, checks_result=True)
 def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, out=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
     if memo is None:
@@ -287,7 +298,7 @@ def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, 
         return [1.0] * len(density)
 
     deltas = _sparsified(tensors, base, None, True, memo, ("top", tuple(density)), sparsify_rows, workspace)
-    return _combine(deltas, base, weights, params["lambda"], normalize, True, out)
+    return _finite(_combine(deltas, base, weights, params["lambda"], normalize, True, out))
 
 
 # tensors from this size are merged by TIES without a stack of task vectors (on the CPU, with the
@@ -307,8 +318,8 @@ def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
     if special:
         tensors.check()  # names the input that holds NaN or inf
     _, vectors = _election_vectors(weights, [1.0] * len(weights))
-    return kernels.ties_streamed(stored, base, kth, cut, *vectors, lambda_, normalize,
-                                 torch.empty_like(base) if out is None else out)
+    return _finite(*kernels.ties_streamed(stored, base, kth, cut, *vectors, lambda_, normalize,
+                                          torch.empty_like(base) if out is None else out))
 
 
 def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, generator, lambda_, out):
@@ -333,8 +344,8 @@ def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, gen
         cuts.append(levels - 32768)
         factors.append(65536 / levels if rescale == "inverse_density" else 1.0)
     _, vectors = _election_vectors(weights, factors)
-    return kernels.dare_ties_streamed(stored, base, states, cuts, *vectors, lambda_, normalize,
-                                      torch.empty_like(base) if out is None else out)
+    return _finite(*kernels.dare_ties_streamed(stored, base, states, cuts, *vectors, lambda_, normalize,
+                                               torch.empty_like(base) if out is None else out))
 
 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
@@ -346,11 +357,11 @@ def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
                          consensus, memo, ("random", tuple(density), rescale, seed),
                          lambda rows: random_keep_rows(rows, density, rescale, generator), workspace)
-    return _combine(deltas, base, weights, lambda_, normalize, consensus, out)
+    return _finite(_combine(deltas, base, weights, lambda_, normalize, consensus, out))
 
 
 @register("dare_linear", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True, writes_out=True, check=_check_normalized_sum)
+          randomized=True, memoizes=True, writes_out=True, check=_check_normalized_sum, checks_result=True)
 def dare_linear(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, out=None,
                 **params):
     """DARE: drop each task-vector entry with probability 1 - density, rescale, add up."""
@@ -359,7 +370,8 @@ def dare_linear(tensors, base, weights, density, normalize, rescale, generator, 
 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
-          randomized=True, memoizes=True, stacks=True, writes_out=True, check=_check_normalized_signs)
+          randomized=True, memoizes=True, stacks=True, writes_out=True, check=_check_normalized_signs,
+          checks_result=True)
 def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, workspace=None,
               out=None, **params):
     """DARE's random drop, then TIES's sign election."""

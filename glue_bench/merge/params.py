@@ -26,6 +26,11 @@ class MergeError(UserError):
     """A merge cannot be done as asked; one line naming the model, tensor or parameter at fault."""
 
 
+class NonFiniteResult(MergeError):
+    """A method's result holds NaN or inf, found in the pass that wrote it (methods registered with
+    `checks_result`); the engine then names the input at fault, if one is."""
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
