@@ -734,3 +734,22 @@ def test_kernels_split_over_threads_give_the_one_thread_merge(name, params, monk
             kwargs["generator"] = Merger._generators(1, "w")
         return method.fn(tensors, base=base, **kwargs)
     assert torch.equal(merged(1), merged(3))
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 4099, 1 << 21])
+@pytest.mark.parametrize("special", [None, "nan", "inf", "-inf"])
+def test_widen_is_torch_s_widening_and_finds_nan_and_inf(numel, special):
+    """The engine's bf16 -> float32 widening (kernels.widen, checked in the same pass): every bit
+    as torch's .float(), on sizes with and without a vector loop's remainder, split over threads;
+    and not finite exactly when a NaN or inf is there, wherever it is."""
+    from glue_bench.merge import kernels
+
+    if not kernels.can_widen(torch.zeros(1, dtype=torch.bfloat16)):
+        pytest.skip("no C kernels here")
+    generator = torch.Generator().manual_seed(numel)
+    stored = (torch.randn(numel, generator=generator) * 1e3).to(torch.bfloat16)
+    if special:
+        stored[int(torch.randint(numel, (1,), generator=generator))] = float(special)
+    widened, finite = kernels.widen(stored)
+    assert torch.equal(widened.view(torch.int32), stored.float().view(torch.int32))
+    assert finite == (special is None)

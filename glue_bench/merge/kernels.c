@@ -50,49 +50,6 @@ int subtract(const void *input, int bf16, const float *base, int64_t numel, floa
     return special != 0;
 }
 
-/* A bf16 tensor widened to float32 (exactly: a bfloat16 is a float32's high half), and whether
- * it holds NaN or inf, in the one pass: the engine's check of what it reads costs no pass of its own. */
-int widen(const uint16_t *input, int64_t numel, float *out) {
-    uint32_t special = 0;  /* any exponent all ones */
-    for (int64_t j = 0; j < numel; j++) {
-        special |= (uint32_t)((input[j] & 0x7f80u) == 0x7f80u);
-        out[j] = bfloat16_value(input[j]);
-    }
-    return special != 0;
-}
-
-/* Linear's weighted sum of n_models inputs [numel], each read once in its stored dtype (bf16: a
- * bfloat16, else float32): out = c_0 x_0, then out = fma(x_i, c_i, out) for i = 1, 2, ..: what
- * torch's mul and add_(x, alpha=c) compute where ATen's vector code has FMA (AVX2, AVX-512),
- * rounded the same way. Block by block, so the sums are written to memory once, not per model.
- * Returns whether the sum holds NaN or inf, checked while its block is in L1. */
-int weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_models, int64_t numel,
-                 float *out) {
-    uint32_t special = 0;  /* any exponent all ones */
-    for (int64_t start = 0; start < numel; start += SUM_BLOCK) {
-        int64_t n = numel - start < SUM_BLOCK ? numel - start : SUM_BLOCK;
-        float *o = out + start;
-        for (int64_t i = 0; i < n_models; i++) {
-            float ci = c[i];
-            if (bf16) {
-                const uint16_t *x = (const uint16_t *)inputs[i] + start;
-                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = bfloat16_value(x[j]) * ci;
-                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(bfloat16_value(x[j]), ci, o[j]);
-            } else {
-                const float *x = (const float *)inputs[i] + start;
-                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = x[j] * ci;
-                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(x[j], ci, o[j]);
-            }
-        }
-        for (int64_t j = 0; j < n; j++) {
-            uint32_t bits;
-            memcpy(&bits, &o[j], sizeof bits);
-            special |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
-        }
-    }
-    return special != 0;
-}
-
 /* ---- TIES's election, 32 entries at a time in vector registers -------------------------------
  * Eight float32 lanes as a GCC/Clang vector type: one AVX register where the CPU has AVX, two SSE
  * or NEON ones elsewhere. A chunk of CHUNK entries is four of them, so that each sum over the
@@ -112,6 +69,24 @@ typedef uint64_t q2 __attribute__((vector_size(16)));
 static inline f8 load8(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, f8 v) { memcpy(p, &v, sizeof v); }
 static inline f8 splat8(float x) { return (f8){0} + x; }
+
+/* A store of a result that is not read again soon: past the caches where the CPU can (AVX, an
+ * aligned address), so that its cache lines are not first read from memory to be overwritten. */
+static inline void stream8(float *p, f8 v) {
+#ifdef __AVX__
+    if (((uintptr_t)p & 31) == 0) {
+        _mm256_stream_ps(p, (__m256)v);
+        return;
+    }
+#endif
+    store8(p, v);
+}
+
+static inline void streamed_fence(void) {  /* streamed stores made visible before the caller reads them */
+#ifdef __AVX__
+    _mm_sfence();
+#endif
+}
 
 /* 8 entries of an input as stored, widened exactly (bf16: a bfloat16 is a float32's high half).
  * With AVX2, one zero-extending load: gcc 12 makes __builtin_convertvector's four instructions. */
@@ -138,6 +113,68 @@ static inline i8 max8(i8 a, i8 b) {
     i8 a_larger = a > b;
     return (a & a_larger) | (b & ~a_larger);
 #endif
+}
+
+/* A bf16 tensor widened to float32 (exactly: a bfloat16 is a float32's high half), and whether
+ * it holds NaN or inf, in the one pass: the engine's check of what it reads costs no pass of its own. */
+int widen(const uint16_t *input, int64_t numel, float *out) {
+    uint32_t special = 0;  /* any exponent all ones */
+    int64_t j = 0;
+    i8 largest = {0};
+    for (; j + LANES <= numel; j += LANES) {
+        const f8 x = stored8(input, 1, j);
+        largest = max8(largest, magnitude8(x));
+        stream8(out + j, x);
+    }
+    for (int lane = 0; lane < LANES; lane++) special |= largest[lane] > 0x7f7fffff;
+    for (; j < numel; j++) {
+        special |= (uint32_t)((input[j] & 0x7f80u) == 0x7f80u);
+        out[j] = bfloat16_value(input[j]);
+    }
+    streamed_fence();
+    return special != 0;
+}
+
+/* Linear's weighted sum of n_models inputs [numel], each read once in its stored dtype (bf16: a
+ * bfloat16, else float32): out = c_0 x_0, then out = fma(x_i, c_i, out) for i = 1, 2, ..: what
+ * torch's mul and add_(x, alpha=c) compute where ATen's vector code has FMA (AVX2, AVX-512),
+ * rounded the same way. Block by block, so the sums are written to memory once, not per model.
+ * The block's sums are made in L1 and then stored past the caches (stream8), checked on the way
+ * out: whether the sum holds NaN or inf is returned. */
+int weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_models, int64_t numel,
+                 float *out) {
+    float o[SUM_BLOCK] __attribute__((aligned(32)));
+    i8 largest = {0};
+    for (int64_t start = 0; start < numel; start += SUM_BLOCK) {
+        int64_t n = numel - start < SUM_BLOCK ? numel - start : SUM_BLOCK;
+        for (int64_t i = 0; i < n_models; i++) {
+            float ci = c[i];
+            if (bf16) {
+                const uint16_t *x = (const uint16_t *)inputs[i] + start;
+                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = bfloat16_value(x[j]) * ci;
+                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(bfloat16_value(x[j]), ci, o[j]);
+            } else {
+                const float *x = (const float *)inputs[i] + start;
+                if (i == 0) for (int64_t j = 0; j < n; j++) o[j] = x[j] * ci;
+                else for (int64_t j = 0; j < n; j++) o[j] = fmaf(x[j], ci, o[j]);
+            }
+        }
+        int64_t j = 0;
+        for (; j + LANES <= n; j += LANES) {
+            const f8 sums = load8(o + j);
+            largest = max8(largest, magnitude8(sums));
+            stream8(out + start + j, sums);
+        }
+        for (; j < n; j++) {
+            const f8 last = splat8(o[j]);
+            largest = max8(largest, magnitude8(last));
+            out[start + j] = o[j];
+        }
+    }
+    streamed_fence();
+    int special = 0;
+    for (int lane = 0; lane < LANES; lane++) special |= largest[lane] > 0x7f7fffff;
+    return special;
 }
 
 /* The scratch of an election: the voters (the models with c_i != 0: a zero term never agrees),
@@ -230,7 +267,7 @@ static inline __attribute__((always_inline)) void elect_normalized(election_t *e
         if (normalize) merged /= divisor[q] + (f8)((divisor[q] == 0) & (i8)one);
         const f8 result = load8(base + q * LANES) + lambda * merged;
         el->largest = max8(el->largest, magnitude8(result));
-        store8(out + q * LANES, result);
+        stream8(out + q * LANES, result);
     }
 }
 
@@ -269,6 +306,7 @@ int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t s
         }
     }
     const int special = election_result(&el);
+    streamed_fence();
     election_free(&el);
     return special;
 }
@@ -684,6 +722,7 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
         memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
     }
     const int special = election_result(&el);
+    streamed_fence();
     election_free(&el);
     free(pad);
     free(rows);
@@ -800,6 +839,7 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
         memcpy(out + full_end, pad_out, (size_t)n * sizeof *pad_out);
     }
     const int special = election_result(&el);
+    streamed_fence();
     election_free(&el);
     free(streams);
     free(pad);
