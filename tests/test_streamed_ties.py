@@ -195,6 +195,39 @@ def test_a_result_that_overflows_is_refused_in_the_pass_that_writes_it(tmp_path,
     merger, out = Merger(sources, method, base), torch.empty(SHAPE)
     with pytest.raises(MergeError, match="the merged tensor .* holds NaN or inf \\(its inputs are finite"):
         dict(merger.tensors(params, {KEY: out}))
-    assert out.data_ptr() not in checked and not torch.isfinite(out).all()  # found as written, not by a pass of the engine's
+    # found as written, not by a pass of the engine's
+    assert out.data_ptr() not in checked and not torch.isfinite(out).all()
     with pytest.raises(MergeError, match="the merged tensor .* holds NaN or inf"):
         dict(merger.tensors(params))  # no output given: a new tensor, checked the same way
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_a_nan_in_a_base_read_as_stored_is_named(tmp_path, method):
+    """The streamed merges read a bf16 base as the file holds it, unwidened and unchecked; a NaN in
+    it reaches the result, and the error names the base."""
+    sources, base = write_zoo(tmp_path, torch.bfloat16, n_models=3)
+    bad = base.get(KEY).clone()
+    bad[3, 5] = float("nan")
+    save_file({KEY: bad}, str(base.directory / "model.safetensors"))
+    with pytest.raises(MergeError, match="model 'base'.*holds NaN or inf"):
+        dict(Merger(sources, method, TensorSource("base", base.directory)).tensors({"density": 0.5}))
+
+
+def test_the_base_is_widened_only_where_a_method_asks(tmp_path, monkeypatch):
+    """TIES streamed from bf16 files reads the base as stored: the engine widens no base for it;
+    the stack's path (a small tensor, or off the streamed path) widens it once."""
+    from glue_bench.merge import engine
+
+    sources, base = write_zoo(tmp_path, torch.bfloat16, n_models=3)
+    widened, load = [], engine.Merger._load
+
+    def counted(self, source, key, into=None):
+        widened.append(source.name)
+        return load(self, source, key, into)
+    monkeypatch.setattr(engine.Merger, "_load", counted)
+    streamed = dict(Merger(sources, "ties", base).tensors({"density": 0.5}))[KEY]
+    assert "base" not in widened
+    monkeypatch.setattr(methods, "_STREAMED_MIN", 1 << 62)
+    stacked = dict(Merger(sources, "ties", base).tensors({"density": 0.5}))[KEY]
+    assert widened.count("base") == 1
+    assert torch.equal(streamed, stacked)

@@ -288,6 +288,31 @@ class _Inputs:
             self.touched[i] = False
 
 
+class _Base:
+    """The base's tensor for one name, for a method registered with `stored_base`, which reads it
+    as the file holds it (`stored`: a zero-copy view, not checked: its result then is) in the kernels
+    that stream the inputs, or asks for it widened to float32 and checked (`widened`, read once):
+    the engine spends no pass widening a base such a method does not ask for."""
+
+    def __init__(self, merger: "Merger", key: str):
+        self._merger, self.key, self._widened = merger, key, None
+        self.shape = torch.Size(merger.base.shape(key))
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def stored(self) -> torch.Tensor:
+        return self._merger.base.get(self.key)
+
+    def widened(self) -> torch.Tensor:
+        if self._widened is None:
+            self._widened = self._merger._load(self._merger.base, self.key, self._merger._base_buffer(self.key))
+        return self._widened
+
+    def __getitem__(self, index) -> torch.Tensor:  # rows of it (Merger._merge_rows): widened
+        return self.widened()[index]
+
+
 def release_pages(sources: list[TensorSource], key: str) -> None:
     """Each source's tensor `key` released (`TensorSource.release`), over torch's threads when the
     pages are many: unmapping them is the kernel's work, ~22 ms for a 7B MLP tensor of 8 models and
@@ -420,6 +445,8 @@ class Merger:
             if merged is None or not (result_checked or is_finite(merged)):
                 if isinstance(inputs, _Inputs):
                     inputs.check()  # inputs a method read as stored were not checked: name the one at fault
+                if isinstance(base, _Base):
+                    base.widened()  # nor was a base read so
                 raise MergeError(f"{self.method.name} of {', '.join(s.name for s in self.sources)}: the merged tensor "
                                  f"{key!r} holds NaN or inf (its inputs are finite: check the method's parameters)")
             if memo is not None:
@@ -436,6 +463,8 @@ class Merger:
         new_inputs, new_base = inputs is None, uses_base and base is None
         if new_inputs:
             inputs = _Inputs(self.sources, key, self._load, self.device)
+        if new_base and self.method.stored_base and self.device.type == "cpu" and not self.cache:
+            return inputs, _Base(self, key)  # widened if the method asks: its kernels may read it as stored
         if new_base:
             base = self._load(self.base, key, self._base_buffer(key) if self.device.type == "cpu" else None)
         size = (sum(math.prod(s.shape(key)) for s in self.sources) if new_inputs else 0) + \

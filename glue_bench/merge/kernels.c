@@ -106,6 +106,16 @@ static inline f8 stored8(const void *input, int bf16, int64_t at) {
 
 static inline i8 magnitude8(f8 x) { return (i8)x & 0x7fffffff; }  /* |x|'s bits, ordered as |x| */
 
+/* The base as stored: entry j of it (bf16 or float32, widened exactly), and its address from
+ * entry `at` on. The streamed merges read it so, where the engine has not widened it. */
+static inline float base_value(const void *base, int base_bf16, int64_t j) {
+    return base_bf16 ? bfloat16_value(((const uint16_t *)base)[j]) : ((const float *)base)[j];
+}
+
+static inline const void *base_from(const void *base, int base_bf16, int64_t at) {
+    return (const char *)base + at * (base_bf16 ? 2 : 4);
+}
+
 static inline i8 max8(i8 a, i8 b) {
 #ifdef __AVX2__
     return (i8)_mm256_max_epi32((__m256i)a, (__m256i)b);  /* one instruction where a select takes three */
@@ -243,8 +253,8 @@ static inline void add_model(election_t *el, int64_t i, float c, const f8 *d, f8
  * formula names, in model order, wherever the task vectors come from (a stack or the files). */
 static inline __attribute__((always_inline)) void elect_normalized(election_t *el, const float *e,
                                                                    int64_t stride, const f8 *sign,
-                                                                   const float *base, float lambda, int normalize,
-                                                                   float *out) {
+                                                                   const void *base, const int base_bf16,
+                                                                   float lambda, int normalize, float *out) {
     f8 s[VECTORS], total[VECTORS], divisor[VECTORS];
     const f8 one = splat8(1.0f);
     for (int q = 0; q < VECTORS; q++) {
@@ -265,17 +275,19 @@ static inline __attribute__((always_inline)) void elect_normalized(election_t *e
     for (int q = 0; q < VECTORS; q++) {
         f8 merged = s[q] * total[q];
         if (normalize) merged /= divisor[q] + (f8)((divisor[q] == 0) & (i8)one);
-        const f8 result = load8(base + q * LANES) + lambda * merged;
+        const f8 result = stored8(base, base_bf16, q * LANES) + lambda * merged;
         el->largest = max8(el->largest, magnitude8(result));
         stream8(out + q * LANES, result);
     }
 }
 
-/* `elect_normalized` on voter rows `stride` entries apart from e (the chunk's entries in each). */
-static inline void elect(election_t *el, const float *e, int64_t stride, const f8 *sign, const float *base,
-                         float lambda, int normalize, float *out) {
-    if (normalize) elect_normalized(el, e, stride, sign, base, lambda, 1, out);  /* two copies, no test per entry */
-    else elect_normalized(el, e, stride, sign, base, lambda, 0, out);
+/* `elect_normalized` on voter rows `stride` entries apart from e (the chunk's entries in each),
+ * the base as stored from the chunk's first entry. */
+static inline __attribute__((always_inline)) void elect(election_t *el, const float *e, int64_t stride,
+                                                        const f8 *sign, const void *base, const int base_bf16,
+                                                        float lambda, int normalize, float *out) {
+    if (normalize) elect_normalized(el, e, stride, sign, base, base_bf16, lambda, 1, out);  /* no test per entry */
+    else elect_normalized(el, e, stride, sign, base, base_bf16, lambda, 0, out);
 }
 
 /* TIES's election over a stack: deltas holds n_models rows of numel entries, `stride` apart, row i
@@ -298,10 +310,10 @@ int ties_combine(const float *deltas, int64_t n_models, int64_t numel, int64_t s
             for (int q = 0; q < VECTORS; q++) d[q] = load8(row + q * LANES);
             add_model(&el, i, signed_c[i], d, sign);
         }
-        if (n == CHUNK) elect(&el, el.e, CHUNK, sign, base + at, lambda, normalize, out + at);
+        if (n == CHUNK) elect(&el, el.e, CHUNK, sign, base + at, 0, lambda, normalize, out + at);
         else {
             memcpy(pad_base, base + at, (size_t)n * sizeof *pad_base);
-            elect(&el, el.e, CHUNK, sign, pad_base, lambda, normalize, pad_out);
+            elect(&el, el.e, CHUNK, sign, pad_base, 0, lambda, normalize, pad_out);
             memcpy(out + at, pad_out, (size_t)n * sizeof *pad_out);
         }
     }
@@ -478,14 +490,14 @@ static inline void task_vector(const void *input, int bf16, const float *base, i
     }
 }
 
-static inline void task_vector_bits(const void *input, int bf16, const float *base, int64_t start, int64_t n,
-                                    uint32_t *bits, uint32_t *special) {
+static inline void task_vector_bits(const void *input, int bf16, const void *base, int base_bf16, int64_t start,
+                                    int64_t n, uint32_t *bits, uint32_t *special) {
     uint32_t found = 0;
     if (bf16) {
         const uint16_t *x = (const uint16_t *)input + start;
         for (int64_t j = 0; j < n; j++) {
             found |= (uint32_t)((x[j] & 0x7f80u) == 0x7f80u);
-            bits[j] = magnitude_bits(bfloat16_value(x[j]) - base[start + j]);
+            bits[j] = magnitude_bits(bfloat16_value(x[j]) - base_value(base, base_bf16, start + j));
         }
     } else {
         const float *x = (const float *)input + start;
@@ -493,7 +505,7 @@ static inline void task_vector_bits(const void *input, int bf16, const float *ba
             uint32_t raw;
             memcpy(&raw, &x[j], sizeof raw);
             found |= (uint32_t)((raw & 0x7f800000u) == 0x7f800000u);
-            bits[j] = magnitude_bits(x[j] - base[start + j]);
+            bits[j] = magnitude_bits(x[j] - base_value(base, base_bf16, start + j));
         }
     }
     *special |= found;
@@ -501,7 +513,8 @@ static inline void task_vector_bits(const void *input, int bf16, const float *ba
 
 /* The magnitudes' bits of each model's task vector on runs of `run` entries starting every `every`
  * entries: out holds n_models rows of `per_model` entries (the sampled ones, in order). */
-void task_vector_sample(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t numel,
+void task_vector_sample(const void *const *inputs, int bf16, const void *base, int base_bf16, int64_t n_models,
+                        int64_t numel,
                         int64_t run, int64_t every, uint32_t *out, int64_t per_model) {
     uint32_t special = 0;  /* NaN or inf: ties_bracket reports it */
     for (int64_t i = 0; i < n_models; i++) {
@@ -509,7 +522,7 @@ void task_vector_sample(const void *const *inputs, int bf16, const float *base, 
         for (int64_t start = 0; start < numel && written < per_model; start += every) {
             int64_t n = numel - start < run ? numel - start : run;
             if (n > per_model - written) n = per_model - written;
-            task_vector_bits(inputs[i], bf16, base, start, n, out + i * per_model + written, &special);
+            task_vector_bits(inputs[i], bf16, base, base_bf16, start, n, out + i * per_model + written, &special);
             written += n;
         }
     }
@@ -524,8 +537,9 @@ void task_vector_sample(const void *const *inputs, int bf16, const float *base, 
  * each of the model's n_heavy heavy values (equal[q]); and whether any magnitude is inf or NaN,
  * which an input's inf or NaN makes so (and, rarely, an overflowing x - base: the caller tells
  * them apart). One pass in registers, a copy of it per number of heavy values. */
-static inline __attribute__((always_inline)) int bracket_counts(const void *input, const int bf16, const float *base,
-                                                                int64_t start, int64_t n, int32_t lo, int32_t hi,
+static inline __attribute__((always_inline)) int bracket_counts(const void *input, const int bf16, const void *base,
+                                                                const int base_bf16, int64_t start, int64_t n,
+                                                                int32_t lo, int32_t hi,
                                                                 const uint32_t *heavy, const int n_heavy,
                                                                 int32_t *above, int32_t *from_lo,
                                                                 int32_t *equal) {
@@ -533,7 +547,7 @@ static inline __attribute__((always_inline)) int bracket_counts(const void *inpu
     for (int q = 0; q < n_heavy; q++) value[q] = (i8){0} + (int32_t)heavy[q];
     int64_t j = 0;
     for (; j + LANES <= n; j += LANES) {
-        i8 b = magnitude8(stored8(input, bf16, start + j) - load8(base + start + j));
+        i8 b = magnitude8(stored8(input, bf16, start + j) - stored8(base, base_bf16, start + j));
         n_above -= b > hi;  /* a true compare is -1 */
         n_from_lo -= b > lo - 1;
         largest = max8(largest, b);
@@ -542,7 +556,7 @@ static inline __attribute__((always_inline)) int bracket_counts(const void *inpu
     int32_t tail_above = 0, tail_from_lo = 0, tail_equal[HEAVY] = {0}, tail_huge = 0;
     for (; j < n; j++) {
         float x = bf16 ? bfloat16_value(((const uint16_t *)input)[start + j]) : ((const float *)input)[start + j];
-        int32_t b = (int32_t)magnitude_bits(x - base[start + j]);
+        int32_t b = (int32_t)magnitude_bits(x - base_value(base, base_bf16, start + j));
         tail_above += b > hi;
         tail_from_lo += b >= lo;
         tail_huge |= b > 0x7f7fffff;
@@ -558,6 +572,23 @@ static inline __attribute__((always_inline)) int bracket_counts(const void *inpu
         for (int q = 0; q < n_heavy; q++) equal[q] += n_equal[q][lane];
     }
     return tail_huge != 0;
+}
+
+/* bracket_counts with n_heavy made a constant: a copy of its loop per number of heavy values. */
+static inline __attribute__((always_inline)) int bracket_counts_any(const void *input, const int bf16, const void *base,
+                                                                    const int base_bf16, int64_t start, int64_t n,
+                                                                    int32_t lo, int32_t hi, const uint32_t *heavy,
+                                                                    int n_heavy, int32_t *above, int32_t *from_lo,
+                                                                    int32_t *equal) {
+#define COUNTS(NH) bracket_counts(input, bf16, base, base_bf16, start, n, lo, hi, heavy, NH, above, from_lo, equal)
+    switch (n_heavy) {
+        case 0: return COUNTS(0);
+        case 1: return COUNTS(1);
+        case 2: return COUNTS(2);
+        case 3: return COUNTS(3);
+        default: return COUNTS(4);
+    }
+#undef COUNTS
 }
 
 /* Whether entries [start, start + n) of an input as stored hold NaN or inf (exponent all ones). */
@@ -579,7 +610,7 @@ static int special_in(const void *input, int bf16, int64_t start, int64_t n) {
  * index order as (bits, index) in row i of cand_bits and cand_index (`capacity` each; found[i]
  * counts them all, so found[i] > capacity says the list overflowed). Returns whether an input
  * holds NaN or inf. */
-int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+int ties_bracket(const void *const *inputs, int bf16, const void *base, int base_bf16, int64_t n_models, int64_t first,
                  int64_t count, const uint32_t *lo, const uint32_t *hi, const uint32_t *heavy,
                  int32_t *heavy_counts, int64_t n_tie_blocks, int64_t *above, uint32_t *cand_bits,
                  uint32_t *cand_index, int64_t capacity, int64_t *found) {
@@ -600,19 +631,13 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
             /* a bracket of one value, a heavy one: its count is those from lo less those above */
             const int only_heavy = n_heavy == 1 && l == h && v[0] == (uint32_t)l;
             int32_t n_above, n_from_lo, equal[HEAVY] = {0}, huge = 0;
-#define COUNTS(B, NH) bracket_counts(inputs[i], B, base, start, n, l, h, v, NH, &n_above, &n_from_lo, equal)
-            switch ((only_heavy ? 0 : n_heavy) * 2 + (bf16 != 0)) {  /* a copy per dtype and number of heavy values counted */
-                case 0: huge = COUNTS(0, 0); break;
-                case 1: huge = COUNTS(1, 0); break;
-                case 2: huge = COUNTS(0, 1); break;
-                case 3: huge = COUNTS(1, 1); break;
-                case 4: huge = COUNTS(0, 2); break;
-                case 5: huge = COUNTS(1, 2); break;
-                case 6: huge = COUNTS(0, 3); break;
-                case 7: huge = COUNTS(1, 3); break;
-                case 8: huge = COUNTS(0, 4); break;
-                default: huge = COUNTS(1, 4); break;
-            }
+            const int counted = only_heavy ? 0 : n_heavy;
+#define COUNTS(B, BB) \
+        bracket_counts_any(inputs[i], B, base, BB, start, n, l, h, v, counted, &n_above, &n_from_lo, equal)
+            if (bf16 && base_bf16) huge = COUNTS(1, 1);  /* a copy per dtype of the inputs and of the base */
+            else if (bf16) huge = COUNTS(1, 0);
+            else if (base_bf16) huge = COUNTS(0, 1);
+            else huge = COUNTS(0, 0);
 #undef COUNTS
             if (only_heavy) equal[0] = n_from_lo - n_above;
             if (huge && !special) special = special_in(inputs[i], bf16, start, n);
@@ -623,7 +648,7 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
                 n_inside -= equal[q];
             }
             if (n_inside <= 0) continue;  /* all of them heavy: nothing to list */
-            task_vector_bits(inputs[i], bf16, base, start, n, bits, &(uint32_t){0});
+            task_vector_bits(inputs[i], bf16, base, base_bf16, start, n, bits, &(uint32_t){0});
             int64_t listed = found[i];
             uint32_t *row_bits = cand_bits + i * capacity, *row_index = cand_index + i * capacity;
             for (int64_t j = 0; j < n; j++) {
@@ -647,8 +672,8 @@ int ties_bracket(const void *const *inputs, int bf16, const float *base, int64_t
  * `offset`: `at`, or 0 in a padded copy), entry j kept where |d| > kth, or |d| == kth and j < cut
  * (a dropped entry becomes +0, as in keep_top). */
 static inline __attribute__((always_inline)) void trimmed_chunk(f8 *d, const void *input, const int bf16,
-                                                                int64_t offset, const float *base, int64_t at,
-                                                                uint32_t kth, int64_t cut) {
+                                                                int64_t offset, const void *base, const int base_bf16,
+                                                                int64_t at, uint32_t kth, int64_t cut) {
     const int32_t t = (int32_t)kth;  /* magnitudes' bits are < 2^31 */
     i8 below[VECTORS];  /* kept: bits > below */
     if (cut >= at + CHUNK || cut <= at) {  /* the rule: the cut lies outside the chunk */
@@ -660,45 +685,47 @@ static inline __attribute__((always_inline)) void trimmed_chunk(f8 *d, const voi
             below[q] = (t - 1) - (lane + (int32_t)(at + q * LANES - cut) >= 0);
     }
     for (int q = 0; q < VECTORS; q++) {
-        f8 x = stored8(input, bf16, offset + q * LANES) - load8(base + q * LANES);
+        f8 x = stored8(input, bf16, offset + q * LANES) - stored8(base, base_bf16, q * LANES);
         d[q] = (f8)((i8)x & (magnitude8(x) > below[q]));
     }
 }
 
-/* The inputs' entries [at, at + n) for a last partial chunk: each input's copied into its row of
- * `pad` (zero-padded to CHUNK entries, 4 bytes an entry whatever the dtype), its pointer into
- * `rows`, and the base's into pad_base. */
-static void padded_chunk(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t at,
-                         int64_t n, float *pad, const void **rows, float *pad_base) {
+/* The inputs' entries [at, at + n) for a last partial chunk or block (n <= width): each input's
+ * copied into its row of `pad` (zero-padded to `width` entries, 4 bytes an entry whatever the
+ * dtype), its pointer into `rows`, and the base's, widened, into pad_base. */
+static void padded_entries(const void *const *inputs, int bf16, const void *base, int base_bf16, int64_t n_models,
+                           int64_t at, int64_t n, int64_t width, float *pad, const void **rows, float *pad_base) {
     const size_t size = bf16 ? 2 : 4;
-    memset(pad, 0, (size_t)n_models * CHUNK * sizeof *pad);
+    memset(pad, 0, (size_t)n_models * width * sizeof *pad);
     for (int64_t i = 0; i < n_models; i++) {
-        memcpy(pad + i * CHUNK, (const char *)inputs[i] + at * size, (size_t)n * size);
-        rows[i] = pad + i * CHUNK;
+        memcpy(pad + i * width, (const char *)inputs[i] + at * size, (size_t)n * size);
+        rows[i] = pad + i * width;
     }
-    memset(pad_base, 0, CHUNK * sizeof *pad_base);
-    memcpy(pad_base, base + at, (size_t)n * sizeof *pad_base);
+    memset(pad_base, 0, (size_t)width * sizeof *pad_base);
+    for (int64_t j = 0; j < n; j++) pad_base[j] = base_value(base, base_bf16, at + j);
 }
 
 /* One chunk of ties_streamed: its task vectors made, trimmed and elected into out. */
 static inline __attribute__((always_inline)) void ties_chunk(election_t *el, const void *const *x, const int bf16,
-                                                             int64_t offset, const float *b, int64_t at,
+                                                             int64_t offset, const void *b, const int base_bf16,
+                                                             int64_t at,
                                                              int64_t n_models, const uint32_t *kth, const int64_t *cut,
                                                              const float *signed_c, float lambda, int normalize,
                                                              float *out) {
     f8 sign[VECTORS] = {{0}}, d[VECTORS];
     for (int64_t i = 0; i < n_models; i++) {
-        trimmed_chunk(d, x[i], bf16, offset, b, at, kth[i], cut[i]);
+        trimmed_chunk(d, x[i], bf16, offset, b, base_bf16, at, kth[i], cut[i]);
         add_model(el, i, signed_c[i], d, sign);
     }
-    elect(el, el->e, CHUNK, sign, b, lambda, normalize, out);
+    elect(el, el->e, CHUNK, sign, b, base_bf16, lambda, normalize, out);
 }
 
 /* TIES over entries [first, first + count) from the inputs as stored: each chunk's task vectors
  * are computed, trimmed (kth, cut: see above) and elected in registers, as ties_combine elects the
  * stack's; a last partial chunk through zero-padded copies. Returns -1 if its scratch cannot be had,
  * 1 if the result holds NaN or inf, else 0. */
-int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+int ties_streamed(const void *const *inputs, int bf16, const void *base, int base_bf16, int64_t n_models,
+                  int64_t first,
                   int64_t count, const uint32_t *kth, const int64_t *cut, const float *signed_c,
                   const float *absolute, const float *active, float lambda, int normalize, float *out) {
     election_t el;
@@ -710,15 +737,19 @@ int ties_streamed(const void *const *inputs, int bf16, const float *base, int64_
         return -1;
     }
     const int64_t end = first + count, full_end = end - count % CHUNK;
-#define CHUNKS(B) for (int64_t at = first; at < full_end; at += CHUNK) \
-        ties_chunk(&el, inputs, B, at, base + at, at, n_models, kth, cut, signed_c, lambda, normalize, out + at)
-    if (bf16) CHUNKS(1);  /* a copy of the loop per dtype */
-    else CHUNKS(0);
+#define CHUNKS(B, BB) for (int64_t at = first; at < full_end; at += CHUNK) \
+        ties_chunk(&el, inputs, B, at, base_from(base, BB, at), BB, at, n_models, kth, cut, signed_c, lambda, \
+                   normalize, out + at)
+    if (bf16 && base_bf16) CHUNKS(1, 1);  /* a copy of the loop per dtype of the inputs and of the base */
+    else if (bf16) CHUNKS(1, 0);
+    else if (base_bf16) CHUNKS(0, 1);
+    else CHUNKS(0, 0);
 #undef CHUNKS
     if (full_end < end) {
         float pad_base[CHUNK], pad_out[CHUNK];
-        padded_chunk(inputs, bf16, base, n_models, full_end, end - full_end, pad, rows, pad_base);
-        ties_chunk(&el, rows, bf16, 0, pad_base, full_end, n_models, kth, cut, signed_c, lambda, normalize, pad_out);
+        padded_entries(inputs, bf16, base, base_bf16, n_models, full_end, end - full_end, CHUNK, pad, rows, pad_base);
+        ties_chunk(&el, rows, bf16, 0, pad_base, 0, full_end, n_models, kth, cut, signed_c, lambda, normalize,
+                   pad_out);
         memcpy(out + full_end, pad_out, (size_t)(end - full_end) * sizeof *pad_out);
     }
     const int special = election_result(&el);
@@ -749,7 +780,8 @@ static pcg64_pair_t pcg64_pair(unsigned __int128 state, unsigned __int128 inc) {
  * vector work on those entries, the stream's two chains in registers: the scalar multiplies and
  * the vector instructions then overlap, where drawing a block first adds their times. */
 static inline __attribute__((always_inline)) void dare_model(election_t *el, int64_t i, const void *x, const int bf16,
-                                                             int64_t offset, const float *b, int64_t n,
+                                                             int64_t offset, const void *b, const int base_bf16,
+                                                             int64_t n,
                                                              pcg64_pair_t *stream, int32_t cut, float c,
                                                              float *sign) {
     const int64_t slot = el->slot[i];
@@ -758,7 +790,7 @@ static inline __attribute__((always_inline)) void dare_model(election_t *el, int
     const f8 one = splat8(1.0f);
     unsigned __int128 even = stream ? stream->even : 0, odd = stream ? stream->odd : 0;
     for (int64_t j = 0; j < n; j += LANES) {
-        f8 d = stored8(x, bf16, offset + j) - load8(b + j);
+        f8 d = stored8(x, bf16, offset + j) - stored8(b, base_bf16, j);
         if (stream) {
             const q2 draws = {pcg64_output(even), pcg64_output(odd)};  /* in registers, not through memory */
             even = stream->a2 * even + stream->inc2;
@@ -778,19 +810,20 @@ static inline __attribute__((always_inline)) void dare_model(election_t *el, int
 /* One block of dare_ties_streamed (n entries, a multiple of CHUNK): its models added one by one,
  * then elected a chunk at a time into out. */
 static inline __attribute__((always_inline)) void dare_block(election_t *el, const void *const *x, const int bf16,
-                                                             int64_t offset, const float *b, int64_t n,
+                                                             int64_t offset, const void *b, const int base_bf16,
+                                                             int64_t n,
                                                              int64_t n_models, pcg64_pair_t *streams,
                                                              const int32_t *cuts, const float *signed_c,
                                                              float lambda, int normalize, float *out) {
     float sign[BLOCK] __attribute__((aligned(32)));
     memset(sign, 0, (size_t)n * sizeof *sign);
     for (int64_t i = 0; i < n_models; i++)
-        dare_model(el, i, x[i], bf16, offset, b, n, cuts[i] <= 32767 ? &streams[i] : NULL, cuts[i], signed_c[i],
-                   sign);
+        dare_model(el, i, x[i], bf16, offset, b, base_bf16, n, cuts[i] <= 32767 ? &streams[i] : NULL, cuts[i],
+                   signed_c[i], sign);
     for (int64_t at = 0; at < n; at += CHUNK) {
         f8 chunk_sign[VECTORS];
         for (int q = 0; q < VECTORS; q++) chunk_sign[q] = load8(sign + at + q * LANES);
-        elect(el, el->e + at, BLOCK, chunk_sign, b + at, lambda, normalize, out + at);
+        elect(el, el->e + at, BLOCK, chunk_sign, base_from(b, base_bf16, at), base_bf16, lambda, normalize, out + at);
     }
 }
 
@@ -800,7 +833,8 @@ static inline __attribute__((always_inline)) void dare_block(election_t *el, con
  * `first`, which is a multiple of 4; cuts[i] > 32767 keeps every entry, drawing nothing), then
  * elected as ties_combine elects the stack's; a last partial block through zero-padded copies.
  * Returns -1 if its scratch cannot be had, 1 if the result holds NaN or inf, else 0. */
-int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, int64_t n_models, int64_t first,
+int dare_ties_streamed(const void *const *inputs, int bf16, const void *base, int base_bf16, int64_t n_models,
+                       int64_t first,
                        int64_t count, const uint64_t *states, const uint64_t *incs, const int32_t *cuts,
                        const float *signed_c, const float *absolute, const float *active, float lambda,
                        int normalize, float *out) {
@@ -819,22 +853,19 @@ int dare_ties_streamed(const void *const *inputs, int bf16, const float *base, i
         streams[i] = pcg64_pair(((unsigned __int128)states[2 * i] << 64) | states[2 * i + 1],
                                 ((unsigned __int128)incs[2 * i] << 64) | incs[2 * i + 1]);
     const int64_t end = first + count, full_end = end - count % BLOCK;
-#define BLOCKS(B) for (int64_t at = first; at < full_end; at += BLOCK) \
-        dare_block(&el, inputs, B, at, base + at, BLOCK, n_models, streams, cuts, signed_c, lambda, normalize, out + at)
-    if (bf16) BLOCKS(1);  /* a copy of the loop per dtype */
-    else BLOCKS(0);
+#define BLOCKS(B, BB) for (int64_t at = first; at < full_end; at += BLOCK) \
+        dare_block(&el, inputs, B, at, base_from(base, BB, at), BB, BLOCK, n_models, streams, cuts, signed_c, \
+                   lambda, normalize, out + at)
+    if (bf16 && base_bf16) BLOCKS(1, 1);  /* a copy of the loop per dtype of the inputs and of the base */
+    else if (bf16) BLOCKS(1, 0);
+    else if (base_bf16) BLOCKS(0, 1);
+    else BLOCKS(0, 0);
 #undef BLOCKS
     if (full_end < end) {  /* its draws past the end are made and not used */
         const int64_t n = end - full_end, padded = n + (CHUNK - n % CHUNK) % CHUNK;
-        const size_t size = bf16 ? 2 : 4;
-        float pad_base[BLOCK] = {0}, pad_out[BLOCK];
-        memset(pad, 0, (size_t)n_models * BLOCK * sizeof *pad);
-        for (int64_t i = 0; i < n_models; i++) {
-            memcpy(pad + i * BLOCK, (const char *)inputs[i] + full_end * size, (size_t)n * size);
-            rows[i] = pad + i * BLOCK;
-        }
-        memcpy(pad_base, base + full_end, (size_t)n * sizeof *pad_base);
-        dare_block(&el, rows, bf16, 0, pad_base, padded, n_models, streams, cuts, signed_c, lambda, normalize,
+        float pad_base[BLOCK], pad_out[BLOCK];
+        padded_entries(inputs, bf16, base, base_bf16, n_models, full_end, n, BLOCK, pad, rows, pad_base);
+        dare_block(&el, rows, bf16, 0, pad_base, 0, padded, n_models, streams, cuts, signed_c, lambda, normalize,
                    pad_out);
         memcpy(out + full_end, pad_out, (size_t)n * sizeof *pad_out);
     }

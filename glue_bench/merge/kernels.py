@@ -48,15 +48,15 @@ _SIGNATURES = {
     "kth_magnitudes": [_P, _I64, _P, _I64, _P, _P],
     "subtract": [_P, ctypes.c_int, _P, _I64, _P],
     "widen": [_P, _I64, _P],
-    "task_vector_sample": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _I64, _P, _I64],
-    "ties_bracket": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P],
-    "ties_streamed": [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_float, ctypes.c_int,
-                      _P],
+    "task_vector_sample": [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _P, _I64],
+    "ties_bracket": [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P],
+    "ties_streamed": [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_float,
+                      ctypes.c_int, _P],
 }
-_SIGNATURES["dare_ties_streamed"] = [_P, ctypes.c_int, _P, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_float,
-                                     ctypes.c_int, _P]
-_RETURNS = {"subtract": ctypes.c_int, "widen": ctypes.c_int, "weighted_sum": ctypes.c_int, "ties_bracket": ctypes.c_int, "ties_streamed": ctypes.c_int,
-            "dare_ties_streamed": ctypes.c_int, "ties_combine": ctypes.c_int}
+_SIGNATURES["dare_ties_streamed"] = [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P,
+                                     ctypes.c_float, ctypes.c_int, _P]
+_RETURNS = {name: ctypes.c_int for name in ("subtract", "widen", "weighted_sum", "ties_bracket", "ties_streamed",
+                                            "dare_ties_streamed", "ties_combine")}
 _SHARE_MIN = 1 << 20  # entries a thread's share of a pass holds at least (a thread's start costs ~50 us)
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -108,9 +108,11 @@ def can_subtract(stored: torch.Tensor, base: torch.Tensor) -> bool:
 
 
 def can_stream_task_vectors(stored, base: torch.Tensor, *outputs: torch.Tensor) -> bool:
-    """Whether the streamed TIES and DARE-TIES kernels take these inputs as the files hold them,
-    this base and these outputs: `subtract`'s conditions, one dtype for all."""
-    return (_as_stored(stored) and usable(base, *outputs)
+    """Whether the streamed TIES and DARE-TIES kernels take these inputs as the files hold them
+    (one dtype, float32 or bf16), this base (float32, or as stored in the inputs' dtype) and these
+    float32 outputs."""
+    base_ok = base.dtype in (torch.float32, stored[0].dtype) if stored else False
+    return (_as_stored(stored) and base_ok and _as_stored([base]) and usable(*outputs)
             and all(tensor.shape == base.shape for tensor in [*stored, *outputs]))
 
 
@@ -205,6 +207,11 @@ def _finite(codes: list[int], kernel: str) -> bool:
     return not any(codes)
 
 
+def _bf16(base: torch.Tensor) -> int:
+    """The kernels' flag for a base read as stored (bf16) rather than widened (float32)."""
+    return int(base.dtype == torch.bfloat16)
+
+
 def _pointers(tensors) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
@@ -216,8 +223,8 @@ def task_vector_sample(stored, base: torch.Tensor, run: int, every: int, per_mod
     out = np.empty((len(stored), per_model), dtype=np.uint32)
     pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
     _rows_over_threads(len(stored), base.numel(), lambda start, stop: library().task_vector_sample(
-        ctypes.addressof(pointers) + start * ctypes.sizeof(ctypes.c_void_p), bf16, base.data_ptr(), stop - start,
-        base.numel(), run, every, out[start:].ctypes.data, per_model))
+        ctypes.addressof(pointers) + start * ctypes.sizeof(ctypes.c_void_p), bf16, base.data_ptr(), _bf16(base),
+        stop - start, base.numel(), run, every, out[start:].ctypes.data, per_model))
     return out
 
 
@@ -254,7 +261,8 @@ def ties_bracket(stored, base: torch.Tensor, lo: np.ndarray, hi: np.ndarray, hea
         index = np.empty((n_models, capacity), dtype=np.uint32)
         counts = np.zeros((n_models, HEAVY, n_blocks), dtype=np.int32)
         above, found = np.empty(n_models, dtype=np.int64), np.empty(n_models, dtype=np.int64)
-        special = library().ties_bracket(pointers, bf16, base.data_ptr(), n_models, start, stop - start,
+        special = library().ties_bracket(pointers, bf16, base.data_ptr(), _bf16(base), n_models, start,
+                                         stop - start,
                                          lo_.ctypes.data, hi_.ctypes.data, heavy_.ctypes.data, counts.ctypes.data,
                                          n_blocks, above.ctypes.data, bits.ctypes.data, index.ctypes.data, capacity,
                                          found.ctypes.data)
@@ -283,7 +291,8 @@ def ties_streamed(stored, base: torch.Tensor, kth: np.ndarray, cut: np.ndarray, 
     pointers, bf16 = _pointers(stored), int(stored[0].dtype == torch.bfloat16)
 
     def part(start: int, stop: int) -> int:
-        return library().ties_streamed(pointers, bf16, base.data_ptr(), len(stored), start, stop - start,
+        return library().ties_streamed(pointers, bf16, base.data_ptr(), _bf16(base), len(stored), start,
+                                       stop - start,
                                        kth_.ctypes.data, cut_.ctypes.data, coefficients[0].ctypes.data,
                                        coefficients[1].ctypes.data, coefficients[2].ctypes.data, lambda_,
                                        int(normalize), out.data_ptr())
@@ -307,7 +316,8 @@ def dare_ties_streamed(stored, base: torch.Tensor, states: list[dict | None], cu
         # each stream advanced to this share's first entry: 4 entries a draw (start is a multiple of 64)
         at_start = np.array([half for state in states for half in _halves(_advanced(state, start // 4))],
                             dtype=np.uint64)
-        return library().dare_ties_streamed(pointers, bf16, base.data_ptr(), len(stored), start, stop - start,
+        return library().dare_ties_streamed(pointers, bf16, base.data_ptr(), _bf16(base), len(stored), start,
+                                            stop - start,
                                             at_start.ctypes.data, incs.ctypes.data, cuts_.ctypes.data,
                                             coefficients[0].ctypes.data, coefficients[1].ctypes.data,
                                             coefficients[2].ctypes.data, lambda_, int(normalize), out.data_ptr())

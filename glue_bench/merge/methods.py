@@ -97,6 +97,21 @@ def _finite(merged: torch.Tensor, finite: bool | None = None) -> torch.Tensor:
     return merged
 
 
+def _widened(base):
+    """The base as a float32 tensor: the one given, or, from an engine that left it unwidened for a
+    method registered with `stored_base`, widened now (engine._Base)."""
+    return base.widened() if hasattr(base, "widened") else base
+
+
+def _base_for_kernels(base, stored, *outputs):
+    """The base as the streamed kernels read it, as its file holds it where they take that (the
+    inputs' dtype) and else widened; None where they take neither."""
+    if hasattr(base, "stored") and kernels.can_stream_task_vectors(stored, base.stored(), *outputs):
+        return base.stored()
+    widened = _widened(base)
+    return widened if kernels.can_stream_task_vectors(stored, widened, *outputs) else None
+
+
 def _stored(tensors) -> list[torch.Tensor] | None:
     """The engine's inputs as the files hold them (`_Inputs.stored`: zero-copy views, not checked
     for NaN or inf, which `_Inputs.check` then names); None off the CPU, or for a plain list of
@@ -285,13 +300,14 @@ def task_arithmetic(tensors, base, weights, normalize, out=None, **params):
 
 
 @register("ties", (WEIGHTS, DENSITY, LAMBDA, NORMALIZE), base="required", memoizes=True, stacks=True,
-          writes_out=True, check=_check_normalized_signs, checks_result=True)
+          writes_out=True, check=_check_normalized_signs, checks_result=True, stored_base=True)
 def ties(tensors, base, weights, density, normalize, memo=None, workspace=None, out=None, **params):
     """TIES: keep each task vector's top-density magnitudes, elect signs, average the agreeing."""
     if memo is None:
         merged = _ties_streamed(tensors, base, weights, density, normalize, params["lambda"], out)
         if merged is not None:
             return merged
+    base = _widened(base)
 
     def sparsify_rows(deltas):  # every model's top-k at once: much faster on small tensors
         top_magnitude_rows(deltas, density)
@@ -312,14 +328,15 @@ def _ties_streamed(tensors, base, weights, density, normalize, lambda_, out):
     (kernels.c: ties_streamed); None where that path does not apply (off the CPU, small tensors,
     inputs not one dtype of float32 or bfloat16, or no C kernels)."""
     stored = _stored(tensors) if base.numel() >= _STREAMED_MIN else None
-    if stored is None or not kernels.can_stream_task_vectors(stored, base, *([] if out is None else [out])):
+    base = _base_for_kernels(base, stored, *([] if out is None else [out])) if stored is not None else None
+    if base is None:
         return None
     kth, cut, special = top_magnitude_cuts(stored, base, density)
     if special:
         tensors.check()  # names the input that holds NaN or inf
     _, vectors = _election_vectors(weights, [1.0] * len(weights))
     return _finite(*kernels.ties_streamed(stored, base, kth, cut, *vectors, lambda_, normalize,
-                                          torch.empty_like(base) if out is None else out))
+                                          torch.empty(base.shape) if out is None else out))
 
 
 def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, generator, lambda_, out):
@@ -327,7 +344,8 @@ def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, gen
     stack gives (kernels.c: dare_ties_streamed); None where that path does not apply (as TIES's,
     and the L1 rescale, which needs each task vector's norm before the drop)."""
     stored = _stored(tensors) if base.numel() >= _STREAMED_MIN and rescale != "l1" else None
-    if stored is None or not kernels.can_stream_task_vectors(stored, base, *([] if out is None else [out])):
+    base = _base_for_kernels(base, stored, *([] if out is None else [out])) if stored is not None else None
+    if base is None:
         return None
     states, cuts, factors = [], [], []
     for i, share in enumerate(density):
@@ -345,7 +363,7 @@ def _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, gen
         factors.append(65536 / levels if rescale == "inverse_density" else 1.0)
     _, vectors = _election_vectors(weights, factors)
     return _finite(*kernels.dare_ties_streamed(stored, base, states, cuts, *vectors, lambda_, normalize,
-                                               torch.empty_like(base) if out is None else out))
+                                               torch.empty(base.shape) if out is None else out))
 
 
 def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda_, consensus, memo, seed,
@@ -354,6 +372,7 @@ def _dare(tensors, base, weights, density, normalize, rescale, generator, lambda
         merged = _dare_ties_streamed(tensors, base, weights, density, normalize, rescale, generator, lambda_, out)
         if merged is not None:
             return merged
+    base = _widened(base)
     deltas = _sparsified(tensors, base, lambda i, delta: random_keep(delta, density[i], rescale, generator(i)),
                          consensus, memo, ("random", tuple(density), rescale, seed),
                          lambda rows: random_keep_rows(rows, density, rescale, generator), workspace)
@@ -371,7 +390,7 @@ def dare_linear(tensors, base, weights, density, normalize, rescale, generator, 
 
 @register("dare_ties", (WEIGHTS, DENSITY, LAMBDA, _NO_NORMALIZE, RESCALE, SEED), base="required",
           randomized=True, memoizes=True, stacks=True, writes_out=True, check=_check_normalized_signs,
-          checks_result=True)
+          checks_result=True, stored_base=True)
 def dare_ties(tensors, base, weights, density, normalize, rescale, generator, seed, memo=None, workspace=None,
               out=None, **params):
     """DARE's random drop, then TIES's sign election."""

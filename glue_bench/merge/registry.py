@@ -37,6 +37,7 @@ class MergeMethod:
     needs: tuple[str, ...] = ()  # statistics of the models it takes, by name (see statistics.py)
     doc: str = ""
     checks_result: bool = False  # raises NonFiniteResult for a result with NaN or inf: the engine need not check
+    stored_base: bool = False  # takes the base unwidened (engine._Base: .stored() as the file holds it, .widened())
 
     def validate(self, params: dict, n_models: int) -> CheckedParams:
         """Check the parameters and the number of models; defaults filled in."""
@@ -81,10 +82,12 @@ METHODS: dict[str, MergeMethod] = {}
 def register(name: str, params: tuple[Param, ...] = (), *, base: str = "none", min_models: int = 2,
              max_models: int | None = None, randomized: bool = False,
              check: Callable[[dict], None] | None = None, memoizes: bool = False, stacks: bool = False,
-             writes_out: bool = False, needs: tuple[str, ...] = (), checks_result: bool = False):
+             writes_out: bool = False, needs: tuple[str, ...] = (), checks_result: bool = False,
+             stored_base: bool = False):
     def wrap(fn):
         doc = (fn.__doc__ or "").strip().split("\n")[0]
         METHODS[name] = MergeMethod(name, fn, tuple(params), base, min_models, max_models, randomized,
-                                    check, memoizes, stacks, writes_out, tuple(needs), doc, checks_result)
+                                    check, memoizes, stacks, writes_out, tuple(needs), doc, checks_result,
+                                    stored_base)
         return fn
     return wrap

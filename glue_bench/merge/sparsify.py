@@ -122,7 +122,7 @@ def top_magnitude_cuts(stored, base: torch.Tensor, densities: list[float]) -> tu
 
 def _magnitude_bits(stored: torch.Tensor, base: torch.Tensor, start: int, stop: int) -> np.ndarray:
     """|stored - base| on entries [start, stop) as int32 bits, computed as the kernels compute it."""
-    delta = stored.view(-1)[start:stop].to(torch.float32) - base.view(-1)[start:stop]
+    delta = stored.view(-1)[start:stop].to(torch.float32) - base.view(-1)[start:stop].to(torch.float32)
     return delta.numpy().view(np.int32) & np.int32(0x7FFFFFFF)
 
 
