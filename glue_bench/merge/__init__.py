@@ -8,7 +8,10 @@ reproducible whatever the order tensors are visited in. Methods registered with 
 receive `out`: the output model's own tensor, to write the result into instead of a new one (saves
 the engine a copy), or None. Methods registered with `checks_result` refuse a result that holds
 NaN or inf themselves (`NonFiniteResult`), found in the pass that writes it, so that the engine
-does not spend a pass of its own on the check. Methods registered with `needs` (e.g. ("fisher",)) also receive, under
+does not spend a pass of its own on the check. Methods registered with `stored_base` receive the
+base unwidened, to read as its file holds it (`base.stored()`) or widened when they need it
+(`base.widened()`: float32, checked), where the engine streams from files on the CPU without a
+cache; elsewhere a tensor, as every other method gets. Methods registered with `needs` (e.g. ("fisher",)) also receive, under
 each statistic's name, that statistic of every model for this tensor (statistics.py computes
 them; None for a tensor they do not cover). `engine.Merger` streams every tensor of the models
 through it.
