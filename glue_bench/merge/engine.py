@@ -271,10 +271,6 @@ class _Inputs:
         for _ in self:
             pass
 
-    def release(self) -> None:
-        for i in range(len(self.sources)):
-            self._release(i)
-
     def take_touched(self) -> list[TensorSource]:
         """The sources read since last released, each then counted as released (the caller
         releases their pages: `release_pages`)."""

@@ -475,21 +475,11 @@ void dare_keep_rows(float *rows, int64_t n, const int64_t *todo, int64_t n_todo,
  * cut_i come from a sample (task_vector_sample), which brackets each kth_i, and one pass
  * (ties_bracket) that counts the entries above the bracket and those at its few heavily tied
  * values, and lists the others inside it; the election (ties_streamed) then computes every d_i
- * again, block by block, and trims it there. */
+ * again, a chunk at a time, and trims it there. The base is read as stored too (base_bf16: bf16,
+ * else float32), so that the engine need not widen it first. */
 
-/* out = x - base on entries [start, start + n) of one input read as stored: subtract's arithmetic,
- * for a block of the streamed merges. */
-static inline void task_vector(const void *input, int bf16, const float *base, int64_t start, int64_t n,
-                               float *out) {
-    if (bf16) {
-        const uint16_t *x = (const uint16_t *)input + start;
-        for (int64_t j = 0; j < n; j++) out[j] = bfloat16_value(x[j]) - base[start + j];
-    } else {
-        const float *x = (const float *)input + start;
-        for (int64_t j = 0; j < n; j++) out[j] = x[j] - base[start + j];
-    }
-}
-
+/* The magnitudes' bits of x - base on entries [start, start + n) of one input read as stored (the
+ * base too: base_bf16), and whether x holds NaN or inf (into *special). */
 static inline void task_vector_bits(const void *input, int bf16, const void *base, int base_bf16, int64_t start,
                                     int64_t n, uint32_t *bits, uint32_t *special) {
     uint32_t found = 0;
