@@ -57,14 +57,14 @@ def write_models(root: Path, n: int, shape: tuple[int, ...], dtype: torch.dtype)
     return dirs[1:], dirs[0]
 
 
-def map_pages(sources: list[TensorSource], pool: ThreadPoolExecutor) -> None:
+def map_pages(sources: list[TensorSource], pool: ThreadPoolExecutor, threads: int) -> None:
     """The engine's file access by itself: every input's tensor faulted in (a byte read per page,
-    the sources split over the threads, as the kernels' passes split the entries) and its pages
-    released again (release_pages), as each merge does."""
+    the sources split over `threads` of the pool, as the kernels' passes split the entries) and its
+    pages released again (release_pages), as each merge does."""
     def touch(share: list[TensorSource]) -> None:
         for source in share:
             source.get(KEY).view(-1).view(torch.uint8)[::4096].sum()
-    list(pool.map(touch, [sources[i::pool._max_workers] for i in range(pool._max_workers)]))
+    list(pool.map(touch, [sources[i::threads] for i in range(threads)]))
     release_pages(sources, KEY)
 
 
@@ -93,7 +93,7 @@ def main() -> None:
               f"{memory.nbytes / stream_s / 1e9:.2f} GB/s")
         threads = torch.get_num_threads()
         with ThreadPoolExecutor(threads) as pool:
-            map_s = median_time(lambda: map_pages([*sources, base], pool), args.repeats)
+            map_s = median_time(lambda: map_pages([*sources, base], pool, threads), args.repeats)
         print(f"page mapping: faulting in the {len(sources) + 1} files' pages and releasing them, as each merge "
               f"does: {map_s * 1e3:.0f} ms ({threads} threads)")
         sum_s = median_time(lambda: sum_baseline(sources), args.repeats)

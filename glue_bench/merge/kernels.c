@@ -116,6 +116,13 @@ static inline const void *base_from(const void *base, int base_bf16, int64_t at)
     return (const char *)base + at * (base_bf16 ? 2 : 4);
 }
 
+/* Whether a lane's largest magnitude (its bits, max8 of magnitude8) is inf or NaN's. */
+static inline int non_finite8(i8 largest) {
+    int special = 0;
+    for (int lane = 0; lane < LANES; lane++) special |= largest[lane] > 0x7f7fffff;
+    return special;
+}
+
 static inline i8 max8(i8 a, i8 b) {
 #ifdef __AVX2__
     return (i8)_mm256_max_epi32((__m256i)a, (__m256i)b);  /* one instruction where a select takes three */
@@ -136,7 +143,7 @@ int widen(const uint16_t *input, int64_t numel, float *out) {
         largest = max8(largest, magnitude8(x));
         stream8(out + j, x);
     }
-    for (int lane = 0; lane < LANES; lane++) special |= largest[lane] > 0x7f7fffff;
+    special |= (uint32_t)non_finite8(largest);
     for (; j < numel; j++) {
         special |= (uint32_t)((input[j] & 0x7f80u) == 0x7f80u);
         out[j] = bfloat16_value(input[j]);
@@ -182,9 +189,7 @@ int weighted_sum(const void *const *inputs, int bf16, const float *c, int64_t n_
         }
     }
     streamed_fence();
-    int special = 0;
-    for (int lane = 0; lane < LANES; lane++) special |= largest[lane] > 0x7f7fffff;
-    return special;
+    return non_finite8(largest);
 }
 
 /* The scratch of an election: the voters (the models with c_i != 0: a zero term never agrees),
@@ -200,9 +205,7 @@ typedef struct {
 
 /* 0, or 1 where the election wrote NaN or inf (a magnitude's bits above the largest finite's). */
 static int election_result(const election_t *el) {
-    int special = 0;
-    for (int lane = 0; lane < LANES; lane++) special |= el->largest[lane] > 0x7f7fffff;
-    return special;
+    return non_finite8(el->largest);
 }
 
 static void election_free(election_t *el) {
@@ -405,10 +408,26 @@ void keep_top(float *rows, int64_t n, const int64_t *todo, int64_t n_todo, const
     }
 }
 
+#define PCG64_MULTIPLIER (((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL)
+
 static inline uint64_t pcg64_output(unsigned __int128 state) {  /* XSL-RR */
     uint64_t folded = (uint64_t)(state >> 64) ^ (uint64_t)state;
     unsigned rotation = (unsigned)(state >> 122);
     return (folded >> rotation) | (folded << ((-rotation) & 63));
+}
+
+/* A PCG64 stream as two chains, the even and the odd draws from here on (each a step of a^2), so
+ * that their multiplies run side by side (see pcg64_fill). */
+typedef struct {
+    unsigned __int128 even, odd, a2, inc2;
+} pcg64_pair_t;
+
+static pcg64_pair_t pcg64_pair(unsigned __int128 state, unsigned __int128 inc) {
+    const unsigned __int128 a = PCG64_MULTIPLIER;
+    pcg64_pair_t pair = {.a2 = a * a, .inc2 = (a + 1) * inc};
+    pair.even = a * state + inc;
+    pair.odd = a * pair.even + inc;
+    return pair;
 }
 
 /* numpy's PCG64 (a 128-bit LCG, state = a * state + inc, and the XSL-RR output of each new state):
@@ -416,22 +435,20 @@ static inline uint64_t pcg64_output(unsigned __int128 state) {  /* XSL-RR */
  * at once (a^2 * state + (a + 1) * inc), which the CPU runs side by side, where one chain's every
  * multiply waits on the previous one (dare_keep on 49152 entries: 39 -> 33 us). */
 static void pcg64_fill(unsigned __int128 *state_io, unsigned __int128 inc, uint64_t *draws, int64_t count) {
-    const unsigned __int128 a = ((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL;
     unsigned __int128 state = *state_io;  /* a local: kept in registers */
     int64_t q = 0;
     if (count >= 2) {
-        const unsigned __int128 a2 = a * a, inc2 = (a + 1) * inc;
-        unsigned __int128 even = a * state + inc, odd = a * even + inc;
+        pcg64_pair_t pair = pcg64_pair(state, inc);
         for (; q + 2 <= count; q += 2) {
-            draws[q] = pcg64_output(even);
-            draws[q + 1] = pcg64_output(odd);
-            state = odd;
-            even = a2 * even + inc2;
-            odd = a2 * odd + inc2;
+            draws[q] = pcg64_output(pair.even);
+            draws[q + 1] = pcg64_output(pair.odd);
+            state = pair.odd;
+            pair.even = pair.a2 * pair.even + pair.inc2;
+            pair.odd = pair.a2 * pair.odd + pair.inc2;
         }
     }
     for (; q < count; q++) {
-        state = a * state + inc;
+        state = PCG64_MULTIPLIER * state + inc;
         draws[q] = pcg64_output(state);
     }
     *state_io = state;
@@ -558,10 +575,9 @@ static inline __attribute__((always_inline)) int bracket_counts(const void *inpu
     for (int lane = 0; lane < LANES; lane++) {
         *above += n_above[lane];
         *from_lo += n_from_lo[lane];
-        tail_huge |= largest[lane] > 0x7f7fffff;
         for (int q = 0; q < n_heavy; q++) equal[q] += n_equal[q][lane];
     }
-    return tail_huge != 0;
+    return tail_huge || non_finite8(largest);
 }
 
 /* bracket_counts with n_heavy made a constant: a copy of its loop per number of heavy values. */
@@ -748,20 +764,6 @@ int ties_streamed(const void *const *inputs, int bf16, const void *base, int bas
     free(pad);
     free(rows);
     return special;
-}
-
-/* A model's PCG64 stream as two chains, the even and the odd draws from here on (each a step of
- * a^2), so that their multiplies run side by side (see pcg64_fill). */
-typedef struct {
-    unsigned __int128 even, odd, a2, inc2;
-} pcg64_pair_t;
-
-static pcg64_pair_t pcg64_pair(unsigned __int128 state, unsigned __int128 inc) {
-    const unsigned __int128 a = ((unsigned __int128)2549297995355413924ULL << 64) | 4865540595714422341ULL;
-    pcg64_pair_t pair = {.a2 = a * a, .inc2 = (a + 1) * inc};
-    pair.even = a * state + inc;
-    pair.odd = a * pair.even + inc;
-    return pair;
 }
 
 /* One model's task vector over n entries of a block (n a multiple of LANES), dropped as dare_keep
